@@ -1,0 +1,188 @@
+"""The one command line: `python -m backend <command> --help` explains each command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from backend.errors import UserError
+
+EPILOG = """examples:
+  python -m backend demo                      # build data/demo.duckdb if missing, then serve the dashboard
+  python -m backend precompute --model gpt2 --release gpt2-small-res-jb --sae-id 'blocks.*.hook_resid_pre' \\
+      --corpus Skylion007/openwebtext --n-tokens 2000000 --device cuda --db data/gpt2.duckdb
+  python -m backend info data/demo.duckdb
+"""
+
+
+def _precompute_parser(sub) -> None:
+    from backend.cli_args import add_dataclass_args
+    from backend.config import PrecomputeConfig
+
+    p = sub.add_parser("precompute", help="stream a corpus through a model and its SAEs into a feature database",
+                       description="One pass over the corpus computes, for every SAE, densities, activation "
+                       "histograms, top and quantile-sampled examples with context, token effects, neighbours, "
+                       "and per-layer quality metrics, then writes them to --db as one complete run.")
+    add_dataclass_args(p, PrecomputeConfig, skip=("saes",))
+    p.add_argument("--sae", action="append", default=[], metavar="FOLDER",
+                   help="local SAE folder in sae_lens's format (repeatable)")
+    p.add_argument("--release", action="append", default=[],
+                   help="sae_lens pretrained release, e.g. gpt2-small-res-jb (repeatable; pairs with --sae-id)")
+    p.add_argument("--sae-id", action="append", default=[],
+                   help="SAE id in the release, or a pattern such as 'blocks.*.hook_resid_pre'")
+
+
+def _sources(args) -> list:
+    from backend.config import SAESource
+
+    if len(args.release) != len(args.sae_id):
+        if len(args.release) == 1:
+            args.release = args.release * len(args.sae_id)
+        else:
+            raise UserError("give one --release per --sae-id (or one --release for all of them)")
+    return [SAESource(path=p) for p in args.sae] + [SAESource(release=r, sae_id=i) for r, i in zip(args.release, args.sae_id)]
+
+
+def cmd_precompute(args) -> None:
+    from backend.cli_args import dataclass_from_args
+    from backend.config import PrecomputeConfig
+    from backend.harvest import precompute
+
+    cfg = dataclass_from_args(PrecomputeConfig, args, saes=_sources(args))
+    out = precompute(cfg)
+    if cfg.shard:
+        print(f"shard state saved in {out}; combine all shards with: python -m backend merge-shards {out} ...")
+    else:
+        print(f"run {out} complete in {cfg.db}")
+        print_info(cfg.db, as_json=False)
+
+
+def cmd_merge(args) -> None:
+    from backend.harvest import merge_shards
+
+    run_id = merge_shards(args.shards, db=args.db, force=args.force)
+    print(f"merged {len(args.shards)} shards into run {run_id}")
+
+
+def print_info(db: str, as_json: bool) -> None:
+    from backend.queries import database_info
+
+    info = database_info(db)
+    if as_json:
+        print(json.dumps(info, indent=2, default=str))
+        return
+    for run in info["runs"]:
+        print(f"run {run['run_id']}: {run['status']}  model={run['model']}  corpus={run['corpus']}  "
+              f"tokens={run['n_tokens']}  context={run['context_len']}  {run['started_at']} -> {run['finished_at']}"
+              + (f"  error: {run['error']}" if run.get("error") else ""))
+    if not info["saes"]:
+        print("no complete SAE in this database")
+        return
+    header = f"{'sae':34} {'hook':26} {'arch':9} {'d_sae':>6} {'tokens':>9} {'L0':>7} {'EV':>6} {'downstream':>22} {'dead':>6} {'dense':>6}"
+    print(header)
+    for s in info["saes"]:
+        ds = f"{s['downstream_metric'] or '-'}={s['downstream_value']:.3f}" if s["downstream_value"] is not None else "-"
+        print(f"{s['sae'][:34]:34} {s['hook'][:26]:26} {s['architecture'][:9]:9} {s['d_sae']:>6} {s['n_tokens']:>9} "
+              f"{s['l0']:>7.1f} {s['explained_variance']:>6.3f} {ds:>22} {s['dead_frac']:>6.1%} {s['dense_frac']:>6.1%}")
+
+
+def cmd_info(args) -> None:
+    print_info(args.db, args.json)
+
+
+def cmd_train(args) -> None:
+    from backend.cli_args import dataclass_from_args
+    from backend.config import TrainConfig
+    from backend.train import train_saes
+
+    cfg = dataclass_from_args(TrainConfig, args)
+    train_saes(cfg)
+
+
+def cmd_demo(args) -> None:
+    from backend.demo import build_demo, serve
+
+    db = build_demo(args.db, quick=args.quick, force=args.force)
+    if not args.no_serve:
+        serve(db, port=args.port)
+
+
+def cmd_serve(args) -> None:
+    from backend.demo import serve
+
+    serve(None, port=args.port)
+
+
+def cmd_labels(args) -> None:
+    from backend import labels
+
+    if args.action == "export":
+        n = labels.export_labels(args.file, args.labels_db, history=args.history)
+        print(f"wrote {n} labels to {args.file}")
+    else:
+        n = labels.import_labels(args.file, args.labels_db)
+        print(f"imported {n} new labels from {args.file}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m backend", description="Precompute and serve SAE feature dashboards.",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _precompute_parser(sub)
+
+    m = sub.add_parser("merge-shards", help="combine `precompute --shard I/N` outputs into one complete run")
+    m.add_argument("shards", nargs="+", help="shard folders written by precompute --shard")
+    m.add_argument("--db", default=None, help="database to write (default: the one the shards were made for)")
+    m.add_argument("--force", action="store_true", help="replace a complete run with the same id")
+
+    i = sub.add_parser("info", help="what a feature database holds: runs and per-SAE metrics")
+    i.add_argument("db")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+
+    from backend.cli_args import add_dataclass_args
+    from backend.config import TrainConfig
+
+    t = sub.add_parser("train-saes", help="train SAEs with sae_lens's trainer on a model's residual stream",
+                       description="Collects activations once for all hooks, trains one SAE per hook and "
+                       "architecture with sae_lens's SAETrainer, saves each in sae_lens's format and prints "
+                       "L0 / explained variance / dead fraction on held-out activations.")
+    add_dataclass_args(t, TrainConfig)
+
+    d = sub.add_parser("demo", help="build the embedded demo database (if missing) and serve the dashboard")
+    d.add_argument("--db", default="data/demo.duckdb")
+    d.add_argument("--no-serve", action="store_true", help="build only")
+    d.add_argument("--force", action="store_true", help="rebuild even if the database exists")
+    d.add_argument("--quick", action="store_true", help="tiny build (a few thousand tokens, narrow SAEs) for tests")
+    d.add_argument("--port", type=int, default=8501)
+
+    s = sub.add_parser("serve", help="serve the dashboard over the databases in data/")
+    s.add_argument("--port", type=int, default=8501)
+
+    lab = sub.add_parser("labels", help="export or import the team's feature labels (CSV, JSON, Parquet)")
+    lab.add_argument("action", choices=["export", "import"])
+    lab.add_argument("file", help="path ending in .csv, .json or .parquet")
+    lab.add_argument("--labels-db", default="data/labels.duckdb")
+    lab.add_argument("--history", action="store_true", help="export every verdict, not only the latest per labeler")
+    return parser
+
+
+COMMANDS = {"precompute": cmd_precompute, "merge-shards": cmd_merge, "info": cmd_info, "train-saes": cmd_train,
+            "demo": cmd_demo, "serve": cmd_serve, "labels": cmd_labels}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the run is marked unfinished; rerun the same command to restart it cleanly", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

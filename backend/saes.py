@@ -1,0 +1,99 @@
+"""Load SAEs through sae_lens (its pretrained registry or local folders) and check they fit the model."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from dataclasses import dataclass
+from pathlib import Path
+
+from backend.config import SAESource
+from backend.errors import UserError
+from backend.models import ModelAdapter
+
+
+@dataclass
+class LoadedSAE:
+    name: str
+    source: str
+    sae: object  # sae_lens.SAE
+
+    @property
+    def hook(self) -> str:
+        return self.sae.cfg.metadata.hook_name
+
+
+def _registry() -> dict:
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    return get_pretrained_saes_directory()
+
+
+def expand_sources(sources: list[SAESource]) -> list[SAESource]:
+    """Replace `--sae-id` patterns (fnmatch, e.g. 'blocks.*.hook_resid_pre') by the registry's ids;
+    unknown releases or ids fail here, before anything is downloaded."""
+    out: list[SAESource] = []
+    registry = None
+    for src in sources:
+        if src.path is not None:
+            if not (Path(src.path) / "cfg.json").exists():
+                raise UserError(f"{src.path} is not an sae_lens SAE folder (no cfg.json)")
+            out.append(src)
+            continue
+        registry = registry or _registry()
+        if src.release not in registry:
+            close = difflib.get_close_matches(src.release, list(registry), n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise UserError(f"unknown sae_lens release {src.release!r}{hint}")
+        ids = list(registry[src.release].saes_map)
+        matched = [i for i in ids if fnmatch.fnmatchcase(i, src.sae_id)]
+        if not matched:
+            close = difflib.get_close_matches(src.sae_id, ids, n=3, cutoff=0.4)
+            hint = f"; did you mean {', '.join(close)}?" if close else f" (it has {len(ids)} ids, e.g. {ids[0]})"
+            raise UserError(f"release {src.release!r} has no SAE id matching {src.sae_id!r}{hint}")
+        out += [SAESource(release=src.release, sae_id=i, name=src.name if len(matched) == 1 else None)
+                for i in matched]
+    return out
+
+
+def release_model(release: str) -> str | None:
+    return getattr(_registry().get(release), "model", None)
+
+
+def load_saes(sources: list[SAESource], adapter: ModelAdapter, device: str, dtype: str) -> list[LoadedSAE]:
+    """Load and validate every SAE; raises UserError on the first that does not fit the model."""
+    from sae_lens import SAE
+
+    loaded = []
+    for src in expand_sources(sources):
+        try:
+            if src.path is not None:
+                sae = SAE.load_from_disk(src.path, device=device, dtype=dtype)
+                default_name = Path(src.path).name
+            else:
+                sae = SAE.from_pretrained(src.release, src.sae_id, device=device, dtype=dtype)
+                default_name = src.sae_id
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - network, format and hub errors; one line for the user
+            raise UserError(f"could not load SAE {src.describe()}: {str(e).splitlines()[0][:300]}") from None
+        item = LoadedSAE(src.name or default_name, src.describe(), sae)
+        check_fits(item, adapter)
+        loaded.append(item)
+    names = [s.name for s in loaded]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise UserError(f"two SAEs share the name {sorted(dup)[0]!r}; give them distinct folder names")
+    return loaded
+
+
+def check_fits(item: LoadedSAE, adapter: ModelAdapter) -> None:
+    cfg = item.sae.cfg
+    hook = cfg.metadata.hook_name
+    if not hook:
+        raise UserError(f"SAE {item.source} does not say which hook it reads (cfg.metadata.hook_name)")
+    adapter.check_hook(hook)
+    if cfg.d_in != adapter.d_model:
+        raise UserError(f"SAE {item.source} has d_in={cfg.d_in} but {adapter.name} has d_model={adapter.d_model} at {hook}")
+    if getattr(cfg.metadata, "hook_head_index", None) is not None:
+        raise UserError(f"SAE {item.source} reads one attention head; only residual-stream SAEs are supported")

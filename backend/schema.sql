@@ -1,0 +1,134 @@
+-- The feature database: the one place its layout is written down.
+--
+-- One file holds one or more runs (a run = one model, one corpus pass, one or more SAEs).
+-- Rows of a run become visible to readers only together with runs.status = 'complete':
+-- everything but the `runs` row is written in the same transaction that sets it.
+-- Feature-level tables are inserted sorted by (sae, feature, ...) so DuckDB's zone maps make
+-- one feature's lookup a scan of a handful of row groups even at 12 x 24,576 features.
+
+CREATE TABLE IF NOT EXISTS runs (
+    run_id      VARCHAR PRIMARY KEY,
+    status      VARCHAR NOT NULL,      -- running | complete | failed | interrupted
+    model       VARCHAR NOT NULL,
+    model_kind  VARCHAR NOT NULL,      -- causal | encoder
+    corpus      VARCHAR NOT NULL,
+    n_tokens    BIGINT,                -- tokens that entered the statistics
+    n_seqs      BIGINT,
+    context_len INTEGER,               -- tokens per sequence, special tokens included
+    dtype       VARCHAR,
+    device      VARCHAR,
+    config      JSON,                  -- every option of the run
+    versions    JSON,                  -- library versions
+    started_at  TIMESTAMP,
+    finished_at TIMESTAMP,
+    error       VARCHAR
+);
+
+-- One row per SAE; `sae` is the id pages and URLs use, unique within the file.
+CREATE TABLE IF NOT EXISTS saes (
+    run_id            VARCHAR NOT NULL,
+    sae               VARCHAR NOT NULL,
+    hook              VARCHAR NOT NULL,    -- TransformerLens hook name
+    layer             DOUBLE NOT NULL,     -- depth for sorting: resid_pre of block L is L - 0.5
+    source            VARCHAR NOT NULL,    -- "release/sae_id" or a local folder
+    architecture      VARCHAR,
+    d_in              INTEGER,
+    d_sae             INTEGER,
+    sae_config        JSON,
+    n_tokens          BIGINT,
+    l0                DOUBLE,
+    mse               DOUBLE,
+    explained_variance DOUBLE,
+    n_dead            INTEGER,
+    n_dense           INTEGER,
+    downstream_metric VARCHAR,             -- ce_loss_recovered | cosine_recovered
+    downstream_value  DOUBLE,
+    downstream_clean  DOUBLE,
+    downstream_spliced DOUBLE,
+    downstream_ablated DOUBLE,
+    effect_kind       VARCHAR,             -- unembed (W_dec . W_U) | embed (W_dec . W_E)
+    hist_lo           DOUBLE,              -- log10 range of the per-feature activation histogram
+    hist_hi           DOUBLE,
+    context_left      INTEGER,
+    context_right     INTEGER,
+    PRIMARY KEY (sae)
+);
+
+-- Per feature. hist: counts of nonzero activations in log10 bins between hist_lo and
+-- hist_hi, with an underflow bin first and an overflow bin last.
+CREATE TABLE IF NOT EXISTS features (
+    sae      VARCHAR NOT NULL,
+    feature  INTEGER NOT NULL,
+    count    BIGINT NOT NULL,
+    density  DOUBLE NOT NULL,              -- count / tokens; 0 for dead features
+    mean_act DOUBLE NOT NULL,              -- mean activation when active
+    max_act  DOUBLE NOT NULL,
+    hist     INTEGER[] NOT NULL,
+    top_tokens VARCHAR                     -- most frequent activating tokens among top examples
+);
+
+-- kind 0: top-activating, rank 0 = highest; kind 1: sampled across activation quantiles,
+-- bucket 0 = lowest. The context is sequences.tokens[ctx_start : ctx_start + len(acts)],
+-- acts the feature's activation on each of those tokens; the example token is at `pos`.
+CREATE TABLE IF NOT EXISTS examples (
+    sae       VARCHAR NOT NULL,
+    feature   INTEGER NOT NULL,
+    kind      TINYINT NOT NULL,
+    rank      SMALLINT NOT NULL,
+    bucket    TINYINT NOT NULL,
+    seq       INTEGER NOT NULL,
+    pos       SMALLINT NOT NULL,
+    ctx_start SMALLINT NOT NULL,
+    value     FLOAT NOT NULL,
+    acts      FLOAT[] NOT NULL
+);
+
+-- The corpus, once: token ids of every sequence the run read (special tokens included).
+CREATE TABLE IF NOT EXISTS sequences (
+    run_id VARCHAR NOT NULL,
+    seq    INTEGER NOT NULL,
+    tokens INTEGER[] NOT NULL
+);
+
+-- Display text of every token id of the run's tokenizer.
+CREATE TABLE IF NOT EXISTS vocab (
+    run_id   VARCHAR NOT NULL,
+    token_id INTEGER NOT NULL,
+    token    VARCHAR NOT NULL
+);
+
+-- direction +1: the tokens the feature's decoder direction promotes most; -1: suppresses most.
+CREATE TABLE IF NOT EXISTS token_effects (
+    sae       VARCHAR NOT NULL,
+    feature   INTEGER NOT NULL,
+    direction TINYINT NOT NULL,
+    rank      SMALLINT NOT NULL,
+    token_id  INTEGER NOT NULL,
+    value     FLOAT NOT NULL
+);
+
+-- Nearest features by cosine similarity of decoder rows.
+CREATE TABLE IF NOT EXISTS neighbours (
+    sae      VARCHAR NOT NULL,
+    feature  INTEGER NOT NULL,
+    rank     SMALLINT NOT NULL,
+    other    INTEGER NOT NULL,
+    cosine   FLOAT NOT NULL
+);
+
+-- Per SAE and token position: squared reconstruction error and squared input norm, summed.
+CREATE TABLE IF NOT EXISTS position_error (
+    sae      VARCHAR NOT NULL,
+    pos      INTEGER NOT NULL,
+    n        BIGINT NOT NULL,
+    mse      DOUBLE NOT NULL,              -- mean ||x - x_hat||^2
+    rel_error DOUBLE NOT NULL              -- sum ||x - x_hat||^2 / sum ||x||^2
+);
+
+-- Per SAE, histogram of log10(density) over live features, 0.1-decade bins.
+CREATE TABLE IF NOT EXISTS density_hist (
+    sae      VARCHAR NOT NULL,
+    bin_lo   DOUBLE NOT NULL,
+    bin_hi   DOUBLE NOT NULL,
+    n        INTEGER NOT NULL
+);

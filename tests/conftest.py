@@ -1,0 +1,133 @@
+"""Small real fixtures: a byte-level BPE tokenizer trained on CPython's docs, a random-weight
+HookedTransformer, and SAEs saved and reloaded in sae_lens's format."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+D_MODEL = 16
+D_SAE = 64
+N_CTX = 64
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> str:
+    from pydoc_data.topics import topics
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator([topics[k] for k in sorted(topics)][:80], trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                  pad_token="<|endoftext|>")
+    out = tmp_path_factory.mktemp("tokenizer")
+    tok.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tokenizer_dir):
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    cfg = HookedTransformerConfig(n_layers=2, d_model=D_MODEL, n_ctx=N_CTX, d_head=4, n_heads=4, d_vocab=len(tok),
+                                  act_fn="gelu", normalization_type="LN", seed=0)
+    return HookedTransformer(cfg, tokenizer=tok).eval()
+
+
+@pytest.fixture(scope="session")
+def adapter(tiny_model):
+    from backend.models import HookedAdapter
+
+    return HookedAdapter(tiny_model, name="tiny-random")
+
+
+def make_sae(kind: str, hook: str, d_in: int = D_MODEL, d_sae: int = D_SAE, seed: int = 0):
+    from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    torch.manual_seed(seed)
+    meta = SAEMetadata(hook_name=hook)
+    if kind == "topk":
+        sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=8, metadata=meta))
+    else:
+        sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae, metadata=meta))
+    with torch.no_grad():
+        sae.W_enc.normal_(0, 1 / d_in**0.5)
+        sae.W_dec.copy_(sae.W_enc.T / sae.W_enc.T.norm(dim=1, keepdim=True))
+        sae.b_enc.normal_(-1.5, 1.0)  # densities spread from rare to common
+        sae.b_enc[:4] = -100.0  # and a few dead features
+    return sae
+
+
+@pytest.fixture(scope="session")
+def sae_dirs(tmp_path_factory) -> dict[str, str]:
+    """Two SAEs in sae_lens's saved format: ReLU on block 0's output, TopK on block 1's input."""
+    root = tmp_path_factory.mktemp("saes")
+    out = {}
+    for name, kind, hook in (("relu-b0", "standard", "blocks.0.hook_resid_post"),
+                             ("topk-b1", "topk", "blocks.1.hook_resid_pre")):
+        make_sae(kind, hook, seed=len(out)).save_model(str(root / name))
+        out[name] = str(root / name)
+    return out
+
+
+@pytest.fixture(scope="session")
+def loaded_saes(sae_dirs, adapter):
+    from backend.config import SAESource
+    from backend.saes import load_saes
+
+    return load_saes([SAESource(path=p) for p in sae_dirs.values()], adapter, "cpu", "float32")
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory) -> str:
+    """A local JSONL corpus of CPython's topic documentation."""
+    from pydoc_data.topics import topics
+
+    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
+    with path.open("w") as fh:
+        for k in sorted(topics)[:120]:
+            fh.write(json.dumps({"text": topics[k]}) + "\n")
+    return str(path)
+
+
+@pytest.fixture()
+def small_cfg(tmp_path, corpus_file, sae_dirs):
+    from backend.config import PrecomputeConfig, SAESource
+
+    def make(**kw):
+        base = dict(db=str(tmp_path / "f.duckdb"), model="tiny-random", corpus=corpus_file, n_tokens=24 * 32,
+                    context_len=32, batch_size=5, n_top=6, n_buckets=3, per_bucket=2, left=4, right=2,
+                    downstream_batches=1, saes=[SAESource(path=p) for p in sae_dirs.values()])
+        base.update(kw)
+        return PrecomputeConfig(**base)
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def _fresh_query_caches():
+    from backend import queries
+
+    queries.clear_caches()
+    yield
+    queries.clear_caches()
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]
