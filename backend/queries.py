@@ -81,7 +81,7 @@ def cached(fn):
 def clear_caches() -> None:
     _connection.cache_clear()
     for fn in (runs, saes, vocab, density_hist, features, feature, examples, token_effects, neighbours,
-               position_error, search):
+               position_error, search, _corpus):
         fn.cache_clear()
 
 
@@ -216,25 +216,63 @@ def neighbours(path: str, sae: str, f: int) -> pd.DataFrame:
 
 
 @cached
+def _corpus(path: str, run_id: str) -> tuple[np.ndarray, list[str], list[np.ndarray]]:
+    """Each sequence of a run decoded once, lower-cased, with the character offset of every token."""
+    seqs = _df(path, "SELECT seq, tokens FROM sequences WHERE run_id = ? ORDER BY seq", [run_id])
+    strings = vocab(path, run_id)
+    texts, offsets = [], []
+    for ids in seqs["tokens"]:
+        toks = strings[np.asarray(ids, dtype=np.int64)]
+        lengths = np.fromiter((len(t) for t in toks), dtype=np.int64, count=len(toks))
+        offsets.append(np.concatenate([[0], np.cumsum(lengths)]))
+        texts.append("".join(toks).lower())
+    return seqs["seq"].to_numpy(), texts, offsets
+
+
+def _phrase_spans(path: str, run_id: str, text: str) -> pd.DataFrame:
+    """(seq, first token, last token) of every occurrence of `text` in the run's corpus."""
+    seq_ids, texts, offsets = _corpus(path, run_id)
+    needle = text.lower()
+    rows = []
+    for seq, t, off in zip(seq_ids, texts, offsets):
+        start = t.find(needle)
+        while start != -1:
+            first = int(np.searchsorted(off, start, side="right") - 1)
+            last = int(np.searchsorted(off, start + len(needle), side="left") - 1)
+            rows.append((int(seq), first, max(first, last)))
+            start = t.find(needle, start + 1)
+    return pd.DataFrame(rows, columns=["seq", "first", "last"]).astype("int64")
+
+
+@cached
 def search(path: str, text: str, sae: str | None, limit: int = 200) -> pd.DataFrame:
-    """Features whose top examples contain `text`: the activating token itself, or a phrase that
-    spans the activating token's context. Ranked by how many of the top examples match."""
+    """Features whose top examples contain `text`: as the activating token itself (ranked first),
+    or anywhere in the example's context. Ranked by how many top examples match."""
     text = text.strip()
+    cols = ["sae", "feature", "token_hits", "hits", "max_value", "density", "top_tokens"]
     if not text:
-        return pd.DataFrame(columns=["sae", "feature", "hits", "max_value", "density", "top_tokens"])
-    return _df(path, """
-        WITH v AS (SELECT run_id, list(token ORDER BY token_id) AS toks FROM vocab GROUP BY run_id),
-        ex AS (
-            SELECT e.sae, e.feature, e.value,
-                   array_to_string(list_transform(list_slice(q.tokens, e.ctx_start + 1, e.ctx_start + len(e.acts)),
-                                                  lambda t: v.toks[t + 1]), '') AS context,
-                   v.toks[q.tokens[e.pos + 1] + 1] AS token
-            FROM examples e JOIN saes s USING (sae) JOIN runs r USING (run_id)
-            JOIN sequences q ON q.run_id = s.run_id AND q.seq = e.seq JOIN v ON v.run_id = s.run_id
-            WHERE e.kind = 0 AND r.status = 'complete' AND ($sae IS NULL OR e.sae = $sae))
-        SELECT ex.sae, ex.feature, count(*) AS hits, max(ex.value) AS max_value, f.density, f.top_tokens
-        FROM ex JOIN features f USING (sae, feature)
-        WHERE lower(trim(ex.token)) = lower($text) OR contains(lower(ex.context), lower($text))
-        GROUP BY ALL ORDER BY (max(CASE WHEN lower(trim(ex.token)) = lower($text) THEN 1 ELSE 0 END)) DESC,
-                 hits DESC, max_value DESC
-        LIMIT $limit""", {"sae": sae, "text": text, "limit": limit})
+        return pd.DataFrame(columns=cols)
+    found = []
+    cands = saes(path)
+    if sae is not None:
+        cands = cands[cands["sae"] == sae]
+    for run_id, group in cands.groupby("run_id"):
+        spans = _phrase_spans(path, run_id, text)
+        if spans.empty:
+            continue
+        cur = _cursor(path)
+        cur.register("spans", spans)
+        found.append(cur.execute("""
+            SELECT e.sae, e.feature,
+                   count(DISTINCT e.rank) FILTER (WHERE s.first = e.pos AND s.last = e.pos) AS token_hits,
+                   count(DISTINCT e.rank) AS hits, max(e.value) AS max_value
+            FROM examples e JOIN spans s ON s.seq = e.seq
+            WHERE e.kind = 0 AND e.sae IN (SELECT unnest(?::VARCHAR[]))
+              AND s.first >= e.ctx_start AND s.last < e.ctx_start + len(e.acts)
+            GROUP BY ALL""", [list(group["sae"])]).df())
+    if not found:
+        return pd.DataFrame(columns=cols)
+    hits = pd.concat(found)
+    dens = pd.concat([features(path, s)[["feature", "density", "top_tokens"]].assign(sae=s) for s in hits["sae"].unique()])
+    hits = hits.merge(dens, on=["sae", "feature"])
+    return hits.sort_values(["token_hits", "hits", "max_value"], ascending=False).head(limit)[cols].reset_index(drop=True)

@@ -1,0 +1,83 @@
+"""One SAE: its log10-density histogram (drag a range to filter) and a sortable feature table."""
+
+import streamlit as st
+
+from backend import queries, render
+from backend.errors import UserError
+from ui import common, labeling
+
+common.setup("Layer")
+PRESETS = ["all", "dead", "ultralow", "dense"]
+SORTS = {"density ↓": ("density", False), "density ↑": ("density", True), "max act ↓": ("max_act", False),
+         "feature": ("feature", True)}
+
+
+@common.page
+def layer() -> None:
+    db = common.database()
+    common.labeler()
+    sae = common.choose_sae(db)
+    overlay = common.choose_sae(db, key="w_overlay", name="overlay", label="Overlay another SAE", optional=True)
+    common.copy_link()
+    row = queries.sae_row(db, sae)
+    st.title(f"Layer · {sae}")
+    st.caption(f"{row['hook']} · {row['architecture']} · {row['d_sae']:,} features · L0 {row['l0']:.1f} · "
+               f"explained variance {row['explained_variance']:.3f} · {row['n_dead']:,} dead · {row['n_dense']:,} dense")
+
+    preset = common.param("filter") or "all"
+    if preset not in PRESETS:
+        raise UserError(f"URL parameter filter={preset!r}: use one of {', '.join(PRESETS)}")
+    lo, hi = common.float_param("lo"), common.float_param("hi")
+    if lo is not None and hi is not None and lo > hi:
+        raise UserError(f"URL parameters lo={lo} > hi={hi}: the density range is empty")
+    feats = queries.features(db, sae)
+    other = queries.features(db, overlay) if overlay else None
+    sel = (lo if lo is not None else -10.0, hi if hi is not None else 0.0) if (lo is not None or hi is not None) else None
+    fig = render.layer_histogram(feats, other, names=(sae, overlay or ""), selected=sel)
+    reset = st.session_state.setdefault("_hist_reset", 0)
+    event = st.plotly_chart(fig, on_select="rerun", selection_mode="box", key=f"hist{reset}")
+    box = (event.selection or {}).get("box") if event else None
+    if box:
+        x0, x1 = sorted(box[0]["x"][:2])
+        new = (round(x0, 3), round(x1, 3))
+        if new != (lo, hi):
+            common.set_params(lo=new[0], hi=new[1], filter=None)
+            st.rerun()
+
+    c1, c2, c3 = st.columns([3, 2, 1])
+    common.seed("w_filter", "filter", preset)
+    c1.segmented_control("Preset", PRESETS, key="w_filter", on_change=common.to_url, args=("w_filter", "filter"),
+                         help="dead: never active · ultralow: density < 1e-5 · dense: density > 0.1")
+    sort = common.param("sort") or "density ↓"
+    if sort not in SORTS:
+        raise UserError(f"URL parameter sort={sort!r}: use one of {', '.join(SORTS)}")
+    common.seed("w_sort", "sort", sort)
+    c2.selectbox("Sort", list(SORTS), key="w_sort", on_change=common.to_url, args=("w_sort", "sort"))
+    if c3.button("Clear range", disabled=lo is None and hi is None):
+        common.set_params(lo=None, hi=None)
+        st.session_state["_hist_reset"] = reset + 1
+        st.rerun()
+
+    shown = queries.filter_features(feats, st.session_state["w_filter"] or "all", lo, hi)
+    col, asc = SORTS[st.session_state["w_sort"]]
+    shown = shown.sort_values([col, "feature"], ascending=[asc, True])
+    status = labeling.status_table(db, sae)
+    shown = shown.merge(status[["feature", "label"]], on="feature", how="left")
+    rng = f" with log10 density in [{lo if lo is not None else '-∞'}, {hi if hi is not None else 0}]" if sel else ""
+    st.markdown(f"**{len(shown):,}** of {len(feats):,} features{rng}. Click a row to open it.")
+    shown.insert(0, "open", [common.feature_url(sae, f) for f in shown["feature"]])
+    picked = st.dataframe(
+        shown[["open", "feature", "density", "log10_density", "count", "max_act", "mean_act", "top_tokens", "label"]],
+        hide_index=True, on_select="rerun", selection_mode="single-row", key="table", height=480,
+        column_config={"open": st.column_config.LinkColumn("", display_text="open"),
+                       "density": st.column_config.NumberColumn(format="%.2e"),
+                       "log10_density": st.column_config.NumberColumn("log10", format="%.2f"),
+                       "max_act": st.column_config.NumberColumn("max act", format="%.3g"),
+                       "mean_act": st.column_config.NumberColumn("mean act", format="%.3g")})
+    rows = picked.selection.rows if picked else []
+    if rows:
+        f = int(shown.iloc[rows[0]]["feature"])
+        st.switch_page(common.FEATURE, query_params=common.link_params(sae=sae, feature=f))
+
+
+layer()

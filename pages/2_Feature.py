@@ -1,0 +1,68 @@
+"""One feature: where its density sits, its activations, examples, token effects, neighbours, labels."""
+
+import math
+import random
+
+import streamlit as st
+
+from backend import queries, render
+from ui import common, feature_view, labeling
+
+common.setup("Feature")
+
+
+@common.page
+def feature() -> None:
+    db = common.database()
+    common.labeler()
+    sae = common.choose_sae(db)
+    common.copy_link()
+    row_sae = queries.sae_row(db, sae)
+    n = int(row_sae["d_sae"])
+    f = common.int_param("feature", 0, n - 1)
+    if f is None:
+        f = 0
+        common.set_params(feature=0)
+    row = queries.feature(db, sae, f)
+
+    st.title(f"Feature {f} · {sae}")
+    nav = st.columns([1, 1, 1, 1, 4])
+    for col, label, target in ((nav[0], "← previous", (f - 1) % n), (nav[1], "next →", (f + 1) % n),
+                               (nav[2], "🎲 random", None)):
+        if col.button(label, key=f"nav_{label}"):
+            common.set_params(feature=target if target is not None else random.randrange(n))
+            st.rerun()
+    nav[3].page_link(common.LAYER, label="layer page", query_params=common.link_params(sae=sae))
+
+    status = labeling.status_table(db, sae)
+    mine = status[status["feature"] == f]
+    if len(mine):
+        r = mine.iloc[0]
+        st.markdown(f"**Label:** {render.escape(r['label'])} ({int(r['n_labels'])} labeler(s))"
+                    + (f" — “{render.escape(r['description'])}”" if r["description"] else ""))
+
+    st.dataframe(feature_view.summary(row, n), hide_index=True,
+                 column_config={"density": st.column_config.NumberColumn(format="%.3e")})
+    c1, c2 = st.columns(2)
+    with c1:
+        st.markdown(f"**Density in its layer** · {render.density_bucket(math.log10(row['density']) if row['density'] > 0 else None)}")
+        feature_view.density_panel(db, sae, row)
+    with c2:
+        st.markdown("**Activation histogram** (nonzero activations, log-spaced bins)")
+        st.plotly_chart(render.activation_histogram(row["hist"], row_sae["hist_lo"], row_sae["hist_hi"]), key="act_hist")
+
+    feature_view.examples_panel(db, sae, f)
+    c3, c4 = st.columns(2)
+    with c3:
+        feature_view.effects_panel(db, sae, f)
+    with c4:
+        feature_view.neighbours_panel(db, sae, f)
+
+    st.subheader("Label")
+    saved = labeling.verdict_form(db, sae, f, key="feat_label")
+    if saved:
+        st.success(f"Saved: {saved}")
+    labeling.history_panel(db, sae, f)
+
+
+feature()

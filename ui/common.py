@@ -1,0 +1,191 @@
+"""Streamlit helpers every page shares: URL state, database choice, errors shown as messages.
+
+The URL (`st.query_params`) is the single source of truth for what a view shows. Widgets are
+seeded from it whenever the URL says something new, and write back to it on change, so a
+copied link reproduces the view in a fresh browser.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from urllib.parse import urlencode
+
+import streamlit as st
+
+from backend import queries
+from backend.errors import UserError
+
+OVERVIEW = "app.py"
+LAYER = "pages/1_Layer.py"
+FEATURE = "pages/2_Feature.py"
+SEARCH = "pages/3_Search.py"
+QUEUE = "pages/4_Label_queue.py"
+INTERPRETABILITY = "pages/5_Interpretability.py"
+PAGE_PATHS = {OVERVIEW: "", LAYER: "Layer", FEATURE: "Feature", SEARCH: "Search", QUEUE: "Label_queue",
+              INTERPRETABILITY: "Interpretability"}
+
+
+def setup(title: str) -> None:
+    st.set_page_config(page_title=f"{title} · SAE features", page_icon="🔬", layout="wide")
+
+
+def page(fn):
+    """Run a page body; a UserError becomes a message with a way back, never a traceback."""
+
+    @functools.wraps(fn)
+    def run():
+        try:
+            fn()
+        except UserError as e:
+            st.error(str(e))
+            db = st.query_params.get("db")
+            st.page_link(OVERVIEW, label="← Back to the overview", query_params={"db": db} if db and "/" not in db else None)
+
+    return run
+
+
+# ---- URL parameters ----
+
+def param(name: str) -> str | None:
+    v = st.query_params.get(name)
+    return v if v not in (None, "") else None
+
+
+def int_param(name: str, lo: int | None = None, hi: int | None = None) -> int | None:
+    raw = param(name)
+    if raw is None:
+        return None
+    try:
+        v = int(raw)
+    except ValueError:
+        raise UserError(f"URL parameter {name}={raw!r} is not a whole number") from None
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise UserError(f"URL parameter {name}={v} is out of range ({lo} .. {hi})")
+    return v
+
+
+def float_param(name: str) -> float | None:
+    raw = param(name)
+    if raw is None:
+        return None
+    try:
+        v = float(raw)
+    except ValueError:
+        raise UserError(f"URL parameter {name}={raw!r} is not a number") from None
+    if not math.isfinite(v):
+        raise UserError(f"URL parameter {name}={raw!r} is not a finite number")
+    return v
+
+
+def set_params(**values) -> None:
+    """Write values into the URL; None removes a parameter."""
+    for k, v in values.items():
+        if v is None:
+            st.query_params.pop(k, None)
+        else:
+            st.query_params[k] = str(v)
+
+
+def seed(key: str, name: str, value) -> None:
+    """Put the URL's value into a widget's state when the URL changed since we last looked."""
+    marker = f"_url_{key}"
+    raw = param(name)
+    if st.session_state.get(marker, "\0") != raw or key not in st.session_state:
+        st.session_state[marker] = raw
+        st.session_state[key] = value
+
+
+def to_url(key: str, name: str, fmt=str) -> None:
+    """on_change callback: the widget's new value goes into the URL."""
+    v = st.session_state[key]
+    raw = None if v is None else fmt(v)
+    st.session_state[f"_url_{key}"] = raw
+    set_params(**{name: raw})
+
+
+# ---- database and SAE choice ----
+
+def database() -> str:
+    """The database named in the URL (checked), or the newest in the data folder."""
+    names = queries.list_databases()
+    if not names:
+        raise UserError(f"no feature database in {queries.data_dir()}/ yet: run `python -m backend demo` to build one")
+    name = param("db") or names[0]
+    path = queries.resolve_database(name)
+    if param("db") is None:
+        set_params(db=name)
+    seed("w_db", "db", name)
+    st.sidebar.selectbox("Database", names, key="w_db", on_change=_switch_db)
+    return path
+
+
+def _switch_db() -> None:
+    db = st.session_state["w_db"]
+    st.session_state["_url_w_db"] = db
+    st.query_params.clear()
+    st.query_params["db"] = db
+
+
+def choose_sae(path: str, key: str = "w_sae", name: str = "sae", label: str = "SAE", optional: bool = False,
+               container=None) -> str | None:
+    df = queries.saes(path)
+    if df.empty:
+        raise UserError("this database has no complete SAE yet (is its run still going? see `python -m backend info`)")
+    options = list(df["sae"])
+    labels = {r.sae: f"{r.sae} · {r.architecture} · {r.hook}" for r in df.itertuples()}
+    current = param(name)
+    if current is not None and current not in options:
+        raise UserError(f"no SAE {current!r} in this database")
+    if optional:
+        options = [None] + options
+        labels[None] = "—"
+    elif current is None:
+        current = options[0]
+        set_params(**{name: current})
+    seed(key, name, current)
+    (container or st.sidebar).selectbox(label, options, key=key, format_func=lambda s: labels[s],
+                                        on_change=to_url, args=(key, name))
+    return st.session_state[key]
+
+
+def link_params(**extra) -> dict:
+    params = {"db": param("db"), "labeler": param("labeler")}
+    params.update(extra)
+    return {k: str(v) for k, v in params.items() if v is not None}
+
+
+def url(page: str, **params) -> str:
+    """Relative link to a page (its URL path, e.g. "Feature"), for table link columns."""
+    return f"{page}?{urlencode(link_params(**params))}"
+
+
+def feature_url(sae: str, feature: int) -> str:
+    return url("Feature", sae=sae, feature=int(feature))
+
+
+def copy_link() -> None:
+    """Show this view's URL; the code block has a copy button."""
+    base = ""
+    try:
+        base = (st.context.url or "").split("?")[0]
+    except Exception:  # noqa: BLE001 - no browser context (tests)
+        base = ""
+    if not base:
+        host = os.environ.get("SAE_DASHBOARD_URL", "http://localhost:8501")
+        base = host.rstrip("/") + "/"
+    query = urlencode({k: st.query_params.get(k) for k in st.query_params})
+    with st.sidebar.expander("🔗 Link to this view", expanded=False):
+        st.code(f"{base}?{query}" if query else base, language=None)
+
+
+def labeler() -> str | None:
+    """The labeler's name: chosen once per browser session, kept in the URL and session."""
+    seed("w_labeler", "labeler", param("labeler") or st.session_state.get("w_labeler") or "")
+    name = st.sidebar.text_input("Your name (for labels)", key="w_labeler", on_change=to_url,
+                                 args=("w_labeler", "labeler", lambda v: v.strip() or None))
+    name = (name or "").strip()
+    if name and param("labeler") != name:
+        set_params(labeler=name)
+    return name or None

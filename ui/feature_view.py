@@ -1,0 +1,73 @@
+"""Feature panels used by the Feature page and the blind label queue."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from backend import queries, render
+from ui import common
+
+CSS = """<style>
+.ctx .tok { border-radius: 2px; padding: 0 1px; }
+table.labels td, table.labels th { padding: 2px 8px; text-align: left; vertical-align: top; }
+</style>"""
+
+
+def examples_panel(db: str, sae: str, f: int, n_top: int | None = None, quantiles: bool = True) -> None:
+    ex = queries.examples(db, sae, f)
+    st.html(CSS)
+    if ex.empty:
+        st.info("This feature never fired on the corpus: no examples.")
+        return
+    scale = float(ex["value"].max())
+    top = ex[ex["kind"] == 0]
+    if n_top is not None:
+        top = top.head(n_top)
+    st.markdown(f"**Top activations** (shading relative to the max, {scale:.3g}; hover a token for its value)")
+    st.html("".join(render.tokens_html(r.tokens, r.acts, scale, r.pos - r.ctx_start) for r in top.itertuples()))
+    if not quantiles:
+        return
+    q = ex[ex["kind"] == 1]
+    if q.empty:
+        return
+    st.markdown("**Sampled across activation quantiles** (a uniform sample of all activations, cut into equal-count buckets)")
+    n_b = int(q["bucket"].max()) + 1
+    for b in sorted(q["bucket"].unique(), reverse=True):
+        g = q[q["bucket"] == b]
+        st.caption(f"quantile bucket {b + 1}/{n_b}: activations {g['value'].min():.3g} – {g['value'].max():.3g}")
+        st.html("".join(render.tokens_html(r.tokens, r.acts, scale, r.pos - r.ctx_start) for r in g.itertuples()))
+
+
+def effects_panel(db: str, sae: str, f: int) -> None:
+    eff = queries.token_effects(db, sae, f)
+    kind = queries.sae_row(db, sae)["effect_kind"]
+    what = "W_dec · W_U (logit effect)" if kind == "unembed" else "W_dec · W_E (nearest input embeddings; this model has no unembedding)"
+    st.markdown(f"**Token effects** — {what}")
+    c1, c2 = st.columns(2)
+    for col, d, title in ((c1, 1, "promotes"), (c2, -1, "suppresses")):
+        part = eff[eff["direction"] == d][["token", "value"]]
+        col.caption(title)
+        col.dataframe(part.assign(token=part["token"].map(repr)), hide_index=True, height=250)
+
+
+def neighbours_panel(db: str, sae: str, f: int) -> None:
+    nb = queries.neighbours(db, sae, f)
+    st.markdown("**Nearest features** by decoder cosine similarity")
+    nb = nb.assign(open=[common.feature_url(sae, x) for x in nb["feature"]])
+    st.dataframe(nb[["open", "feature", "cosine", "density", "max_act", "top_tokens"]], hide_index=True,
+                 column_config={"open": st.column_config.LinkColumn("", display_text="open"),
+                                "density": st.column_config.NumberColumn(format="%.2e"),
+                                "cosine": st.column_config.NumberColumn(format="%.3f")})
+
+
+def density_panel(db: str, sae: str, row: dict) -> None:
+    feats = queries.features(db, sae)
+    marker = float(np.log10(row["density"])) if row["density"] > 0 else None
+    st.plotly_chart(render.layer_histogram(feats, marker=marker), key="feat_density", config={"displayModeBar": False})
+
+
+def summary(row: dict, n_features: int) -> pd.DataFrame:
+    return pd.DataFrame([{"density": row["density"], "count": row["count"], "max activation": row["max_act"],
+                          "mean when active": row["mean_act"], "of features": n_features}])
