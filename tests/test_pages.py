@@ -1,0 +1,206 @@
+"""Every page through Streamlit's AppTest, with good and bad URL parameters."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from backend import labels, queries
+from backend.harvest import precompute
+from tests.conftest import repo_root
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory, corpus_file, sae_dirs, adapter, loaded_saes):
+    """A data folder with one real (tiny) feature database, whose corpus holds hostile markup."""
+    from backend.config import PrecomputeConfig, SAESource
+
+    d = tmp_path_factory.mktemp("data")
+    evil = d / "evil.jsonl"
+    text = shutil.os.linesep.join([open(corpus_file).read()])
+    with evil.open("w") as fh:
+        fh.write('{"text": "<script>alert(1)</script> <img src=x onerror=alert(2)> and more words"}\n' * 30)
+        fh.write(text)
+    cfg = PrecomputeConfig(db=str(d / "tiny.duckdb"), model="tiny", corpus=str(evil), n_tokens=40 * 32,
+                           context_len=32, batch_size=8, n_top=6, n_buckets=3, per_bucket=2, left=4, right=2,
+                           saes=[SAESource(path=p) for p in sae_dirs.values()])
+    precompute(cfg, adapter, loaded_saes)
+    return d
+
+
+@pytest.fixture()
+def app(data_dir, monkeypatch):
+    monkeypatch.setenv("SAE_DASHBOARD_DATA", str(data_dir))
+    monkeypatch.delenv("SAE_DASHBOARD_PASSWORD", raising=False)
+    queries.clear_caches()
+
+    def make(page: str = "app.py", **params) -> AppTest:
+        at = AppTest.from_file(str(repo_root() / "app.py"), default_timeout=60)
+        if page != "app.py":
+            at.switch_page(page)
+        for k, v in params.items():
+            at.query_params[k] = v
+        return at.run()
+
+    return make
+
+
+def _ok(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_overview(app):
+    at = app()
+    _ok(at)
+    assert at.title[0].value == "SAE features: overview"
+    assert at.query_params["db"] == ["tiny.duckdb"] or at.query_params["db"] == "tiny.duckdb"
+    assert len(at.get("plotly_chart")) >= 3
+    at = app(view="overlay")
+    _ok(at)
+    at = app(view="sideways")
+    assert "view='sideways'" in at.error[0].value
+
+
+def test_layer_page_filters(app):
+    at = app("pages/1_Layer.py", sae="relu-b0")
+    _ok(at)
+    full = at.dataframe[0].value
+    assert len(full) == 64
+    at = app("pages/1_Layer.py", sae="relu-b0", filter="dead")
+    _ok(at)
+    dead = at.dataframe[0].value
+    assert len(dead) >= 4 and (dead["count"] == 0).all()
+    at = app("pages/1_Layer.py", sae="relu-b0", lo="-1.0", hi="0")
+    _ok(at)
+    ranged = at.dataframe[0].value
+    assert len(ranged) < 64 and (ranged["log10_density"] >= -1.0).all()
+    # sorted by density descending by default
+    assert list(ranged["density"]) == sorted(ranged["density"], reverse=True)
+    at = app("pages/1_Layer.py", sae="relu-b0", overlay="topk-b1")
+    _ok(at)
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"sae": "nope"}, "no SAE 'nope'"),
+    ({"sae": "relu-b0", "filter": "weird"}, "filter='weird'"),
+    ({"sae": "relu-b0", "lo": "abc"}, "lo='abc' is not a number"),
+    ({"sae": "relu-b0", "lo": "-1", "hi": "-3"}, "range is empty"),
+    ({"db": "../secrets.duckdb"}, "is not a database name"),
+    ({"db": "missing.duckdb"}, "no database 'missing.duckdb'"),
+])
+def test_layer_page_bad_params(app, params, message):
+    at = app("pages/1_Layer.py", **params)
+    assert not at.exception
+    assert message in at.error[0].value
+
+
+def test_feature_page(app):
+    at = app("pages/2_Feature.py", sae="relu-b0", feature="10")
+    _ok(at)
+    assert at.title[0].value == "Feature 10 · relu-b0"
+    html = "".join(h.proto.body for h in at.get("html"))
+    assert 'class="tok"' in html
+    # navigation buttons move through features and keep the URL in step
+    at.button(key="nav_next →").click().run()
+    _ok(at)
+    assert at.query_params["feature"] in (["11"], "11")
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"sae": "relu-b0", "feature": "abc"}, "not a whole number"),
+    ({"sae": "relu-b0", "feature": "64"}, "out of range"),
+    ({"sae": "relu-b0", "feature": "-1"}, "out of range"),
+    ({"db": "..", "feature": "1"}, "is not a database name"),
+])
+def test_feature_page_bad_params(app, params, message):
+    at = app("pages/2_Feature.py", **params)
+    assert not at.exception
+    assert message in at.error[0].value
+
+
+def test_hostile_corpus_text_is_escaped(app, data_dir):
+    hits = queries.search(str(data_dir / "tiny.duckdb"), "<script>", None)
+    assert len(hits), "the hostile text should be in some top example"
+    s, f = hits.iloc[0]["sae"], int(hits.iloc[0]["feature"])
+    at = app("pages/2_Feature.py", sae=s, feature=str(f))
+    _ok(at)
+    html = "".join(h.proto.body for h in at.get("html"))
+    assert "<script" not in html and "<img" not in html
+    assert "&lt;" in html
+
+
+def test_search_page(app):
+    at = app("pages/3_Search.py", q="alert")
+    _ok(at)
+    assert len(at.dataframe[0].value) > 0
+    at = app("pages/3_Search.py", q="zzqqxx-not-there")
+    _ok(at)
+    assert len(at.dataframe[0].value) == 0
+
+
+def test_label_queue_and_feature_label(app, data_dir):
+    at = app("pages/4_Label_queue.py", sae="relu-b0", labeler="ann")
+    _ok(at)
+    qf = int(at.query_params["qf"][0] if isinstance(at.query_params["qf"], list) else at.query_params["qf"])
+    # blind: no density in the page before the verdict
+    assert not any("Density was" in s.value for s in at.success)
+    at.button(key=f"queue_{qf}_interpretable").click().run()
+    _ok(at)
+    assert any("Density was" in s.value for s in at.success)
+    saved = labels.latest(str(data_dir / "labels.duckdb"), "tiny.duckdb")
+    assert ((saved["feature"] == qf) & (saved["labeler"] == "ann") & (saved["verdict"] == "interpretable")).any()
+    at.button(key="next").click().run()
+    _ok(at)
+    assert int(at.query_params["qf"] if not isinstance(at.query_params["qf"], list) else at.query_params["qf"][0]) != qf
+    # the label shows on the feature page and in the layer table
+    at = app("pages/2_Feature.py", sae="relu-b0", feature=str(qf), labeler="ann")
+    _ok(at)
+    assert any("interpretable" in m.value for m in at.markdown)
+    at = app("pages/1_Layer.py", sae="relu-b0")
+    table = at.dataframe[0].value
+    assert table.set_index("feature").loc[qf, "label"] == "interpretable"
+
+
+def test_label_queue_needs_name_and_password(app, monkeypatch):
+    at = app("pages/4_Label_queue.py", sae="relu-b0")
+    _ok(at)
+    assert any("Enter your name" in i.value for i in at.info)
+    monkeypatch.setenv("SAE_DASHBOARD_PASSWORD", "s3cret")
+    at = app("pages/4_Label_queue.py", sae="relu-b0", labeler="ann")
+    assert any("requires a password" in i.value for i in at.info)
+    at.text_input(key="w_pw").input("wrong").run()
+    assert any("Wrong password" in e.value for e in at.error)
+    at.text_input(key="w_pw").input("s3cret").run()
+    assert not at.error
+
+
+def test_interpretability_page(app, data_dir):
+    lp = str(data_dir / "labels.duckdb")
+    run_id = queries.saes(str(data_dir / "tiny.duckdb"))["run_id"].iloc[0]
+    for who, verdicts in (("ann", ["interpretable", "not interpretable", "interpretable"]),
+                          ("bob", ["interpretable", "interpretable", "interpretable"])):
+        for f, v in zip((20, 21, 22), verdicts):
+            labels.add(lp, labels.Label(db="tiny.duckdb", run_id=run_id, sae="relu-b0", feature=f, verdict=v,
+                                        labeler=who, description="<b>bold</b> claim"))
+    at = app("pages/5_Interpretability.py")
+    _ok(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["features with ≥2 labelers"] == "3"
+    assert metrics["percent agreement"] == "67%"
+    assert len(at.dataframe) >= 2
+    at = app("pages/2_Feature.py", sae="relu-b0", feature="21")
+    html = "".join(h.proto.body for h in at.get("html"))
+    assert "&lt;b&gt;bold&lt;/b&gt;" in html and "<b>bold" not in html
+    at = app()
+    _ok(at)
+    assert any("current verdicts" in c.value for c in at.caption)
+
+
+def test_no_database_is_a_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAE_DASHBOARD_DATA", str(tmp_path))
+    at = AppTest.from_file(str(repo_root() / "app.py"), default_timeout=60).run()
+    assert not at.exception
+    assert "python -m backend demo" in at.error[0].value
