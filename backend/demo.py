@@ -1,0 +1,82 @@
+"""The embedded default: all-MiniLM-L6-v2 from pip, CPython's docs as corpus, SAEs trained here.
+
+`python -m backend demo` builds data/demo.duckdb once (train SAEs on the corpus's train split,
+precompute on its held-out split) and serves the dashboard; later starts reuse both.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from backend.config import PrecomputeConfig, SAESource, TrainConfig
+from backend.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class DemoConfig:
+    db: str = "data/demo.duckdb"
+    saes: str = "data/demo-saes"
+    """where the trained SAEs live (reused when present)"""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        model="embedded", corpus="embedded:train", n_tokens=160_000, expansion=4, k=32, epochs=3))
+    precompute: PrecomputeConfig = field(default_factory=lambda: PrecomputeConfig(
+        model="embedded", corpus="embedded:heldout", n_tokens=64_000, context_len=128, run_name="demo"))
+
+    @classmethod
+    def quick(cls, db: str) -> "DemoConfig":
+        """A few thousand tokens and narrow SAEs: the same path in seconds, for tests."""
+        folder = str(Path(db).with_suffix("")) + "-saes"
+        return cls(db=db, saes=folder,
+                   train=TrainConfig(model="embedded", corpus="embedded:train", n_tokens=6_000, context_len=64,
+                                     expansion=1, k=8, epochs=2, train_batch=256),
+                   precompute=PrecomputeConfig(model="embedded", corpus="embedded:heldout", n_tokens=3_000,
+                                               context_len=64, batch_size=16, run_name="demo-quick"))
+
+
+def build_demo(db: str = "data/demo.duckdb", quick: bool = False, force: bool = False,
+               cfg: DemoConfig | None = None) -> str:
+    """Train (or reuse) the demo SAEs and precompute the database; returns its path."""
+    from backend.harvest import precompute
+    from backend.train import train_saes
+
+    cfg = cfg or (DemoConfig.quick(db) if quick else DemoConfig(db=db, saes=str(Path(db).parent / "demo-saes")))
+    if Path(cfg.db).exists() and not force:
+        print(f"{cfg.db} exists; pass --force to rebuild it")
+        return cfg.db
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    cfg.train.out = cfg.saes
+    results = train_saes(cfg.train)
+    # Build beside the target and move into place when complete: readers never see half a file.
+    tmp = Path(cfg.db).with_name(f".building-{Path(cfg.db).name}")
+    for leftover in (tmp, Path(str(tmp) + ".wal")):
+        leftover.unlink(missing_ok=True)
+    cfg.precompute.db = str(tmp)
+    cfg.precompute.force = True
+    cfg.precompute.saes = [SAESource(path=r.path) for r in results]
+    try:
+        precompute(cfg.precompute)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, cfg.db)
+    print(f"built {cfg.db}")
+    return cfg.db
+
+
+def serve(db: str | None, port: int = 8501) -> None:
+    """Run the Streamlit app over the folder holding `db` (default: data/)."""
+    folder = str(Path(db).resolve().parent) if db else str((REPO / "data").resolve())
+    if not Path(folder).is_dir():
+        raise UserError(f"{folder} does not exist; build a database first with `python -m backend demo --no-serve`")
+    env = dict(os.environ, SAE_DASHBOARD_DATA=folder)
+    name = f"?db={Path(db).name}" if db else ""
+    print(f"serving http://localhost:{port}/{name}  (Ctrl-C stops)")
+    cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.headless", "true",
+           "--server.port", str(port), "--browser.gatherUsageStats", "false"]
+    raise SystemExit(subprocess.call(cmd, cwd=REPO, env=env))
