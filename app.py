@@ -36,6 +36,10 @@ def overview() -> None:
         "downstream_value": st.column_config.NumberColumn("downstream", format="%.3f"),
         "n_dead": "dead", "n_dense": "dense (>10%)"})
 
+    links = st.columns(min(len(saes), 6))
+    for i, s in enumerate(saes["sae"]):
+        links[i % len(links)].page_link(common.LAYER, label=f"{s} →", query_params=common.link_params(sae=s))
+
     st.subheader("Feature density per layer")
     common.seed("w_view", "view", common.param("view") or "facet")
     if st.session_state["w_view"] not in ("facet", "overlay"):

@@ -74,6 +74,10 @@ def layer() -> None:
                        "log10_density": st.column_config.NumberColumn("log10", format="%.2f"),
                        "max_act": st.column_config.NumberColumn("max act", format="%.3g"),
                        "mean_act": st.column_config.NumberColumn("mean act", format="%.3g")})
+    go = st.columns([1, 1, 4])
+    target = go[0].number_input("Open feature #", 0, int(row["d_sae"]) - 1, step=1, key="w_goto")
+    if go[1].button("Go to feature", key="goto"):
+        st.switch_page(common.FEATURE, query_params=common.link_params(sae=sae, feature=int(target)))
     rows = picked.selection.rows if picked else []
     if rows:
         f = int(shown.iloc[rows[0]]["feature"])

@@ -1,0 +1,159 @@
+"""User journeys in a real browser: Debian's Chromium driven by Playwright against `streamlit run`."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from tests.conftest import repo_root
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update"]
+
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium (.ci/run installs it)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, corpus_file, sae_dirs, adapter, loaded_saes):
+    from backend.config import PrecomputeConfig, SAESource
+    from backend.harvest import precompute
+
+    data = tmp_path_factory.mktemp("browser-data")
+    precompute(PrecomputeConfig(db=str(data / "tiny.duckdb"), model="tiny", corpus=corpus_file, n_tokens=40 * 32,
+                                context_len=32, batch_size=8, n_top=6, n_buckets=3, per_bucket=2, left=4, right=2,
+                                saes=[SAESource(path=p) for p in sae_dirs.values()]), adapter, loaded_saes)
+    port = _free_port()
+    env = dict(os.environ, SAE_DASHBOARD_DATA=str(data), SAE_DASHBOARD_URL=f"http://127.0.0.1:{port}")
+    env.pop("SAE_DASHBOARD_PASSWORD", None)
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+                             "--server.port", str(port), "--server.address", "127.0.0.1",
+                             "--browser.gatherUsageStats", "false"], cwd=repo_root(), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(base + "/_stcore/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise RuntimeError("streamlit did not start")
+    yield base, data
+    proc.terminate()
+    proc.wait(timeout=20)
+    shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def _page(browser):
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = ctx.new_page()
+    page.set_default_timeout(30_000)
+    return ctx, page
+
+
+def _no_traceback(page) -> None:
+    assert page.locator("[data-testid='stException']").count() == 0
+
+
+def _busy_feature(data, sae: str) -> int:
+    """A feature that fires often, so that it has examples to show, and whose successor does too."""
+    import duckdb
+
+    con = duckdb.connect(str(data / "tiny.duckdb"), read_only=True)
+    row = con.execute("SELECT a.feature FROM features a JOIN features b ON b.sae = a.sae AND b.feature = a.feature + 1 "
+                      "WHERE a.sae = ? AND a.count > 0 AND b.count > 0 ORDER BY a.count DESC LIMIT 1", [sae]).fetchone()
+    con.close()
+    return int(row[0])
+
+
+def test_overview_to_layer_to_feature_and_shared_link(server, browser):
+    base, data = server
+    f = _busy_feature(data, "relu-b0")
+    ctx, page = _page(browser)
+    page.goto(base + "/?db=tiny.duckdb")
+    page.get_by_role("heading", name="SAE features: overview").wait_for()
+    _no_traceback(page)
+    page.get_by_role("link", name="relu-b0 →").click()
+    page.get_by_role("heading", name=re.compile("Layer · relu-b0")).wait_for()
+    assert "/Layer" in page.url and "sae=relu-b0" in page.url
+    _no_traceback(page)
+    page.get_by_label("Open feature #").fill(str(f))
+    page.get_by_label("Open feature #").press("Enter")
+    page.get_by_role("button", name="Go to feature").click()
+    page.get_by_role("heading", name=re.compile(f"Feature {f} · relu-b0")).wait_for()
+    _no_traceback(page)
+    page.locator("span.tok").first.wait_for()
+    page.get_by_role("button", name="next →").click()
+    page.get_by_role("heading", name=re.compile(f"Feature {f + 1} · relu-b0")).wait_for()
+
+    # The copy-link box holds a URL that reproduces the view in a fresh browser.
+    page.get_by_text("Link to this view").click()
+    link = page.locator("[data-testid='stCode'] code").first.inner_text().strip()
+    assert f"feature={f + 1}" in link and "sae=relu-b0" in link and "db=tiny.duckdb" in link
+    ctx.close()
+
+    ctx2, fresh = _page(browser)
+    fresh.goto(link)
+    fresh.get_by_role("heading", name=re.compile(f"Feature {f + 1} · relu-b0")).wait_for()
+    fresh.locator("span.tok").first.wait_for()
+    _no_traceback(fresh)
+    ctx2.close()
+
+
+def test_bad_url_shows_message_not_traceback(server, browser):
+    base, _ = server
+    ctx, page = _page(browser)
+    page.goto(base + "/Feature?db=tiny.duckdb&sae=relu-b0&feature=banana")
+    page.get_by_text("is not a whole number").wait_for()
+    _no_traceback(page)
+    page.get_by_role("link", name="← Back to the overview").wait_for()
+    ctx.close()
+
+
+def test_two_labelers_see_each_other(server, browser):
+    base, _ = server
+    sessions = []
+    for who, verdict in (("ann", "✅ interpretable"), ("bob", "❌ not interpretable")):
+        ctx, page = _page(browser)
+        page.goto(base + f"/Feature?db=tiny.duckdb&sae=topk-b1&feature=12&labeler={who}")
+        page.get_by_role("heading", name=re.compile("Feature 12")).wait_for()
+        sessions.append((ctx, page, verdict))
+    # both click at (nearly) the same time
+    for _, page, verdict in sessions:
+        page.get_by_role("button", name=verdict).click()
+    for _, page, _ in sessions:
+        page.get_by_text("Saved:").wait_for()
+    for ctx, page, _ in sessions:
+        page.reload()
+        table = page.locator("table.labels")
+        table.wait_for()
+        text = table.inner_text()
+        assert "ann" in text and "bob" in text
+        assert "not interpretable" in text
+        ctx.close()
