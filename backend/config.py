@@ -64,8 +64,8 @@ class PrecomputeConfig:
     """context tokens shown before an example's token"""
     right: int = 8
     """context tokens shown after an example's token"""
-    downstream_batches: int = 2
-    """batches on which the SAE is spliced into the model (CE loss / cosine recovered)"""
+    downstream_seqs: int = 16
+    """first sequences on which each SAE is spliced into the model (CE loss / cosine recovered)"""
     n_effects: int = 10
     """top and bottom tokens per feature by W_dec . W_U (or W_E)"""
     n_neighbours: int = 10
@@ -132,9 +132,11 @@ class TrainConfig:
     """d_sae = expansion x d_model"""
     k: int = 32
     """active features per token for TopK SAEs"""
-    l1_coefficient: float = 3.0
+    l1_coefficient: float = 2.0
     """sparsity penalty for standard (ReLU + L1) SAEs"""
-    lr: float = 4e-4
+    l0_coefficient: float = 0.3
+    """sparsity penalty for JumpReLU SAEs"""
+    lr: float = 1e-3
     train_batch: int = 1024
     """tokens per optimiser step"""
     epochs: int = 3

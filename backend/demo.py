@@ -24,7 +24,7 @@ class DemoConfig:
     saes: str = "data/demo-saes"
     """where the trained SAEs live (reused when present)"""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        model="embedded", corpus="embedded:train", n_tokens=160_000, expansion=4, k=32, epochs=3))
+        model="embedded", corpus="embedded:train", n_tokens=150_000, expansion=4, k=64, epochs=3))
     precompute: PrecomputeConfig = field(default_factory=lambda: PrecomputeConfig(
         model="embedded", corpus="embedded:heldout", n_tokens=64_000, context_len=128, run_name="demo"))
 

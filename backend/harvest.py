@@ -82,8 +82,9 @@ class Harvest:
         self.cfg, self.adapter, self.saes = cfg, adapter, saes
         self.device = torch.device(cfg.device)
         self.stats = {s.name: FeatureStats(self.spec(s), self.device) for s in saes}
-        self.downstream: dict[str, list[Downstream]] = {s.name: [] for s in saes}
+        self.downstream: dict[str, list[tuple[Downstream, int]]] = {s.name: [] for s in saes}
         self.n_seqs = 0
+        self._downstream_left = cfg.downstream_seqs
         self.token_file = token_file
         self._writer: pq.ParquetWriter | None = None
 
@@ -93,7 +94,7 @@ class Harvest:
                          n_buckets=c.n_buckets, per_bucket=c.per_bucket, left=c.left, right=c.right, seed=c.seed)
 
     @torch.no_grad()
-    def step(self, seq_ids: np.ndarray, content: np.ndarray, batch_index: int) -> None:
+    def step(self, seq_ids: np.ndarray, content: np.ndarray) -> None:
         tokens, mask = self.adapter.wrap(content)
         if self.cfg.include_special:
             mask = torch.ones_like(mask)
@@ -105,8 +106,11 @@ class Harvest:
             codes = s.sae.encode(x)
             x_hat = s.sae.decode(codes)
             self.stats[s.name].update(x, codes, x_hat, seq_t, mask.to(self.device))
-            if batch_index < self.cfg.downstream_batches:
-                self.downstream[s.name].append(self.adapter.downstream(tokens, s.hook, s.sae))
+        if self._downstream_left > 0:
+            sub = tokens[: self._downstream_left]
+            for s, d in zip(self.saes, self.adapter.downstream_all(sub, [(s.hook, s.sae) for s in self.saes])):
+                self.downstream[s.name].append((d, len(sub)))
+            self._downstream_left -= len(sub)
         self._write_tokens(seq_ids, tokens.cpu().numpy())
         self.n_seqs += len(seq_ids)
 
@@ -128,8 +132,8 @@ class Harvest:
             total = math.ceil(total / self.cfg.shard_index()[1])
         bar = tqdm(total=total * self.cfg.context_len, unit="tok", desc="harvest", unit_scale=True, file=sys.stderr)
         try:
-            for i, (seq_ids, content) in enumerate(_batches(self.cfg, self.adapter)):
-                self.step(seq_ids, content, i)
+            for seq_ids, content in _batches(self.cfg, self.adapter):
+                self.step(seq_ids, content)
                 bar.update(len(seq_ids) * self.cfg.context_len)
         finally:
             bar.close()
@@ -141,13 +145,13 @@ class Harvest:
     def state_dict(self) -> dict:
         return {"config": asdict(self.cfg), "n_seqs": self.n_seqs,
                 "stats": {k: v.state_dict() for k, v in self.stats.items()},
-                "downstream": {k: [asdict(d) for d in v] for k, v in self.downstream.items()}}
+                "downstream": {k: [(asdict(d), n) for d, n in v] for k, v in self.downstream.items()}}
 
     def merge_state(self, d: dict) -> None:
         for name, sd in d["stats"].items():
             self.stats[name].merge(FeatureStats.from_state_dict(sd, self.device))
         for name, ds in d["downstream"].items():
-            self.downstream[name] += [Downstream(**x) for x in ds]
+            self.downstream[name] += [(Downstream(**x), n) for x, n in ds]
         self.n_seqs += d["n_seqs"]
 
 
@@ -228,13 +232,15 @@ def finalize(h: Harvest, token_files: list[str]) -> str:
         st = h.stats[s.name]
         m = st.layer_metrics()
         ds = h.downstream[s.name]
-        mean = (lambda attr: float(np.mean([getattr(d, attr) for d in ds]))) if ds else (lambda attr: None)
+        weights = [n for _, n in ds]
+        mean = ((lambda attr: float(np.average([getattr(d, attr) for d, _ in ds], weights=weights))) if ds
+                else (lambda attr: None))
         cfg_dict = s.sae.cfg.to_dict() if hasattr(s.sae.cfg, "to_dict") else {}
         sae_rows.append({
             "run_id": run_id, "sae": name, "hook": s.hook, "layer": hook_layer(s.hook), "source": s.source,
             "architecture": s.sae.cfg.architecture(), "d_in": s.sae.cfg.d_in, "d_sae": s.sae.cfg.d_sae,
             "sae_config": json.dumps(cfg_dict, default=str), **m,
-            "downstream_metric": ds[0].name if ds else None, "downstream_value": mean("value"),
+            "downstream_metric": ds[0][0].name if ds else None, "downstream_value": mean("value"),
             "downstream_clean": mean("clean"), "downstream_spliced": mean("spliced"),
             "downstream_ablated": mean("ablated"), "effect_kind": effect_kind,
             "hist_lo": st.spec.hist_lo, "hist_hi": st.spec.hist_hi,

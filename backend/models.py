@@ -69,6 +69,10 @@ class ModelAdapter:
     def downstream(self, tokens: torch.Tensor, hook: str, sae) -> Downstream:
         raise NotImplementedError
 
+    def downstream_all(self, tokens: torch.Tensor, pairs: list[tuple[str, object]]) -> list[Downstream]:
+        """Downstream figures for several (hook, SAE) pairs on the same tokens."""
+        return [self.downstream(tokens, hook, sae) for hook, sae in pairs]
+
     def token_effect_matrix(self) -> tuple[str, torch.Tensor]:
         """("unembed", W_U [d_model, vocab]) when the model has one, else ("embed", W_E.T)."""
         raise NotImplementedError
@@ -159,21 +163,34 @@ class EncoderAdapter(ModelAdapter):
         finally:
             handle.remove()
 
-    def _embed(self, tokens) -> torch.Tensor:
-        """Mean-pooled last hidden state: the sentence embedding sentence-transformers uses."""
-        return self.model(input_ids=tokens).last_hidden_state.mean(1)
+    def _finish(self, hidden: torch.Tensor, hook: str) -> torch.Tensor:
+        """Run the layers after `hook` on a (patched) hidden state; mean-pool the output, which is
+        the sentence embedding sentence-transformers uses for this model."""
+        for layer in self.model.encoder.layer[self._hidden_index(hook):]:
+            out = layer(hidden)
+            hidden = out[0] if isinstance(out, tuple) else out
+        return hidden.mean(1)
 
     @torch.no_grad()
     def downstream(self, tokens, hook, sae) -> Downstream:
-        clean = self._embed(tokens)
-        with self._patched(hook, _splice_hook(sae, "sae")):
-            spliced = self._embed(tokens)
-        with self._patched(hook, _splice_hook(sae, "zero")):
-            ablated = self._embed(tokens)
-        cs = float(torch.nn.functional.cosine_similarity(clean, spliced, dim=-1).mean())
-        ca = float(torch.nn.functional.cosine_similarity(clean, ablated, dim=-1).mean())
-        value = (cs - ca) / (1 - ca) if ca < 1 else float("nan")
-        return Downstream("cosine_recovered", value, 1.0, cs, ca)
+        return self.downstream_all(tokens, [(hook, sae)])[0]
+
+    @torch.no_grad()
+    def downstream_all(self, tokens, pairs) -> list[Downstream]:
+        """Cosine similarity of the final embedding with the SAE's reconstruction spliced in at the
+        hook, against zero-ablating the hook; one clean pass, then only the layers after each hook."""
+        out = self.model(input_ids=tokens, output_hidden_states=True)
+        clean = out.last_hidden_state.mean(1)
+        results = []
+        for hook, sae in pairs:
+            h = out.hidden_states[self._hidden_index(hook)]
+            spliced = self._finish(_splice_hook(sae, "sae")(h), hook)
+            ablated = self._finish(torch.zeros_like(h), hook)
+            cs = float(torch.nn.functional.cosine_similarity(clean, spliced, dim=-1).mean())
+            ca = float(torch.nn.functional.cosine_similarity(clean, ablated, dim=-1).mean())
+            value = (cs - ca) / (1 - ca) if ca < 1 else float("nan")
+            results.append(Downstream("cosine_recovered", value, 1.0, cs, ca))
+        return results
 
     def token_effect_matrix(self):
         return "embed", self.model.get_input_embeddings().weight.detach().T

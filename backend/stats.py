@@ -62,7 +62,8 @@ def token_feature_keys(tok_ids: torch.Tensor, feats: torch.Tensor, seed: int) ->
     """A pseudo-random priority for each (global token, feature) pair; smaller is kept.
 
     murmur3's 32-bit finaliser in int64 arithmetic (products wrap, the mask keeps the low 32
-    bits), with the token id in the low bits so keys never tie.
+    bits), with low bits of the token id below it so keys practically never tie; the whole key
+    stays under 2**53 so it survives conversion to float64 exactly.
     """
     h = (tok_ids * 2654435761 + feats * 40503 + seed * 97) & _M32
     h = h ^ (h >> 16)
@@ -70,7 +71,7 @@ def token_feature_keys(tok_ids: torch.Tensor, feats: torch.Tensor, seed: int) ->
     h = h ^ (h >> 13)
     h = (h * 0xC2B2AE35) & _M32
     h = h ^ (h >> 16)
-    return (h << 30) | (tok_ids & ((1 << 30) - 1))
+    return (h << 21) | (tok_ids & ((1 << 21) - 1))
 
 
 class _TopSet:
@@ -88,8 +89,8 @@ class _TopSet:
               windows: torch.Tensor | None, window_fn=None) -> None:
         """Merge candidates (any order, any number per feature) into the kept sets.
 
-        `window_fn(index_tensor)` computes windows lazily for the few candidates that survive
-        the per-feature cut, which keeps gathering cheap.
+        `window_fn(index_tensor)` computes windows lazily, only for the candidates that win a
+        place, which keeps gathering cheap.
         """
         if feats.numel() == 0:
             return
@@ -106,22 +107,31 @@ class _TopSet:
         slot = torch.repeat_interleave(torch.arange(uniq.numel(), device=feats.device),
                                        torch.clamp(counts, max=k))
         n_u = uniq.numel()
-        c_score = torch.full((n_u, k), -torch.inf, dtype=torch.float64, device=feats.device)
-        c_ids = torch.full((n_u, k), -1, dtype=torch.int64, device=feats.device)
-        c_win = torch.zeros((n_u, k, self.win.shape[2]), dtype=torch.float32, device=feats.device)
+        dev = feats.device
+        c_score = torch.full((n_u, k), -torch.inf, dtype=torch.float64, device=dev)
+        c_ids = torch.full((n_u, k), -1, dtype=torch.int64, device=dev)
+        c_src = torch.full((n_u, k), -1, dtype=torch.int64, device=dev)  # which candidate
         c_score[slot, rank] = score[order].to(torch.float64)
         c_ids[slot, rank] = ids[order]
-        c_win[slot, rank] = windows[order] if windows is not None else window_fn(order)
+        c_src[slot, rank] = order
         all_score = torch.cat([self.score[uniq], c_score], 1)
         all_ids = torch.cat([self.ids[uniq], c_ids], 1)
-        all_win = torch.cat([self.win[uniq], c_win], 1)
-        # Sort by score, ties by smaller id, so merge order never changes the result.
-        tie = torch.argsort(all_ids, dim=1, stable=True)
+        # Sort by score, ties by smaller id (repeated text gives exactly equal activations), so
+        # the order in which shards merge never changes the result.
+        tie = torch.argsort(all_ids, dim=1)
         best = torch.argsort(torch.gather(all_score, 1, tie), dim=1, descending=True, stable=True)
         best = torch.gather(tie, 1, best)[:, :k]
+        # Windows: kept entries move within their row; only winning candidates are gathered.
+        old = best < k
+        win = torch.gather(self.win[uniq], 1, torch.where(old, best, 0)[:, :, None].expand(-1, -1, self.win.shape[2]))
+        src = torch.gather(torch.cat([torch.full_like(c_src, -1), c_src], 1), 1, best)
+        r, j = torch.nonzero(src >= 0, as_tuple=True)
+        if r.numel():
+            picked = src[r, j]
+            win[r, j] = windows[picked] if windows is not None else window_fn(picked)
         self.score[uniq] = torch.gather(all_score, 1, best)
         self.ids[uniq] = torch.gather(all_ids, 1, best)
-        self.win[uniq] = torch.gather(all_win, 1, best[:, :, None].expand(-1, -1, all_win.shape[2]))
+        self.win[uniq] = win
 
     def merge(self, other: "_TopSet") -> None:
         f, j = torch.nonzero(other.ids >= 0, as_tuple=True)
@@ -161,52 +171,51 @@ class FeatureStats:
         sequence numbers; mask: [B, T] bool, False for tokens excluded from statistics."""
         spec = self.spec
         B, T, F = codes.shape
-        codes = codes.float() * mask[:, :, None]
-        x = x.double()
-        err2 = (x - x_hat.double()).pow(2).sum(-1) * mask
-        x2 = x.pow(2).sum(-1) * mask
+        m = mask.to(x.dtype)
+        err2 = (x - x_hat).pow(2).sum(-1).double() * m
+        x2 = x.pow(2).sum(-1).double() * m
         self.n_tokens += int(mask.sum())
-        self.sum_x += (x * mask[:, :, None]).sum((0, 1))
+        self.sum_x += (x * m[:, :, None]).sum((0, 1), dtype=torch.float64)
         self.sum_x2 += x2.sum()
         self.sse += err2.sum()
         self.pos_sse[:T] += err2.sum(0)
         self.pos_x2[:T] += x2.sum(0)
         self.pos_n[:T] += mask.sum(0)
 
+        # Everything per feature works on the nonzero entries only: codes are sparse.
         flat = codes.reshape(B * T, F)
-        active = flat > 0
-        self.count += active.sum(0)
-        self.sum_act += flat.sum(0, dtype=torch.float64)
-        self.sum_l0 += active.sum()
-        n_idx, f_idx = torch.nonzero(active, as_tuple=True)
-        vals = flat[n_idx, f_idx]
-        logv = torch.log10(vals)
+        n_idx, f_idx = torch.nonzero(flat > 0, as_tuple=True)
+        keep = mask.reshape(-1)[n_idx]
+        n_idx, f_idx = n_idx[keep], f_idx[keep]
+        vals = flat[n_idx, f_idx].float()
+        self.count += torch.bincount(f_idx, minlength=F)
+        self.sum_act += torch.bincount(f_idx, weights=vals.double(), minlength=F)
+        self.sum_l0 += f_idx.numel()
         width = (spec.hist_hi - spec.hist_lo) / spec.hist_bins
-        b = torch.clamp(torch.floor((logv - spec.hist_lo) / width).long() + 1, 0, spec.hist_bins + 1)
+        b = torch.clamp(torch.floor((torch.log10(vals) - spec.hist_lo) / width).long() + 1, 0, spec.hist_bins + 1)
         self.hist += torch.bincount(f_idx * (spec.hist_bins + 2) + b, minlength=self.hist.numel())
 
         tok_ids = seq_ids.to(codes.device)[n_idx // T] * spec.seq_len + (n_idx % T)
+        offsets = torch.arange(-spec.left, spec.right + 1, device=codes.device)
 
-        # Context windows: padded so that every offset is a valid index.
-        padded = torch.nn.functional.pad(codes, (0, 0, spec.left, spec.right))  # [B, T+L+R, F]
-        offsets = torch.arange(spec.window, device=codes.device)
-
-        def windows(sel: torch.Tensor, n=n_idx, f=f_idx) -> torch.Tensor:
-            bb = (n[sel] // T)[:, None]
-            tt = (n[sel] % T)[:, None] + offsets[None, :]
-            return padded[bb, tt, f[sel][:, None]]
+        def windows(sel: torch.Tensor) -> torch.Tensor:
+            """The feature's activation on each token of the candidates' context windows."""
+            bb = (n_idx[sel] // T)[:, None]
+            tt = (n_idx[sel] % T)[:, None] + offsets[None, :]
+            inside = (tt >= 0) & (tt < T)
+            tt = tt.clamp(0, T - 1)
+            w = codes[bb, tt, f_idx[sel][:, None]].float()
+            return w * (inside & mask[bb, tt])
 
         # Only candidates that beat the current k-th best can enter; this cut makes the
         # per-batch work shrink as the sets fill.
-        hot = vals.double() > self.top.threshold()[f_idx]
-        sel = torch.nonzero(hot, as_tuple=True)[0]
+        sel = torch.nonzero(vals.double() > self.top.threshold()[f_idx], as_tuple=True)[0]
         self.top.offer(f_idx[sel], vals[sel], tok_ids[sel], None, lambda o: windows(sel[o]))
 
         keys = token_feature_keys(tok_ids, f_idx, spec.seed)
         score = -keys.double()
-        hot = score > self.reservoir.threshold()[f_idx]
-        sel = torch.nonzero(hot, as_tuple=True)[0]
-        self.reservoir.offer(f_idx[sel], score[sel], tok_ids[sel], None, lambda o: windows(sel[o]))
+        sel2 = torch.nonzero(score > self.reservoir.threshold()[f_idx], as_tuple=True)[0]
+        self.reservoir.offer(f_idx[sel2], score[sel2], tok_ids[sel2], None, lambda o: windows(sel2[o]))
 
     def merge(self, other: "FeatureStats") -> "FeatureStats":
         if asdict(self.spec) != asdict(other.spec):

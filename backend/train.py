@@ -7,6 +7,7 @@ batches. The last 10% of tokens are held out to report L0, explained variance an
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from dataclasses import dataclass
@@ -78,7 +79,7 @@ def _batches(acts: torch.Tensor, batch: int, seed: int):
                 yield acts[idx]
 
 
-def _training_sae(arch: str, hook: str, d_in: int, cfg: TrainConfig, device: str):
+def _training_sae(arch: str, hook: str, d_in: int, cfg: TrainConfig, device: str, steps: int):
     from sae_lens import (JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig, StandardTrainingSAE,
                           StandardTrainingSAEConfig, TopKTrainingSAE, TopKTrainingSAEConfig)
     from sae_lens.saes.sae import SAEMetadata
@@ -88,9 +89,12 @@ def _training_sae(arch: str, hook: str, d_in: int, cfg: TrainConfig, device: str
     torch.manual_seed(cfg.seed)
     if arch == "topk":
         return TopKTrainingSAE(TopKTrainingSAEConfig(k=cfg.k, aux_loss_coefficient=1.0, **common))
+    warm = max(1, steps // 10)
     if arch == "standard":
-        return StandardTrainingSAE(StandardTrainingSAEConfig(l1_coefficient=cfg.l1_coefficient, **common))
-    return JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(l0_coefficient=cfg.l1_coefficient, **common))
+        return StandardTrainingSAE(StandardTrainingSAEConfig(l1_coefficient=cfg.l1_coefficient, l1_warm_up_steps=warm,
+                                                             **common))
+    return JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(l0_coefficient=cfg.l0_coefficient, l0_warm_up_steps=warm,
+                                                         **common))
 
 
 @torch.no_grad()
@@ -109,16 +113,23 @@ def evaluate(sae, acts: torch.Tensor, batch: int = 4096) -> tuple[float, float, 
 
 def train_one(arch: str, hook: str, train_acts: torch.Tensor, cfg: TrainConfig, out: Path):
     from sae_lens import SAE
-    from sae_lens.config import SAETrainerConfig
+    import sae_lens.training.activation_scaler as scaler_module
+    import sae_lens.training.sae_trainer as trainer_module
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
-    sae = _training_sae(arch, hook, train_acts.shape[1], cfg, cfg.device)
+    # One bar per SAE is ours (train SAEs); the trainer's own bars would interleave with it.
+    trainer_module.tqdm = scaler_module.tqdm = functools.partial(tqdm, disable=True)
+
     total = cfg.epochs * len(train_acts)
     steps = total // cfg.train_batch
+    sae = _training_sae(arch, hook, train_acts.shape[1], cfg, cfg.device, steps)
+    # dead_feature_window is in steps: sae_lens's default (1000) exceeds a short run, and then
+    # TopK's auxiliary loss never revives dead latents. Linear decay over the last 20%.
     tcfg = SAETrainerConfig(total_training_samples=total, train_batch_size_samples=cfg.train_batch, lr=cfg.lr,
-                            lr_end=cfg.lr / 10, lr_scheduler_name="cosineannealing", lr_warm_up_steps=min(50, steps // 10),
-                            device=cfg.device, dead_feature_window=max(20, steps // 20),
-                            feature_sampling_window=max(50, steps // 4), n_batches_for_norm_estimate=50)
+                            lr_end=cfg.lr, lr_scheduler_name="constant", lr_decay_steps=steps // 5,
+                            device=cfg.device, dead_feature_window=50, feature_sampling_window=10**9,
+                            n_batches_for_norm_estimate=50, logger=LoggingConfig(log_to_wandb=False))
     trainer = SAETrainer(cfg=tcfg, sae=sae, data_provider=_batches(train_acts, cfg.train_batch, cfg.seed))
     trained = trainer.fit()
     trained.save_inference_model(str(out))

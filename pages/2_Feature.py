@@ -38,8 +38,8 @@ def feature() -> None:
     mine = status[status["feature"] == f]
     if len(mine):
         r = mine.iloc[0]
-        st.markdown(f"**Label:** {render.escape(r['label'])} ({int(r['n_labels'])} labeler(s))"
-                    + (f" — “{render.escape(r['description'])}”" if r["description"] else ""))
+        st.html(f"<p><b>Label:</b> {render.escape(r['label'])} ({int(r['n_labels'])} labeler(s))"
+                + (f" — “{render.escape(r['description'])}”" if r["description"] else "") + "</p>")
 
     st.dataframe(feature_view.summary(row, n), hide_index=True,
                  column_config={"density": st.column_config.NumberColumn(format="%.3e")})

@@ -113,7 +113,7 @@ def small_cfg(tmp_path, corpus_file, sae_dirs):
     def make(**kw):
         base = dict(db=str(tmp_path / "f.duckdb"), model="tiny-random", corpus=corpus_file, n_tokens=24 * 32,
                     context_len=32, batch_size=5, n_top=6, n_buckets=3, per_bucket=2, left=4, right=2,
-                    downstream_batches=1, saes=[SAESource(path=p) for p in sae_dirs.values()])
+                    downstream_seqs=4, saes=[SAESource(path=p) for p in sae_dirs.values()])
         base.update(kw)
         return PrecomputeConfig(**base)
 

@@ -158,7 +158,7 @@ def test_label_queue_and_feature_label(app, data_dir):
     # the label shows on the feature page and in the layer table
     at = app("pages/2_Feature.py", sae="relu-b0", feature=str(qf), labeler="ann")
     _ok(at)
-    assert any("interpretable" in m.value for m in at.markdown)
+    assert any("<b>Label:</b> interpretable" in h.proto.body for h in at.get("html"))
     at = app("pages/1_Layer.py", sae="relu-b0")
     table = at.dataframe[0].value
     assert table.set_index("feature").loc[qf, "label"] == "interpretable"

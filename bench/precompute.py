@@ -1,0 +1,99 @@
+"""Precompute overhead: full precompute time / (bare model forward + SAE encode) on the same tokens.
+
+The baseline runs exactly the model forward passes and `sae.encode` calls the precompute needs,
+on the same batches, and nothing else. The full run adds reading the corpus, decoding, all
+statistics, example windows, downstream splicing, token effects, neighbours and the DuckDB write.
+Last line: overhead_ratio=<x> tokens_per_s=<y>
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from backend.config import PrecomputeConfig, SAESource  # noqa: E402
+from backend.harvest import _batches, precompute  # noqa: E402
+from backend.models import load_model  # noqa: E402
+from backend.saes import load_saes  # noqa: E402
+
+
+def random_saes(folder: Path, hooks: list[str], d_in: int, d_sae: int, arch: str) -> list[SAESource]:
+    from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    out = []
+    for h in hooks:
+        torch.manual_seed(len(out))
+        meta = SAEMetadata(hook_name=h)
+        sae = (TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=32, metadata=meta)) if arch == "topk"
+               else StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae, metadata=meta)))
+        with torch.no_grad():
+            sae.W_enc.normal_(0, d_in ** -0.5)
+            sae.b_enc.fill_(-0.5)
+        sae.save_model(str(folder / h))
+        out.append(SAESource(path=str(folder / h)))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="embedded")
+    ap.add_argument("--sae", action="append", default=[], help="SAE folders (default: demo SAEs, else random ones)")
+    ap.add_argument("--d-sae", type=int, default=1536, help="width of random SAEs")
+    ap.add_argument("--arch", default="topk", choices=["topk", "standard"])
+    ap.add_argument("--n-tokens", type=int, default=32_768)
+    ap.add_argument("--context-len", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--corpus", default="embedded:all")
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-precompute-"))
+    adapter = load_model(args.model, args.device)
+    if args.sae:
+        sources = [SAESource(path=p) for p in args.sae]
+    elif args.model == "embedded" and Path("data/demo-saes").is_dir():
+        sources = [SAESource(path=str(p)) for p in sorted(Path("data/demo-saes").iterdir()) if p.name.startswith(args.arch)]
+    else:
+        sources = random_saes(tmp, adapter.hook_names()[:: max(1, len(adapter.hook_names()) // 7)], adapter.d_model,
+                              args.d_sae, args.arch)
+    saes = load_saes(sources, adapter, args.device, "float32")
+    cfg = PrecomputeConfig(db=str(tmp / "bench.duckdb"), model=args.model, corpus=args.corpus, n_tokens=args.n_tokens,
+                           context_len=args.context_len, batch_size=args.batch_size, device=args.device, saes=sources)
+    batches = list(_batches(cfg, adapter))  # the very tokens the precompute will read
+    hooks = sorted({s.hook for s in saes})
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+
+    def bare() -> float:
+        t = time.perf_counter()
+        with torch.no_grad():
+            for _, content in batches:
+                tokens, _ = adapter.wrap(content)
+                acts = adapter.activations(tokens, hooks)
+                for s in saes:
+                    s.sae.encode(acts[s.hook].to(s.sae.dtype))
+        sync()
+        return time.perf_counter() - t
+
+    bare()  # warm-up: first-call allocations and kernel selection
+    t_bare = min(bare() for _ in range(2))
+    t = time.perf_counter()
+    precompute(cfg, adapter, saes)
+    sync()
+    t_full = time.perf_counter() - t
+    n_tok = sum(len(c) for _, c in batches) * args.context_len
+    print(f"{len(saes)} SAEs x d_sae {saes[0].sae.cfg.d_sae} on {args.model}, {n_tok:,} tokens, device {args.device}, "
+          f"torch threads {torch.get_num_threads()}")
+    print(f"bare forward + encode: {t_bare:.2f} s   full precompute: {t_full:.2f} s")
+    print(f"overhead_ratio={t_full / t_bare:.3f} tokens_per_s={n_tok / t_full:.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""The embedded default end to end on a tiny slice: real MiniLM, CPython docs, SAEs trained by sae_lens."""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pytest
+import torch
+
+from backend.demo import DemoConfig, build_demo
+from backend.models import load_model
+
+
+@pytest.fixture(scope="module")
+def demo_db(tmp_path_factory):
+    db = str(tmp_path_factory.mktemp("demo") / "demo.duckdb")
+    return build_demo(db, quick=True)
+
+
+def test_demo_database_has_every_layer(demo_db):
+    con = duckdb.connect(demo_db, read_only=True)
+    assert con.execute("SELECT status, model FROM runs").fetchall() == [("complete", "all-MiniLM-L6-v2")]
+    saes = con.execute("SELECT sae, hook, architecture, d_sae, explained_variance, downstream_metric FROM saes").df()
+    hooks = ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.hook_resid_post" for i in range(6)]
+    assert sorted(saes["hook"].unique()) == sorted(hooks)
+    assert set(saes["architecture"]) == {"topk", "standard"} and len(saes) == 14
+    assert (saes["downstream_metric"] == "cosine_recovered").all()
+    dens = con.execute("SELECT density FROM features WHERE count > 0").df()["density"]
+    assert len(dens) > 0 and ((dens > 0) & (dens <= 1)).all()
+    assert con.execute("SELECT count(*) FROM features WHERE count = 0 AND density <> 0").fetchone() == (0,)
+    effects = con.execute("SELECT DISTINCT effect_kind FROM saes").fetchall()
+    assert effects == [("embed",)]  # an encoder has no unembedding: nearest input embeddings instead
+    con.close()
+
+
+def test_demo_highlights_match_a_recomputation(demo_db):
+    from sae_lens import SAE
+
+    con = duckdb.connect(demo_db, read_only=True)
+    rows = con.execute("""
+        SELECT e.sae, s.source, s.hook, e.feature, e.seq, e.pos, e.ctx_start, e.value, e.acts, q.tokens
+        FROM examples e JOIN saes s USING (sae) JOIN sequences q ON q.seq = e.seq AND q.run_id = s.run_id
+        WHERE e.rank = 0 ORDER BY e.sae, e.feature LIMIT 40""").df()
+    con.close()
+    adapter = load_model("embedded")
+    checked = 0
+    for r in rows.itertuples():
+        sae = SAE.load_from_disk(r.source)
+        tokens = torch.tensor([list(r.tokens)])
+        with torch.no_grad():
+            codes = sae.encode(adapter.activations(tokens, [r.hook])[r.hook])[0, :, r.feature]
+        want = codes[r.ctx_start:r.ctx_start + len(r.acts)].numpy()
+        want[(np.arange(r.ctx_start, r.ctx_start + len(r.acts)) == 0)] = 0  # CLS is excluded
+        want[(np.arange(r.ctx_start, r.ctx_start + len(r.acts)) == len(r.tokens) - 1)] = 0  # SEP too
+        np.testing.assert_allclose(r.acts, want, rtol=1e-3, atol=1e-4)
+        assert r.value == pytest.approx(float(codes[r.pos]), rel=1e-3, abs=1e-4)
+        checked += 1
+    assert checked == len(rows) > 10
+
+
+def test_demo_is_reused_not_rebuilt(demo_db, capsys):
+    assert build_demo(demo_db, quick=True) == demo_db
+    assert "exists" in capsys.readouterr().out
+
+
+def test_demo_config_defaults_are_the_documented_ones():
+    cfg = DemoConfig()
+    assert cfg.db == "data/demo.duckdb" and cfg.precompute.corpus == "embedded:heldout"
+    assert cfg.train.corpus == "embedded:train" and set(cfg.train.architectures) == {"topk", "standard"}
