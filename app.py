@@ -20,21 +20,45 @@ def overview() -> None:
         return
     runs = queries.runs(db)
     done = runs[runs["status"] == "complete"]
-    st.caption(f"{len(saes)} SAEs · model {', '.join(done['model'].unique())} · corpus {', '.join(done['corpus'].unique())}"
-               f" · {int(done['n_tokens'].sum()):,} tokens")
+    st.caption(
+        f"{len(saes)} SAEs · model {', '.join(done['model'].unique())} · corpus {', '.join(done['corpus'].unique())}"
+        f" · {int(done['n_tokens'].sum()):,} tokens"
+    )
     unfinished = runs[runs["status"] != "complete"]
     if len(unfinished):
-        st.warning(f"{len(unfinished)} run(s) not complete: " + ", ".join(f"{r.run_id} ({r.status})" for r in unfinished.itertuples()))
+        st.warning(
+            f"{len(unfinished)} run(s) not complete: "
+            + ", ".join(f"{r.run_id} ({r.status})" for r in unfinished.itertuples())
+        )
 
-    table = saes[["sae", "hook", "architecture", "d_sae", "l0", "explained_variance", "downstream_metric",
-                  "downstream_value", "n_dead", "n_dense", "n_tokens"]].copy()
+    table = saes[
+        [
+            "sae",
+            "hook",
+            "architecture",
+            "d_sae",
+            "l0",
+            "explained_variance",
+            "downstream_metric",
+            "downstream_value",
+            "n_dead",
+            "n_dense",
+            "n_tokens",
+        ]
+    ].copy()
     table.insert(0, "open", [common.url("Layer", sae=s) for s in saes["sae"]])
-    st.dataframe(table, hide_index=True, column_config={
-        "open": st.column_config.LinkColumn("layer page", display_text="open"),
-        "l0": st.column_config.NumberColumn("L0", format="%.1f"),
-        "explained_variance": st.column_config.NumberColumn("explained var.", format="%.3f"),
-        "downstream_value": st.column_config.NumberColumn("downstream", format="%.3f"),
-        "n_dead": "dead", "n_dense": "dense (>10%)"})
+    st.dataframe(
+        table,
+        hide_index=True,
+        column_config={
+            "open": st.column_config.LinkColumn("layer page", display_text="open"),
+            "l0": st.column_config.NumberColumn("L0", format="%.1f"),
+            "explained_variance": st.column_config.NumberColumn("explained var.", format="%.3f"),
+            "downstream_value": st.column_config.NumberColumn("downstream", format="%.3f"),
+            "n_dead": "dead",
+            "n_dense": "dense (>10%)",
+        },
+    )
 
     links = st.columns(min(len(saes), 6))
     for i, s in enumerate(saes["sae"]):
@@ -44,8 +68,14 @@ def overview() -> None:
     common.seed("w_view", "view", common.param("view") or "facet")
     if st.session_state["w_view"] not in ("facet", "overlay"):
         raise common.UserError(f"URL parameter view={st.session_state['w_view']!r}: use facet or overlay")
-    mode = st.radio("Histograms", ["facet", "overlay"], key="w_view", horizontal=True,
-                    on_change=common.to_url, args=("w_view", "view"))
+    mode = st.radio(
+        "Histograms",
+        ["facet", "overlay"],
+        key="w_view",
+        horizontal=True,
+        on_change=common.to_url,
+        args=("w_view", "view"),
+    )
     st.plotly_chart(render.density_histograms(queries.density_hist(db), mode), key="dens")
     st.caption("Dead features (never active) are not in the histograms; the table counts them.")
 

@@ -20,17 +20,33 @@ def _precompute_parser(sub) -> None:
     from backend.cli_args import add_dataclass_args
     from backend.config import PrecomputeConfig
 
-    p = sub.add_parser("precompute", help="stream a corpus through a model and its SAEs into a feature database",
-                       description="One pass over the corpus computes, for every SAE, densities, activation "
-                       "histograms, top and quantile-sampled examples with context, token effects, neighbours, "
-                       "and per-layer quality metrics, then writes them to --db as one complete run.")
+    p = sub.add_parser(
+        "precompute",
+        help="stream a corpus through a model and its SAEs into a feature database",
+        description="One pass over the corpus computes, for every SAE, densities, activation "
+        "histograms, top and quantile-sampled examples with context, token effects, neighbours, "
+        "and per-layer quality metrics, then writes them to --db as one complete run.",
+    )
     add_dataclass_args(p, PrecomputeConfig, skip=("saes",))
-    p.add_argument("--sae", action="append", default=[], metavar="FOLDER",
-                   help="local SAE folder in sae_lens's format (repeatable)")
-    p.add_argument("--release", action="append", default=[],
-                   help="sae_lens pretrained release, e.g. gpt2-small-res-jb (repeatable; pairs with --sae-id)")
-    p.add_argument("--sae-id", action="append", default=[],
-                   help="SAE id in the release, or a pattern such as 'blocks.*.hook_resid_pre'")
+    p.add_argument(
+        "--sae",
+        action="append",
+        default=[],
+        metavar="FOLDER",
+        help="local SAE folder in sae_lens's format (repeatable)",
+    )
+    p.add_argument(
+        "--release",
+        action="append",
+        default=[],
+        help="sae_lens pretrained release, e.g. gpt2-small-res-jb (repeatable; pairs with --sae-id)",
+    )
+    p.add_argument(
+        "--sae-id",
+        action="append",
+        default=[],
+        help="SAE id in the release, or a pattern such as 'blocks.*.hook_resid_pre'",
+    )
 
 
 def _sources(args) -> list:
@@ -41,7 +57,9 @@ def _sources(args) -> list:
             args.release = args.release * len(args.sae_id)
         else:
             raise UserError("give one --release per --sae-id (or one --release for all of them)")
-    return [SAESource(path=p) for p in args.sae] + [SAESource(release=r, sae_id=i) for r, i in zip(args.release, args.sae_id)]
+    return [SAESource(path=p) for p in args.sae] + [
+        SAESource(release=r, sae_id=i) for r, i in zip(args.release, args.sae_id)
+    ]
 
 
 def cmd_precompute(args) -> None:
@@ -73,18 +91,27 @@ def print_info(db: str, as_json: bool) -> None:
         print(json.dumps(info, indent=2, default=str))
         return
     for run in info["runs"]:
-        print(f"run {run['run_id']}: {run['status']}  model={run['model']}  corpus={run['corpus']}  "
-              f"tokens={run['n_tokens']}  context={run['context_len']}  {run['started_at']} -> {run['finished_at']}"
-              + (f"  error: {run['error']}" if run.get("error") else ""))
+        print(
+            f"run {run['run_id']}: {run['status']}  model={run['model']}  corpus={run['corpus']}  "
+            f"tokens={run['n_tokens']}  context={run['context_len']}  {run['started_at']} -> {run['finished_at']}"
+            + (f"  error: {run['error']}" if run.get("error") else "")
+        )
     if not info["saes"]:
         print("no complete SAE in this database")
         return
-    header = f"{'sae':34} {'hook':26} {'arch':9} {'d_sae':>6} {'tokens':>9} {'L0':>7} {'EV':>6} {'downstream':>22} {'dead':>6} {'dense':>6}"
+    header = (
+        f"{'sae':34} {'hook':26} {'arch':9} {'d_sae':>6} {'tokens':>9} {'L0':>7} {'EV':>6} "
+        f"{'downstream':>22} {'dead':>6} {'dense':>6}"
+    )
     print(header)
     for s in info["saes"]:
-        ds = f"{s['downstream_metric'] or '-'}={s['downstream_value']:.3f}" if s["downstream_value"] is not None else "-"
-        print(f"{s['sae'][:34]:34} {s['hook'][:26]:26} {s['architecture'][:9]:9} {s['d_sae']:>6} {s['n_tokens']:>9} "
-              f"{s['l0']:>7.1f} {s['explained_variance']:>6.3f} {ds:>22} {s['dead_frac']:>6.1%} {s['dense_frac']:>6.1%}")
+        ds = (
+            f"{s['downstream_metric'] or '-'}={s['downstream_value']:.3f}" if s["downstream_value"] is not None else "-"
+        )
+        print(
+            f"{s['sae'][:34]:34} {s['hook'][:26]:26} {s['architecture'][:9]:9} {s['d_sae']:>6} {s['n_tokens']:>9} "
+            f"{s['l0']:>7.1f} {s['explained_variance']:>6.3f} {ds:>22} {s['dead_frac']:>6.1%} {s['dense_frac']:>6.1%}"
+        )
 
 
 def cmd_info(args) -> None:
@@ -126,8 +153,12 @@ def cmd_labels(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m backend", description="Precompute and serve SAE feature dashboards.",
-                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m backend",
+        description="Precompute and serve SAE feature dashboards.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     _precompute_parser(sub)
 
@@ -143,10 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     from backend.cli_args import add_dataclass_args
     from backend.config import TrainConfig
 
-    t = sub.add_parser("train-saes", help="train SAEs with sae_lens's trainer on a model's residual stream",
-                       description="Collects activations once for all hooks, trains one SAE per hook and "
-                       "architecture with sae_lens's SAETrainer, saves each in sae_lens's format and prints "
-                       "L0 / explained variance / dead fraction on held-out activations.")
+    t = sub.add_parser(
+        "train-saes",
+        help="train SAEs with sae_lens's trainer on a model's residual stream",
+        description="Collects activations once for all hooks, trains one SAE per hook and "
+        "architecture with sae_lens's SAETrainer, saves each in sae_lens's format and prints "
+        "L0 / explained variance / dead fraction on held-out activations.",
+    )
     add_dataclass_args(t, TrainConfig)
 
     d = sub.add_parser("demo", help="build the embedded demo database (if missing) and serve the dashboard")
@@ -167,8 +201,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"precompute": cmd_precompute, "merge-shards": cmd_merge, "info": cmd_info, "train-saes": cmd_train,
-            "demo": cmd_demo, "serve": cmd_serve, "labels": cmd_labels}
+COMMANDS = {
+    "precompute": cmd_precompute,
+    "merge-shards": cmd_merge,
+    "info": cmd_info,
+    "train-saes": cmd_train,
+    "demo": cmd_demo,
+    "serve": cmd_serve,
+    "labels": cmd_labels,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: the run is marked unfinished; rerun the same command to restart it cleanly", file=sys.stderr)
+        print(
+            "interrupted: the run is marked unfinished; rerun the same command to restart it cleanly", file=sys.stderr
+        )
         return 130
     return 0
 

@@ -33,7 +33,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, skip: tuple[str, ..
         if hint is bool:
             parser.add_argument(flag, action="store_true", default=default, help=help_text)
         elif typing.get_origin(hint) is list:
-            parser.add_argument(flag, nargs="+", default=default, help=f"{help_text} (default: {' '.join(default) or 'none'})")
+            parser.add_argument(
+                flag, nargs="+", default=default, help=f"{help_text} (default: {' '.join(default) or 'none'})"
+            )
         else:
             base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
             parser.add_argument(flag, type=base, default=default, help=f"{help_text} (default: {default})")

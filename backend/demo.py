@@ -23,24 +23,48 @@ class DemoConfig:
     db: str = "data/demo.duckdb"
     saes: str = "data/demo-saes"
     """where the trained SAEs live (reused when present)"""
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        model="embedded", corpus="embedded:train", n_tokens=150_000, expansion=4, k=64, epochs=3))
-    precompute: PrecomputeConfig = field(default_factory=lambda: PrecomputeConfig(
-        model="embedded", corpus="embedded:heldout", n_tokens=64_000, context_len=128, run_name="demo"))
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            model="embedded", corpus="embedded:train", n_tokens=150_000, expansion=4, k=64, epochs=3
+        )
+    )
+    precompute: PrecomputeConfig = field(
+        default_factory=lambda: PrecomputeConfig(
+            model="embedded", corpus="embedded:heldout", n_tokens=64_000, context_len=128, run_name="demo"
+        )
+    )
 
     @classmethod
-    def quick(cls, db: str) -> "DemoConfig":
+    def quick(cls, db: str) -> DemoConfig:
         """A few thousand tokens and narrow SAEs: the same path in seconds, for tests."""
         folder = str(Path(db).with_suffix("")) + "-saes"
-        return cls(db=db, saes=folder,
-                   train=TrainConfig(model="embedded", corpus="embedded:train", n_tokens=6_000, context_len=64,
-                                     expansion=1, k=8, epochs=2, train_batch=256),
-                   precompute=PrecomputeConfig(model="embedded", corpus="embedded:heldout", n_tokens=3_000,
-                                               context_len=64, batch_size=16, run_name="demo-quick"))
+        return cls(
+            db=db,
+            saes=folder,
+            train=TrainConfig(
+                model="embedded",
+                corpus="embedded:train",
+                n_tokens=6_000,
+                context_len=64,
+                expansion=1,
+                k=8,
+                epochs=2,
+                train_batch=256,
+            ),
+            precompute=PrecomputeConfig(
+                model="embedded",
+                corpus="embedded:heldout",
+                n_tokens=3_000,
+                context_len=64,
+                batch_size=16,
+                run_name="demo-quick",
+            ),
+        )
 
 
-def build_demo(db: str = "data/demo.duckdb", quick: bool = False, force: bool = False,
-               cfg: DemoConfig | None = None) -> str:
+def build_demo(
+    db: str = "data/demo.duckdb", quick: bool = False, force: bool = False, cfg: DemoConfig | None = None
+) -> str:
     """Train (or reuse) the demo SAEs and precompute the database; returns its path."""
     from backend.harvest import precompute
     from backend.train import train_saes
@@ -77,6 +101,17 @@ def serve(db: str | None, port: int = 8501) -> None:
     env = dict(os.environ, SAE_DASHBOARD_DATA=folder)
     name = f"?db={Path(db).name}" if db else ""
     print(f"serving http://localhost:{port}/{name}  (Ctrl-C stops)")
-    cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.headless", "true",
-           "--server.port", str(port), "--browser.gatherUsageStats", "false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(REPO / "app.py"),
+        "--server.headless",
+        "true",
+        "--server.port",
+        str(port),
+        "--browser.gatherUsageStats",
+        "false",
+    ]
     raise SystemExit(subprocess.call(cmd, cwd=REPO, env=env))

@@ -37,8 +37,13 @@ def versions() -> dict:
     import sae_lens
     import transformers
 
-    out = {"python": platform.python_version(), "torch": torch.__version__, "sae_lens": sae_lens.__version__,
-           "transformers": transformers.__version__, "duckdb": duckdb.__version__}
+    out = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "sae_lens": sae_lens.__version__,
+        "transformers": transformers.__version__,
+        "duckdb": duckdb.__version__,
+    }
     try:
         import transformer_lens
 
@@ -90,8 +95,17 @@ class Harvest:
 
     def spec(self, s: LoadedSAE) -> StatsSpec:
         c = self.cfg
-        return StatsSpec(d_sae=s.sae.cfg.d_sae, d_in=s.sae.cfg.d_in, seq_len=c.context_len, n_top=c.n_top,
-                         n_buckets=c.n_buckets, per_bucket=c.per_bucket, left=c.left, right=c.right, seed=c.seed)
+        return StatsSpec(
+            d_sae=s.sae.cfg.d_sae,
+            d_in=s.sae.cfg.d_in,
+            seq_len=c.context_len,
+            n_top=c.n_top,
+            n_buckets=c.n_buckets,
+            per_bucket=c.per_bucket,
+            left=c.left,
+            right=c.right,
+            seed=c.seed,
+        )
 
     @torch.no_grad()
     def step(self, seq_ids: np.ndarray, content: np.ndarray) -> None:
@@ -115,8 +129,12 @@ class Harvest:
         self.n_seqs += len(seq_ids)
 
     def _write_tokens(self, seq_ids, tokens) -> None:
-        table = pa.table({"seq": pa.array(seq_ids, pa.int32()),
-                          "tokens": pa.array(list(tokens.astype(np.int32)), pa.list_(pa.int32()))})
+        table = pa.table(
+            {
+                "seq": pa.array(seq_ids, pa.int32()),
+                "tokens": pa.array(list(tokens.astype(np.int32)), pa.list_(pa.int32())),
+            }
+        )
         if self._writer is None:
             self._writer = pq.ParquetWriter(self.token_file, table.schema)
         self._writer.write_table(table)
@@ -139,13 +157,17 @@ class Harvest:
             bar.close()
             self.close()
         if self.n_seqs == 0:
-            raise UserError(f"corpus {self.cfg.corpus!r} is too short: it gave no sequence of "
-                            f"{self.cfg.context_len} tokens")
+            raise UserError(
+                f"corpus {self.cfg.corpus!r} is too short: it gave no sequence of {self.cfg.context_len} tokens"
+            )
 
     def state_dict(self) -> dict:
-        return {"config": asdict(self.cfg), "n_seqs": self.n_seqs,
-                "stats": {k: v.state_dict() for k, v in self.stats.items()},
-                "downstream": {k: [(asdict(d), n) for d, n in v] for k, v in self.downstream.items()}}
+        return {
+            "config": asdict(self.cfg),
+            "n_seqs": self.n_seqs,
+            "stats": {k: v.state_dict() for k, v in self.stats.items()},
+            "downstream": {k: [(asdict(d), n) for d, n in v] for k, v in self.downstream.items()},
+        }
 
     def merge_state(self, d: dict) -> None:
         for name, sd in d["stats"].items():
@@ -157,6 +179,7 @@ class Harvest:
 
 # ---- turning statistics into tables ----
 
+
 def _examples_frame(name: str, st: FeatureStats) -> pd.DataFrame:
     spec = st.spec
     ex = st.examples()
@@ -167,10 +190,20 @@ def _examples_frame(name: str, st: FeatureStats) -> pd.DataFrame:
     # Window column j holds position pos - left + j; keep the columns inside the sequence.
     lo = start - (pos - spec.left)
     acts = [w[a:b].astype(np.float32) for w, a, b in zip(ex["win"], lo, lo + (stop - start))]
-    df = pd.DataFrame({"sae": name, "feature": ex["feature"].astype(np.int32), "kind": ex["kind"].astype(np.int8),
-                       "rank": ex["rank"].astype(np.int16), "bucket": ex["bucket"].astype(np.int8),
-                       "seq": seq.astype(np.int32), "pos": pos.astype(np.int16),
-                       "ctx_start": start.astype(np.int16), "value": ex["value"].astype(np.float32), "acts": acts})
+    df = pd.DataFrame(
+        {
+            "sae": name,
+            "feature": ex["feature"].astype(np.int32),
+            "kind": ex["kind"].astype(np.int8),
+            "rank": ex["rank"].astype(np.int16),
+            "bucket": ex["bucket"].astype(np.int8),
+            "seq": seq.astype(np.int32),
+            "pos": pos.astype(np.int16),
+            "ctx_start": start.astype(np.int16),
+            "value": ex["value"].astype(np.float32),
+            "acts": acts,
+        }
+    )
     return df.sort_values(["feature", "kind", "bucket", "rank"], kind="stable").reset_index(drop=True)
 
 
@@ -181,14 +214,22 @@ def _token_effects(name: str, sae, matrix: torch.Tensor, k: int, chunk: int = 10
     k = min(k, M.shape[1])
     frames = []
     for lo in range(0, W.shape[0], chunk):
-        logits = W[lo:lo + chunk] @ M
+        logits = W[lo : lo + chunk] @ M
         for direction, largest in ((1, True), (-1, False)):
             v, i = torch.topk(logits, k, dim=1, largest=largest)
             f = np.repeat(np.arange(lo, lo + v.shape[0]), k)
-            frames.append(pd.DataFrame({"sae": name, "feature": f.astype(np.int32), "direction": np.int8(direction),
-                                        "rank": np.tile(np.arange(k), v.shape[0]).astype(np.int16),
-                                        "token_id": i.cpu().numpy().ravel().astype(np.int32),
-                                        "value": v.cpu().numpy().ravel().astype(np.float32)}))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "sae": name,
+                        "feature": f.astype(np.int32),
+                        "direction": np.int8(direction),
+                        "rank": np.tile(np.arange(k), v.shape[0]).astype(np.int16),
+                        "token_id": i.cpu().numpy().ravel().astype(np.int32),
+                        "value": v.cpu().numpy().ravel().astype(np.float32),
+                    }
+                )
+            )
     return pd.concat(frames).sort_values(["feature", "direction", "rank"], kind="stable")
 
 
@@ -198,14 +239,21 @@ def _neighbours(name: str, sae, k: int, chunk: int = 2048) -> pd.DataFrame:
     k = min(k, W.shape[0] - 1)
     frames = []
     for lo in range(0, W.shape[0], chunk):
-        cos = W[lo:lo + chunk] @ W.T
+        cos = W[lo : lo + chunk] @ W.T
         rows = torch.arange(cos.shape[0], device=W.device)
         cos[rows, rows + lo] = -2.0  # never one's own neighbour
         v, i = torch.topk(cos, k, dim=1)
-        frames.append(pd.DataFrame({"sae": name, "feature": np.repeat(np.arange(lo, lo + cos.shape[0]), k).astype(np.int32),
-                                    "rank": np.tile(np.arange(k), cos.shape[0]).astype(np.int16),
-                                    "other": i.cpu().numpy().ravel().astype(np.int32),
-                                    "cosine": v.cpu().numpy().ravel().astype(np.float32)}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "sae": name,
+                    "feature": np.repeat(np.arange(lo, lo + cos.shape[0]), k).astype(np.int32),
+                    "rank": np.tile(np.arange(k), cos.shape[0]).astype(np.int16),
+                    "other": i.cpu().numpy().ravel().astype(np.int32),
+                    "cosine": v.cpu().numpy().ravel().astype(np.float32),
+                }
+            )
+        )
     return pd.concat(frames)
 
 
@@ -221,6 +269,13 @@ def density_histogram(name: str, density: np.ndarray, width: float = 0.1) -> pd.
     return pd.DataFrame({"sae": name, "bin_lo": edges[:-1], "bin_hi": edges[1:], "n": counts.astype(np.int32)})
 
 
+def _weighted_mean(ds: list[tuple[Downstream, int]], attr: str) -> float | None:
+    """Mean over the downstream samples, weighted by their number of sequences."""
+    if not ds:
+        return None
+    return float(np.average([getattr(d, attr) for d, _ in ds], weights=[n for _, n in ds]))
+
+
 def finalize(h: Harvest, token_files: list[str]) -> str:
     """Write a finished harvest as one complete run; returns the run id."""
     cfg, adapter = h.cfg, h.adapter
@@ -232,51 +287,90 @@ def finalize(h: Harvest, token_files: list[str]) -> str:
         st = h.stats[s.name]
         m = st.layer_metrics()
         ds = h.downstream[s.name]
-        weights = [n for _, n in ds]
-        mean = ((lambda attr: float(np.average([getattr(d, attr) for d, _ in ds], weights=weights))) if ds
-                else (lambda attr: None))
+        mean = {attr: _weighted_mean(ds, attr) for attr in ("value", "clean", "spliced", "ablated")}
         cfg_dict = s.sae.cfg.to_dict() if hasattr(s.sae.cfg, "to_dict") else {}
-        sae_rows.append({
-            "run_id": run_id, "sae": name, "hook": s.hook, "layer": hook_layer(s.hook), "source": s.source,
-            "architecture": s.sae.cfg.architecture(), "d_in": s.sae.cfg.d_in, "d_sae": s.sae.cfg.d_sae,
-            "sae_config": json.dumps(cfg_dict, default=str), **m,
-            "downstream_metric": ds[0][0].name if ds else None, "downstream_value": mean("value"),
-            "downstream_clean": mean("clean"), "downstream_spliced": mean("spliced"),
-            "downstream_ablated": mean("ablated"), "effect_kind": effect_kind,
-            "hist_lo": st.spec.hist_lo, "hist_hi": st.spec.hist_hi,
-            "context_left": st.spec.left, "context_right": st.spec.right})
+        sae_rows.append(
+            {
+                "run_id": run_id,
+                "sae": name,
+                "hook": s.hook,
+                "layer": hook_layer(s.hook),
+                "source": s.source,
+                "architecture": s.sae.cfg.architecture(),
+                "d_in": s.sae.cfg.d_in,
+                "d_sae": s.sae.cfg.d_sae,
+                "sae_config": json.dumps(cfg_dict, default=str),
+                **m,
+                "downstream_metric": ds[0][0].name if ds else None,
+                "downstream_value": mean["value"],
+                "downstream_clean": mean["clean"],
+                "downstream_spliced": mean["spliced"],
+                "downstream_ablated": mean["ablated"],
+                "effect_kind": effect_kind,
+                "hist_lo": st.spec.hist_lo,
+                "hist_hi": st.spec.hist_hi,
+                "context_left": st.spec.left,
+                "context_right": st.spec.right,
+            }
+        )
         ft = st.feature_table()
-        tables["features"].append(pd.DataFrame({
-            "sae": name, "feature": ft["feature"], "count": ft["count"], "density": ft["density"],
-            "mean_act": ft["mean_act"], "max_act": ft["max_act"], "hist": list(ft["hist"].astype(np.int32))}))
+        tables["features"].append(
+            pd.DataFrame(
+                {
+                    "sae": name,
+                    "feature": ft["feature"],
+                    "count": ft["count"],
+                    "density": ft["density"],
+                    "mean_act": ft["mean_act"],
+                    "max_act": ft["max_act"],
+                    "hist": list(ft["hist"].astype(np.int32)),
+                }
+            )
+        )
         tables["examples"].append(_examples_frame(name, st))
         tables["token_effects"].append(_token_effects(name, s.sae, matrix, cfg.n_effects))
         tables["neighbours"].append(_neighbours(name, s.sae, cfg.n_neighbours))
         n = st.pos_n.cpu().numpy()
         keep = n > 0
-        tables["position_error"].append(pd.DataFrame({
-            "sae": name, "pos": np.nonzero(keep)[0].astype(np.int32), "n": n[keep],
-            "mse": st.pos_sse.cpu().numpy()[keep] / n[keep],
-            "rel_error": st.pos_sse.cpu().numpy()[keep] / np.maximum(st.pos_x2.cpu().numpy()[keep], 1e-30)}))
+        tables["position_error"].append(
+            pd.DataFrame(
+                {
+                    "sae": name,
+                    "pos": np.nonzero(keep)[0].astype(np.int32),
+                    "n": n[keep],
+                    "mse": st.pos_sse.cpu().numpy()[keep] / n[keep],
+                    "rel_error": st.pos_sse.cpu().numpy()[keep] / np.maximum(st.pos_x2.cpu().numpy()[keep], 1e-30),
+                }
+            )
+        )
         tables["density_hist"].append(density_histogram(name, ft["density"]))
     frames = {t: pd.concat(v, ignore_index=True) for t, v in tables.items() if v}
     strings = adapter.token_strings()
-    frames["vocab"] = pd.DataFrame({"run_id": run_id, "token_id": np.arange(len(strings), dtype=np.int32),
-                                    "token": strings})
+    frames["vocab"] = pd.DataFrame(
+        {"run_id": run_id, "token_id": np.arange(len(strings), dtype=np.int32), "token": strings}
+    )
     n_tokens = h.stats[h.saes[0].name].n_tokens
     token_glob = token_files[0] if len(token_files) == 1 else token_files
-    store.finish_run(cfg.db, run_id, {"n_tokens": n_tokens, "n_seqs": h.n_seqs}, pd.DataFrame(sae_rows),
-                     frames, token_glob)
+    store.finish_run(
+        cfg.db, run_id, {"n_tokens": n_tokens, "n_seqs": h.n_seqs}, pd.DataFrame(sae_rows), frames, token_glob
+    )
     return run_id
 
 
 def _meta(cfg: PrecomputeConfig, adapter: ModelAdapter) -> dict:
-    return {"model": adapter.name, "model_kind": adapter.kind, "corpus": cfg.corpus, "context_len": cfg.context_len,
-            "dtype": cfg.dtype, "device": cfg.device, "config": asdict(cfg), "versions": versions()}
+    return {
+        "model": adapter.name,
+        "model_kind": adapter.kind,
+        "corpus": cfg.corpus,
+        "context_len": cfg.context_len,
+        "dtype": cfg.dtype,
+        "device": cfg.device,
+        "config": asdict(cfg),
+        "versions": versions(),
+    }
 
 
-def precompute(cfg: PrecomputeConfig, adapter: ModelAdapter | None = None,
-               saes: list[LoadedSAE] | None = None) -> str:
+def precompute(cfg: PrecomputeConfig, adapter: ModelAdapter | None = None, saes: list[LoadedSAE] | None = None) -> str:
     """Run the whole precompute; returns the run id (or the shard state's path with --shard)."""
     if not cfg.saes and saes is None:
         raise UserError("no SAE given: pass --sae FOLDER or --release R --sae-id ID")
@@ -333,8 +427,9 @@ def merge_shards(shard_dirs: list[str], db: str | None = None, force: bool = Fal
     return merge_states(cfg, adapter, saes, states, [str(Path(d) / "tokens.parquet") for d in shard_dirs])
 
 
-def merge_states(cfg: PrecomputeConfig, adapter: ModelAdapter, saes: list[LoadedSAE], states: list[dict],
-                 token_files: list[str]) -> str:
+def merge_states(
+    cfg: PrecomputeConfig, adapter: ModelAdapter, saes: list[LoadedSAE], states: list[dict], token_files: list[str]
+) -> str:
     run_id = cfg.run_id()
     store.begin_run(cfg.db, run_id, _meta(cfg, adapter), force=cfg.force)
     try:

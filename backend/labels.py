@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -100,10 +100,24 @@ def _write(path, fn):
 def add(path: str | Path, label: Label) -> str:
     """Append one verdict; returns its uid once it is committed."""
     uid = uuid.uuid4().hex
-    row = [uid, label.db, label.run_id, label.sae, int(label.feature), label.verdict, label.description,
-           label.confidence, label.labeler, datetime.now(timezone.utc).replace(tzinfo=None)]
-    _write(path, lambda con: con.execute(f"INSERT INTO labels ({', '.join(COLUMNS)}) VALUES "
-                                          f"({', '.join('?' * len(COLUMNS))})", row))
+    row = [
+        uid,
+        label.db,
+        label.run_id,
+        label.sae,
+        int(label.feature),
+        label.verdict,
+        label.description,
+        label.confidence,
+        label.labeler,
+        datetime.now(UTC).replace(tzinfo=None),
+    ]
+    _write(
+        path,
+        lambda con: con.execute(
+            f"INSERT INTO labels ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})", row
+        ),
+    )
     return uid
 
 
@@ -130,20 +144,31 @@ def feature_status(path: str | Path, db: str, sae: str) -> pd.DataFrame:
     if df.empty:
         return pd.DataFrame(columns=["feature", "n_labels", "label", "description"])
     g = df.groupby("feature")
-    out = pd.DataFrame({"n_labels": g.size(), "n_yes": g["verdict"].apply(lambda v: (v == "interpretable").sum()),
-                        "n_no": g["verdict"].apply(lambda v: (v == "not interpretable").sum()),
-                        "description": g["description"].apply(lambda d: next((x for x in d[::-1] if x), None))})
-    out["label"] = np.where(out["n_yes"] > out["n_no"], "interpretable",
-                            np.where(out["n_no"] > out["n_yes"], "not interpretable", "unsure/split"))
+    out = pd.DataFrame(
+        {
+            "n_labels": g.size(),
+            "n_yes": g["verdict"].apply(lambda v: (v == "interpretable").sum()),
+            "n_no": g["verdict"].apply(lambda v: (v == "not interpretable").sum()),
+            "description": g["description"].apply(lambda d: next((x for x in d[::-1] if x), None)),
+        }
+    )
+    out["label"] = np.where(
+        out["n_yes"] > out["n_no"],
+        "interpretable",
+        np.where(out["n_no"] > out["n_yes"], "not interpretable", "unsure/split"),
+    )
     return out.reset_index()[["feature", "n_labels", "label", "description"]]
 
 
 def history(path: str | Path, db: str, sae: str, feature: int) -> pd.DataFrame:
     df = all_labels(path)
-    return df[(df["db"] == db) & (df["sae"] == sae) & (df["feature"] == feature)].sort_values("created_at", ascending=False)
+    return df[(df["db"] == db) & (df["sae"] == sae) & (df["feature"] == feature)].sort_values(
+        "created_at", ascending=False
+    )
 
 
 # ---- statistics ----
+
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion: sensible at k = 0 or k = n."""
@@ -185,19 +210,26 @@ def agreement(current: pd.DataFrame) -> dict:
     if multi.empty:
         return {"n_features": 0}
     cats = list(VERDICTS)
-    counts = (multi.groupby(["db", "sae", "feature"])["verdict"].value_counts().unstack(fill_value=0)
-              .reindex(columns=cats, fill_value=0).to_numpy(dtype=float))
+    counts = (
+        multi.groupby(["db", "sae", "feature"])["verdict"]
+        .value_counts()
+        .unstack(fill_value=0)
+        .reindex(columns=cats, fill_value=0)
+        .to_numpy(dtype=float)
+    )
     n_i = counts.sum(1)
     # Pairwise agreement per item, averaged (also the P_i of Fleiss).
     p_i = (counts * (counts - 1)).sum(1) / (n_i * (n_i - 1))
     p_bar = p_i.mean()
     p_j = counts.sum(0) / counts.sum()
-    p_e = (p_j ** 2).sum()
+    p_e = (p_j**2).sum()
     fleiss = (p_bar - p_e) / (1 - p_e) if p_e < 1 else float("nan")
     out = {"n_features": int(len(counts)), "percent_agreement": float(p_bar), "fleiss_kappa": float(fleiss)}
     labelers = multi["labeler"].unique()
     if len(labelers) == 2:
-        wide = multi.pivot_table(index=["db", "sae", "feature"], columns="labeler", values="verdict", aggfunc="last").dropna()
+        wide = multi.pivot_table(
+            index=["db", "sae", "feature"], columns="labeler", values="verdict", aggfunc="last"
+        ).dropna()
         a, b = wide[labelers[0]], wide[labelers[1]]
         po = float((a == b).mean())
         pe = sum(float((a == c).mean()) * float((b == c).mean()) for c in cats)
@@ -210,12 +242,16 @@ def disagreements(current: pd.DataFrame) -> pd.DataFrame:
     if current.empty:
         return pd.DataFrame(columns=["db", "sae", "feature", "verdicts"])
     g = current.groupby(["db", "sae", "feature"])
-    rows = [(db, sae, f, "; ".join(f"{r.labeler}: {r.verdict}" for r in grp.itertuples()))
-            for (db, sae, f), grp in g if grp["verdict"].nunique() > 1]
+    rows = [
+        (db, sae, f, "; ".join(f"{r.labeler}: {r.verdict}" for r in grp.itertuples()))
+        for (db, sae, f), grp in g
+        if grp["verdict"].nunique() > 1
+    ]
     return pd.DataFrame(rows, columns=["db", "sae", "feature", "verdicts"])
 
 
 # ---- export / import ----
+
 
 def _format(path: str) -> str:
     suffix = Path(path).suffix.lower()
@@ -267,13 +303,35 @@ def import_table(df: pd.DataFrame, labels_db: str) -> int:
     """Append rows not already present (by uid); every row is validated first, all or nothing."""
     rows = []
     for rec in df.replace({np.nan: None}).to_dict("records"):
-        lab = Label(db=str(rec["db"]), run_id=str(rec["run_id"]), sae=str(rec["sae"]), feature=int(rec["feature"]),
-                    verdict=str(rec["verdict"]), labeler=str(rec["labeler"] or ""),
-                    description=rec.get("description"),
-                    confidence=None if rec.get("confidence") is None else int(rec["confidence"]))
-        created = pd.to_datetime(rec.get("created_at")) if rec.get("created_at") else pd.Timestamp.now(tz="UTC").tz_localize(None)
-        rows.append([rec.get("uid") or uuid.uuid4().hex, lab.db, lab.run_id, lab.sae, lab.feature, lab.verdict,
-                     lab.description, lab.confidence, lab.labeler, created.to_pydatetime()])
+        lab = Label(
+            db=str(rec["db"]),
+            run_id=str(rec["run_id"]),
+            sae=str(rec["sae"]),
+            feature=int(rec["feature"]),
+            verdict=str(rec["verdict"]),
+            labeler=str(rec["labeler"] or ""),
+            description=rec.get("description"),
+            confidence=None if rec.get("confidence") is None else int(rec["confidence"]),
+        )
+        created = (
+            pd.to_datetime(rec.get("created_at"))
+            if rec.get("created_at")
+            else pd.Timestamp.now(tz="UTC").tz_localize(None)
+        )
+        rows.append(
+            [
+                rec.get("uid") or uuid.uuid4().hex,
+                lab.db,
+                lab.run_id,
+                lab.sae,
+                lab.feature,
+                lab.verdict,
+                lab.description,
+                lab.confidence,
+                lab.labeler,
+                created.to_pydatetime(),
+            ]
+        )
     if not rows:
         return 0
     new = pd.DataFrame(rows, columns=COLUMNS)
@@ -282,8 +340,9 @@ def import_table(df: pd.DataFrame, labels_db: str) -> int:
         con.register("incoming", new)
         con.execute("BEGIN")
         before = con.execute("SELECT count(*) FROM labels").fetchone()[0]
-        con.execute(f"INSERT INTO labels SELECT {', '.join(COLUMNS)} FROM incoming "
-                    "WHERE uid NOT IN (SELECT uid FROM labels)")
+        con.execute(
+            f"INSERT INTO labels SELECT {', '.join(COLUMNS)} FROM incoming WHERE uid NOT IN (SELECT uid FROM labels)"
+        )
         after = con.execute("SELECT count(*) FROM labels").fetchone()[0]
         con.execute("COMMIT")
         return after - before

@@ -166,7 +166,7 @@ class EncoderAdapter(ModelAdapter):
     def _finish(self, hidden: torch.Tensor, hook: str) -> torch.Tensor:
         """Run the layers after `hook` on a (patched) hidden state; mean-pool the output, which is
         the sentence embedding sentence-transformers uses for this model."""
-        for layer in self.model.encoder.layer[self._hidden_index(hook):]:
+        for layer in self.model.encoder.layer[self._hidden_index(hook) :]:
             out = layer(hidden)
             hidden = out[0] if isinstance(out, tuple) else out
         return hidden.mean(1)
@@ -212,7 +212,7 @@ class HookedAdapter(ModelAdapter):
         self.prepend_bos = bool(model.cfg.default_prepend_bos)
 
     @classmethod
-    def from_pretrained(cls, name: str, device: str, dtype: torch.dtype) -> "HookedAdapter":
+    def from_pretrained(cls, name: str, device: str, dtype: torch.dtype) -> HookedAdapter:
         from transformer_lens import HookedTransformer
 
         try:
@@ -237,8 +237,10 @@ class HookedAdapter(ModelAdapter):
         mask = np.ones_like(content, dtype=bool)
         if self.prepend_bos:
             mask[:, 0] = False
-        return (torch.as_tensor(content, dtype=torch.long, device=self.device),
-                torch.as_tensor(mask, device=self.device))
+        return (
+            torch.as_tensor(content, dtype=torch.long, device=self.device),
+            torch.as_tensor(mask, device=self.device),
+        )
 
     @torch.no_grad()
     def activations(self, tokens, hooks):
@@ -252,8 +254,9 @@ class HookedAdapter(ModelAdapter):
         from sae_lens.evals import get_recons_loss
         from sae_lens.training.activation_scaler import ActivationScaler
 
-        r = get_recons_loss(sae, self.model, ActivationScaler(), tokens, compute_kl=False, compute_ce_loss=True,
-                            hook_name=hook)
+        r = get_recons_loss(
+            sae, self.model, ActivationScaler(), tokens, compute_kl=False, compute_ce_loss=True, hook_name=hook
+        )
         clean, spliced = float(r["ce_loss_without_sae"].mean()), float(r["ce_loss_with_sae"].mean())
         ablated = float(r["ce_loss_with_ablation"].mean())
         value = (ablated - spliced) / (ablated - clean) if ablated != clean else float("nan")
@@ -279,12 +282,13 @@ class ProxyAdapter(HookedAdapter):
         self.n_ctx = getattr(hf_cfg, "max_position_embeddings", None) or getattr(hf_cfg, "n_positions", 10**9)
 
     @classmethod
-    def load(cls, name: str, device: str, dtype: torch.dtype) -> "ProxyAdapter":
+    def load(cls, name: str, device: str, dtype: torch.dtype) -> ProxyAdapter:
         from sae_lens.load_model import load_model as sae_lens_load_model
 
         try:
-            model = sae_lens_load_model("AutoModelForCausalLM", name, device=device,
-                                        model_from_pretrained_kwargs={"dtype": dtype})
+            model = sae_lens_load_model(
+                "AutoModelForCausalLM", name, device=device, model_from_pretrained_kwargs={"dtype": dtype}
+            )
         except Exception as e:  # noqa: BLE001
             raise UserError(f"could not load Hugging Face causal LM {name!r}: {str(e).splitlines()[0][:300]}") from None
         model.model.eval()
@@ -301,8 +305,10 @@ class ProxyAdapter(HookedAdapter):
             raise UserError(f"context length {content.shape[1]} exceeds {self.name}'s maximum of {self.n_ctx}")
         mask = np.ones_like(content, dtype=bool)
         mask[:, 0] = not self.prepend_bos
-        return (torch.as_tensor(content, dtype=torch.long, device=self.device),
-                torch.as_tensor(mask, device=self.device))
+        return (
+            torch.as_tensor(content, dtype=torch.long, device=self.device),
+            torch.as_tensor(mask, device=self.device),
+        )
 
     @torch.no_grad()
     def activations(self, tokens, hooks):

@@ -80,12 +80,25 @@ def cached(fn):
 
 def clear_caches() -> None:
     _connection.cache_clear()
-    for fn in (runs, saes, vocab, density_hist, features, feature, examples, token_effects, neighbours,
-               position_error, search, _corpus):
+    for fn in (
+        runs,
+        saes,
+        vocab,
+        density_hist,
+        features,
+        feature,
+        examples,
+        token_effects,
+        neighbours,
+        position_error,
+        search,
+        _corpus,
+    ):
         fn.cache_clear()
 
 
 # ---- whole database ----
+
 
 @cached
 def runs(path: str) -> pd.DataFrame:
@@ -95,10 +108,13 @@ def runs(path: str) -> pd.DataFrame:
 @cached
 def saes(path: str) -> pd.DataFrame:
     """Complete SAEs, shallow layers first."""
-    return _df(path, """
+    return _df(
+        path,
+        """
         SELECT s.* EXCLUDE (sae_config), s.n_dead / s.d_sae AS dead_frac, s.n_dense / s.d_sae AS dense_frac,
                r.model, r.corpus
-        FROM saes s JOIN runs r USING (run_id) WHERE r.status = 'complete' ORDER BY s.layer, s.sae""")
+        FROM saes s JOIN runs r USING (run_id) WHERE r.status = 'complete' ORDER BY s.layer, s.sae""",
+    )
 
 
 def database_info(path: str) -> dict:
@@ -111,7 +127,9 @@ def sae_row(path: str, sae: str) -> dict:
     df = saes(path)
     row = df[df["sae"] == sae]
     if row.empty:
-        raise UserError(f"no SAE {sae!r} in this database (it has {', '.join(df['sae'][:6])}{' ...' if len(df) > 6 else ''})")
+        raise UserError(
+            f"no SAE {sae!r} in this database (it has {', '.join(df['sae'][:6])}{' ...' if len(df) > 6 else ''})"
+        )
     return row.iloc[0].to_dict()
 
 
@@ -123,16 +141,22 @@ def vocab(path: str, run_id: str) -> np.ndarray:
 
 @cached
 def density_hist(path: str) -> pd.DataFrame:
-    return _df(path, """
+    return _df(
+        path,
+        """
         SELECT d.*, s.hook, s.layer, s.architecture FROM density_hist d JOIN saes s USING (sae)
-        JOIN runs r USING (run_id) WHERE r.status = 'complete' ORDER BY s.layer, d.sae, d.bin_lo""")
+        JOIN runs r USING (run_id) WHERE r.status = 'complete' ORDER BY s.layer, d.sae, d.bin_lo""",
+    )
 
 
 @cached
 def position_error(path: str) -> pd.DataFrame:
-    return _df(path, """
+    return _df(
+        path,
+        """
         SELECT p.*, s.hook, s.layer FROM position_error p JOIN saes s USING (sae)
-        JOIN runs r USING (run_id) WHERE r.status = 'complete' ORDER BY s.layer, p.sae, p.pos""")
+        JOIN runs r USING (run_id) WHERE r.status = 'complete' ORDER BY s.layer, p.sae, p.pos""",
+    )
 
 
 # ---- one SAE ----
@@ -149,13 +173,19 @@ PRESETS = {
 def features(path: str, sae: str) -> pd.DataFrame:
     """Every feature of an SAE (without histograms), for the layer table and its filters."""
     sae_row(path, sae)
-    df = _df(path, """SELECT feature, count, density, mean_act, max_act, top_tokens FROM features
-                      WHERE sae = ? ORDER BY feature""", [sae])
+    df = _df(
+        path,
+        """SELECT feature, count, density, mean_act, max_act, top_tokens FROM features
+                      WHERE sae = ? ORDER BY feature""",
+        [sae],
+    )
     df["log10_density"] = np.where(df["density"] > 0, np.log10(df["density"].clip(lower=1e-300)), np.nan)
     return df
 
 
-def filter_features(df: pd.DataFrame, preset: str = "all", lo: float | None = None, hi: float | None = None) -> pd.DataFrame:
+def filter_features(
+    df: pd.DataFrame, preset: str = "all", lo: float | None = None, hi: float | None = None
+) -> pd.DataFrame:
     """Features in a preset class and/or a log10-density range [lo, hi]."""
     if preset == "dead":
         df = df[df["count"] == 0]
@@ -187,11 +217,15 @@ def feature(path: str, sae: str, f: int) -> dict:
 def examples(path: str, sae: str, f: int) -> pd.DataFrame:
     """Examples with their context decoded: `tokens` (display strings) and `acts` align."""
     s = sae_row(path, sae)
-    df = _df(path, """
+    df = _df(
+        path,
+        """
         SELECT e.kind, e.rank, e.bucket, e.seq, e.pos, e.ctx_start, e.value, e.acts,
                list_slice(q.tokens, e.ctx_start + 1, e.ctx_start + len(e.acts)) AS token_ids
         FROM examples e JOIN sequences q ON q.run_id = ? AND q.seq = e.seq
-        WHERE e.sae = ? AND e.feature = ? ORDER BY e.kind, e.bucket DESC, e.rank""", [s["run_id"], sae, f])
+        WHERE e.sae = ? AND e.feature = ? ORDER BY e.kind, e.bucket DESC, e.rank""",
+        [s["run_id"], sae, f],
+    )
     strings = vocab(path, s["run_id"])
     df["tokens"] = [list(strings[np.asarray(ids, dtype=np.int64)]) for ids in df["token_ids"]]
     df["acts"] = [np.asarray(a, dtype=np.float32) for a in df["acts"]]
@@ -201,18 +235,26 @@ def examples(path: str, sae: str, f: int) -> pd.DataFrame:
 @cached
 def token_effects(path: str, sae: str, f: int) -> pd.DataFrame:
     s = sae_row(path, sae)
-    df = _df(path, """SELECT direction, rank, token_id, value FROM token_effects
-                      WHERE sae = ? AND feature = ? ORDER BY direction DESC, rank""", [sae, f])
+    df = _df(
+        path,
+        """SELECT direction, rank, token_id, value FROM token_effects
+                      WHERE sae = ? AND feature = ? ORDER BY direction DESC, rank""",
+        [sae, f],
+    )
     df["token"] = vocab(path, s["run_id"])[df["token_id"].to_numpy()] if len(df) else []
     return df
 
 
 @cached
 def neighbours(path: str, sae: str, f: int) -> pd.DataFrame:
-    return _df(path, """
+    return _df(
+        path,
+        """
         SELECT n.rank, n.other AS feature, n.cosine, x.density, x.max_act, x.top_tokens
         FROM neighbours n JOIN features x ON x.sae = n.sae AND x.feature = n.other
-        WHERE n.sae = ? AND n.feature = ? ORDER BY n.rank""", [sae, f])
+        WHERE n.sae = ? AND n.feature = ? ORDER BY n.rank""",
+        [sae, f],
+    )
 
 
 @cached
@@ -262,17 +304,26 @@ def search(path: str, text: str, sae: str | None, limit: int = 200) -> pd.DataFr
             continue
         cur = _cursor(path)
         cur.register("spans", spans)
-        found.append(cur.execute("""
+        found.append(
+            cur.execute(
+                """
             SELECT e.sae, e.feature,
                    count(DISTINCT e.rank) FILTER (WHERE s.first = e.pos AND s.last = e.pos) AS token_hits,
                    count(DISTINCT e.rank) AS hits, max(e.value) AS max_value
             FROM examples e JOIN spans s ON s.seq = e.seq
             WHERE e.kind = 0 AND e.sae IN (SELECT unnest(?::VARCHAR[]))
               AND s.first >= e.ctx_start AND s.last < e.ctx_start + len(e.acts)
-            GROUP BY ALL""", [list(group["sae"])]).df())
+            GROUP BY ALL""",
+                [list(group["sae"])],
+            ).df()
+        )
     if not found:
         return pd.DataFrame(columns=cols)
     hits = pd.concat(found)
-    dens = pd.concat([features(path, s)[["feature", "density", "top_tokens"]].assign(sae=s) for s in hits["sae"].unique()])
+    dens = pd.concat(
+        [features(path, s)[["feature", "density", "top_tokens"]].assign(sae=s) for s in hits["sae"].unique()]
+    )
     hits = hits.merge(dens, on=["sae", "feature"])
-    return hits.sort_values(["token_hits", "hits", "max_value"], ascending=False).head(limit)[cols].reset_index(drop=True)
+    return (
+        hits.sort_values(["token_hits", "hits", "max_value"], ascending=False).head(limit)[cols].reset_index(drop=True)
+    )

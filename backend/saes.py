@@ -51,8 +51,7 @@ def expand_sources(sources: list[SAESource]) -> list[SAESource]:
             close = difflib.get_close_matches(src.sae_id, ids, n=3, cutoff=0.4)
             hint = f"; did you mean {', '.join(close)}?" if close else f" (it has {len(ids)} ids, e.g. {ids[0]})"
             raise UserError(f"release {src.release!r} has no SAE id matching {src.sae_id!r}{hint}")
-        out += [SAESource(release=src.release, sae_id=i, name=src.name if len(matched) == 1 else None)
-                for i in matched]
+        out += [SAESource(release=src.release, sae_id=i, name=src.name if len(matched) == 1 else None) for i in matched]
     return out
 
 
@@ -94,6 +93,8 @@ def check_fits(item: LoadedSAE, adapter: ModelAdapter) -> None:
         raise UserError(f"SAE {item.source} does not say which hook it reads (cfg.metadata.hook_name)")
     adapter.check_hook(hook)
     if cfg.d_in != adapter.d_model:
-        raise UserError(f"SAE {item.source} has d_in={cfg.d_in} but {adapter.name} has d_model={adapter.d_model} at {hook}")
+        raise UserError(
+            f"SAE {item.source} has d_in={cfg.d_in} but {adapter.name} has d_model={adapter.d_model} at {hook}"
+        )
     if getattr(cfg.metadata, "hook_head_index", None) is not None:
         raise UserError(f"SAE {item.source} reads one attention head; only residual-stream SAEs are supported")

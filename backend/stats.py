@@ -85,8 +85,9 @@ class _TopSet:
     def threshold(self) -> torch.Tensor:
         return self.score[:, -1]
 
-    def offer(self, feats: torch.Tensor, score: torch.Tensor, ids: torch.Tensor,
-              windows: torch.Tensor | None, window_fn=None) -> None:
+    def offer(
+        self, feats: torch.Tensor, score: torch.Tensor, ids: torch.Tensor, windows: torch.Tensor | None, window_fn=None
+    ) -> None:
         """Merge candidates (any order, any number per feature) into the kept sets.
 
         `window_fn(index_tensor)` computes windows lazily, only for the candidates that win a
@@ -104,8 +105,7 @@ class _TopSet:
         rank = torch.arange(f_sorted.numel(), device=feats.device) - torch.repeat_interleave(starts, counts)
         keep = rank < k
         order, f_sorted, rank = order[keep], f_sorted[keep], rank[keep]
-        slot = torch.repeat_interleave(torch.arange(uniq.numel(), device=feats.device),
-                                       torch.clamp(counts, max=k))
+        slot = torch.repeat_interleave(torch.arange(uniq.numel(), device=feats.device), torch.clamp(counts, max=k))
         n_u = uniq.numel()
         dev = feats.device
         c_score = torch.full((n_u, k), -torch.inf, dtype=torch.float64, device=dev)
@@ -133,7 +133,7 @@ class _TopSet:
         self.ids[uniq] = torch.gather(all_ids, 1, best)
         self.win[uniq] = win
 
-    def merge(self, other: "_TopSet") -> None:
+    def merge(self, other: _TopSet) -> None:
         f, j = torch.nonzero(other.ids >= 0, as_tuple=True)
         self.offer(f, other.score[f, j], other.ids[f, j], other.win[f, j])
 
@@ -165,8 +165,9 @@ class FeatureStats:
         return self.count.device
 
     @torch.no_grad()
-    def update(self, x: torch.Tensor, codes: torch.Tensor, x_hat: torch.Tensor,
-               seq_ids: torch.Tensor, mask: torch.Tensor) -> None:
+    def update(
+        self, x: torch.Tensor, codes: torch.Tensor, x_hat: torch.Tensor, seq_ids: torch.Tensor, mask: torch.Tensor
+    ) -> None:
         """Fold one batch in. x, x_hat: [B, T, d_in]; codes: [B, T, d_sae]; seq_ids: [B] global
         sequence numbers; mask: [B, T] bool, False for tokens excluded from statistics."""
         spec = self.spec
@@ -217,11 +218,10 @@ class FeatureStats:
         sel2 = torch.nonzero(score > self.reservoir.threshold()[f_idx], as_tuple=True)[0]
         self.reservoir.offer(f_idx[sel2], score[sel2], tok_ids[sel2], None, lambda o: windows(sel2[o]))
 
-    def merge(self, other: "FeatureStats") -> "FeatureStats":
+    def merge(self, other: FeatureStats) -> FeatureStats:
         if asdict(self.spec) != asdict(other.spec):
             raise ValueError("cannot merge statistics gathered with different settings")
-        for name in ("count", "sum_act", "hist", "sum_x", "sum_x2", "sse", "sum_l0",
-                     "pos_sse", "pos_x2", "pos_n"):
+        for name in ("count", "sum_act", "hist", "sum_x", "sum_x2", "sse", "sum_l0", "pos_sse", "pos_x2", "pos_n"):
             getattr(self, name).add_(getattr(other, name).to(self.device))
         self.n_tokens += other.n_tokens
         self.top.merge(other.top)
@@ -230,9 +230,10 @@ class FeatureStats:
 
     # ---- persistence of partial state (shards, resume) ----
     def state_dict(self) -> dict:
-        d = {name: getattr(self, name).cpu() for name in (
-            "count", "sum_act", "hist", "sum_x", "sum_x2", "sse", "sum_l0",
-            "pos_sse", "pos_x2", "pos_n")}
+        d = {
+            name: getattr(self, name).cpu()
+            for name in ("count", "sum_act", "hist", "sum_x", "sum_x2", "sse", "sum_l0", "pos_sse", "pos_x2", "pos_n")
+        }
         for set_name in ("top", "reservoir"):
             s = getattr(self, set_name)
             d[set_name] = {"score": s.score.cpu(), "ids": s.ids.cpu(), "win": s.win.cpu()}
@@ -241,7 +242,7 @@ class FeatureStats:
         return d
 
     @classmethod
-    def from_state_dict(cls, d: dict, device: torch.device | str = "cpu") -> "FeatureStats":
+    def from_state_dict(cls, d: dict, device: torch.device | str = "cpu") -> FeatureStats:
         st = cls(StatsSpec(**d["spec"]), device)
         for name, val in d.items():
             if name in ("spec", "n_tokens", "top", "reservoir"):

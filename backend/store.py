@@ -8,7 +8,7 @@ a crash can never leave half a run visible.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -38,7 +38,7 @@ WHERE k.r <= 3 GROUP BY ALL
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def connect_write(path: str | Path) -> duckdb.DuckDBPyConnection:
@@ -47,7 +47,9 @@ def connect_write(path: str | Path) -> duckdb.DuckDBPyConnection:
     try:
         con = duckdb.connect(str(path))
     except duckdb.IOException as e:
-        raise UserError(f"cannot open {path} for writing ({str(e).splitlines()[0]}); is another process using it?") from None
+        raise UserError(
+            f"cannot open {path} for writing ({str(e).splitlines()[0]}); is another process using it?"
+        ) from None
     con.execute(SCHEMA)
     return con
 
@@ -72,8 +74,18 @@ def begin_run(path: str | Path, run_id: str, meta: dict, force: bool = False) ->
         con.execute(
             "INSERT INTO runs (run_id, status, model, model_kind, corpus, context_len, dtype, device,"
             " config, versions, started_at) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [run_id, meta["model"], meta["model_kind"], meta["corpus"], meta["context_len"], meta["dtype"],
-             meta["device"], json.dumps(meta["config"]), json.dumps(meta["versions"]), now()],
+            [
+                run_id,
+                meta["model"],
+                meta["model_kind"],
+                meta["corpus"],
+                meta["context_len"],
+                meta["dtype"],
+                meta["device"],
+                json.dumps(meta["config"]),
+                json.dumps(meta["versions"]),
+                now(),
+            ],
         )
         con.execute("COMMIT")
 
@@ -90,8 +102,9 @@ def _delete_run(con, run_id: str) -> None:
 
 def mark_run(path: str | Path, run_id: str, status: str, error: str | None = None) -> None:
     with connect_write(path) as con:
-        con.execute("UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE run_id = ?",
-                    [status, error, now(), run_id])
+        con.execute(
+            "UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE run_id = ?", [status, error, now(), run_id]
+        )
 
 
 def unique_sae_names(path: str | Path, run_id: str, names: list[str]) -> list[str]:
@@ -101,8 +114,14 @@ def unique_sae_names(path: str | Path, run_id: str, names: list[str]) -> list[st
     return [f"{n}@{run_id}" if n in taken else n for n in names]
 
 
-def finish_run(path: str | Path, run_id: str, run_fields: dict, saes: pd.DataFrame,
-               tables: dict[str, pd.DataFrame], sequences_parquet: str | None) -> None:
+def finish_run(
+    path: str | Path,
+    run_id: str,
+    run_fields: dict,
+    saes: pd.DataFrame,
+    tables: dict[str, pd.DataFrame],
+    sequences_parquet: str | None,
+) -> None:
     """Write everything a run computed and mark it complete, atomically."""
     with connect_write(path) as con:
         con.execute("BEGIN")
@@ -116,16 +135,20 @@ def finish_run(path: str | Path, run_id: str, run_fields: dict, saes: pd.DataFra
                 if name == "features":
                     df = tables["features"]
                     con.register("tmp_df", df)
-                    con.execute(f"""INSERT INTO features SELECT f.sae, f.feature, f.count, f.density, f.mean_act,
+                    con.execute(
+                        f"""INSERT INTO features SELECT f.sae, f.feature, f.count, f.density, f.mean_act,
                                     f.max_act, f.hist, t.top_tokens FROM tmp_df f
                                     LEFT JOIN ({_TOP_TOKENS}) t ON t.sae = f.sae AND t.feature = f.feature
                                     ORDER BY f.sae, f.feature""",
-                                {"run": run_id, "saes": list(saes["sae"])})
+                        {"run": run_id, "saes": list(saes["sae"])},
+                    )
                     con.unregister("tmp_df")
                     continue
                 if name == "sequences" and sequences_parquet is not None:
-                    con.execute("INSERT INTO sequences SELECT ?, seq, tokens FROM read_parquet(?) ORDER BY seq",
-                                [run_id, sequences_parquet])
+                    con.execute(
+                        "INSERT INTO sequences SELECT ?, seq, tokens FROM read_parquet(?) ORDER BY seq",
+                        [run_id, sequences_parquet],
+                    )
                     continue
                 df = tables.get(name)
                 if df is None or df.empty:
@@ -135,8 +158,10 @@ def finish_run(path: str | Path, run_id: str, run_fields: dict, saes: pd.DataFra
                 con.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM tmp_df")
                 con.unregister("tmp_df")
             sets = ", ".join(f"{k} = ?" for k in run_fields)
-            con.execute(f"UPDATE runs SET {sets}, status = 'complete', finished_at = ?, error = NULL WHERE run_id = ?",
-                        [*run_fields.values(), now(), run_id])
+            con.execute(
+                f"UPDATE runs SET {sets}, status = 'complete', finished_at = ?, error = NULL WHERE run_id = ?",
+                [*run_fields.values(), now(), run_id],
+            )
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")

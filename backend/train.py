@@ -80,21 +80,34 @@ def _batches(acts: torch.Tensor, batch: int, seed: int):
 
 
 def _training_sae(arch: str, hook: str, d_in: int, cfg: TrainConfig, device: str, steps: int):
-    from sae_lens import (JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig, StandardTrainingSAE,
-                          StandardTrainingSAEConfig, TopKTrainingSAE, TopKTrainingSAEConfig)
+    from sae_lens import (
+        JumpReLUTrainingSAE,
+        JumpReLUTrainingSAEConfig,
+        StandardTrainingSAE,
+        StandardTrainingSAEConfig,
+        TopKTrainingSAE,
+        TopKTrainingSAEConfig,
+    )
     from sae_lens.saes.sae import SAEMetadata
 
-    common = dict(d_in=d_in, d_sae=d_in * cfg.expansion, device=device,
-                  normalize_activations="expected_average_only_in", metadata=SAEMetadata(hook_name=hook))
+    common = dict(
+        d_in=d_in,
+        d_sae=d_in * cfg.expansion,
+        device=device,
+        normalize_activations="expected_average_only_in",
+        metadata=SAEMetadata(hook_name=hook),
+    )
     torch.manual_seed(cfg.seed)
     if arch == "topk":
         return TopKTrainingSAE(TopKTrainingSAEConfig(k=cfg.k, aux_loss_coefficient=1.0, **common))
     warm = max(1, steps // 10)
     if arch == "standard":
-        return StandardTrainingSAE(StandardTrainingSAEConfig(l1_coefficient=cfg.l1_coefficient, l1_warm_up_steps=warm,
-                                                             **common))
-    return JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(l0_coefficient=cfg.l0_coefficient, l0_warm_up_steps=warm,
-                                                         **common))
+        return StandardTrainingSAE(
+            StandardTrainingSAEConfig(l1_coefficient=cfg.l1_coefficient, l1_warm_up_steps=warm, **common)
+        )
+    return JumpReLUTrainingSAE(
+        JumpReLUTrainingSAEConfig(l0_coefficient=cfg.l0_coefficient, l0_warm_up_steps=warm, **common)
+    )
 
 
 @torch.no_grad()
@@ -112,9 +125,9 @@ def evaluate(sae, acts: torch.Tensor, batch: int = 4096) -> tuple[float, float, 
 
 
 def train_one(arch: str, hook: str, train_acts: torch.Tensor, cfg: TrainConfig, out: Path):
-    from sae_lens import SAE
     import sae_lens.training.activation_scaler as scaler_module
     import sae_lens.training.sae_trainer as trainer_module
+    from sae_lens import SAE
     from sae_lens.config import LoggingConfig, SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
@@ -126,10 +139,19 @@ def train_one(arch: str, hook: str, train_acts: torch.Tensor, cfg: TrainConfig, 
     sae = _training_sae(arch, hook, train_acts.shape[1], cfg, cfg.device, steps)
     # dead_feature_window is in steps: sae_lens's default (1000) exceeds a short run, and then
     # TopK's auxiliary loss never revives dead latents. Linear decay over the last 20%.
-    tcfg = SAETrainerConfig(total_training_samples=total, train_batch_size_samples=cfg.train_batch, lr=cfg.lr,
-                            lr_end=cfg.lr, lr_scheduler_name="constant", lr_decay_steps=steps // 5,
-                            device=cfg.device, dead_feature_window=50, feature_sampling_window=10**9,
-                            n_batches_for_norm_estimate=50, logger=LoggingConfig(log_to_wandb=False))
+    tcfg = SAETrainerConfig(
+        total_training_samples=total,
+        train_batch_size_samples=cfg.train_batch,
+        lr=cfg.lr,
+        lr_end=cfg.lr,
+        lr_scheduler_name="constant",
+        lr_decay_steps=steps // 5,
+        device=cfg.device,
+        dead_feature_window=50,
+        feature_sampling_window=10**9,
+        n_batches_for_norm_estimate=50,
+        logger=LoggingConfig(log_to_wandb=False),
+    )
     trainer = SAETrainer(cfg=tcfg, sae=sae, data_provider=_batches(train_acts, cfg.train_batch, cfg.seed))
     trained = trainer.fit()
     trained.save_inference_model(str(out))
@@ -166,6 +188,8 @@ def train_saes(cfg: TrainConfig, adapter: ModelAdapter | None = None) -> list[Tr
         results.append(TrainResult(hook, arch, str(folder), l0, ev, dead, (hook, arch) in missing))
     print(f"{'sae':44} {'L0':>7} {'EV':>7} {'dead':>7}")
     for r in results:
-        print(f"{Path(r.path).name:44} {r.l0:>7.1f} {r.explained_variance:>7.3f} {r.dead_fraction:>7.1%}"
-              + ("" if r.trained else "  (existing)"))
+        print(
+            f"{Path(r.path).name:44} {r.l0:>7.1f} {r.explained_variance:>7.3f} {r.dead_fraction:>7.1%}"
+            + ("" if r.trained else "  (existing)")
+        )
     return results

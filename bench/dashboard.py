@@ -25,22 +25,46 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backend import queries, store  # noqa: E402
 
 
-def build(path: Path, n_layers: int, d_sae: int, n_ex: int, window: int, seq_len: int = 128, n_seqs: int = 20_000,
-          vocab: int = 50_257, seed: int = 0) -> None:
+def build(
+    path: Path,
+    n_layers: int,
+    d_sae: int,
+    n_ex: int,
+    window: int,
+    seq_len: int = 128,
+    n_seqs: int = 20_000,
+    vocab: int = 50_257,
+    seed: int = 0,
+) -> None:
     rng = np.random.default_rng(seed)
     path.unlink(missing_ok=True)
     con = store.connect_write(path)
     con.execute("BEGIN")
-    con.execute("INSERT INTO runs (run_id, status, model, model_kind, corpus, n_tokens, n_seqs, context_len) "
-                "VALUES ('synthetic', 'complete', 'gpt2-small (synthetic)', 'causal', 'synthetic', ?, ?, ?)",
-                [n_seqs * seq_len, n_seqs, seq_len])
+    con.execute(
+        "INSERT INTO runs (run_id, status, model, model_kind, corpus, n_tokens, n_seqs, context_len) "
+        "VALUES ('synthetic', 'complete', 'gpt2-small (synthetic)', 'causal', 'synthetic', ?, ?, ?)",
+        [n_seqs * seq_len, n_seqs, seq_len],
+    )
     toks = rng.integers(0, vocab, size=(n_seqs, seq_len), dtype=np.int32)
-    seq_tbl = pa.table({"run_id": pa.array(["synthetic"] * n_seqs), "seq": pa.array(np.arange(n_seqs, dtype=np.int32)),
-                        "tokens": pa.ListArray.from_arrays(pa.array(np.arange(0, n_seqs * seq_len + 1, seq_len, dtype=np.int32)),
-                                                           pa.array(toks.ravel()))})
+    seq_tbl = pa.table(
+        {
+            "run_id": pa.array(["synthetic"] * n_seqs),
+            "seq": pa.array(np.arange(n_seqs, dtype=np.int32)),
+            "tokens": pa.ListArray.from_arrays(
+                pa.array(np.arange(0, n_seqs * seq_len + 1, seq_len, dtype=np.int32)), pa.array(toks.ravel())
+            ),
+        }
+    )
+    con.register("seq_tbl", seq_tbl)
     con.execute("INSERT INTO sequences SELECT * FROM seq_tbl")
-    voc = pa.table({"run_id": pa.array(["synthetic"] * vocab), "token_id": pa.array(np.arange(vocab, dtype=np.int32)),
-                    "token": pa.array([f" tok{i}" for i in range(vocab)])})
+    voc = pa.table(
+        {
+            "run_id": pa.array(["synthetic"] * vocab),
+            "token_id": pa.array(np.arange(vocab, dtype=np.int32)),
+            "token": pa.array([f" tok{i}" for i in range(vocab)]),
+        }
+    )
+    con.register("voc", voc)
     con.execute("INSERT INTO vocab SELECT * FROM voc")
     for layer in range(n_layers):
         sae = f"blocks.{layer}.hook_resid_pre"
@@ -48,46 +72,81 @@ def build(path: Path, n_layers: int, d_sae: int, n_ex: int, window: int, seq_len
         logd = rng.normal(-3.5, 1.2, d_sae)
         density = np.where(rng.random(d_sae) < 0.03, 0.0, 10 ** np.clip(logd, -7, 0))
         count = np.round(density * n_seqs * seq_len).astype(np.int64)
-        con.execute("INSERT INTO saes (run_id, sae, hook, layer, source, architecture, d_in, d_sae, n_tokens, l0, mse, "
-                    "explained_variance, n_dead, n_dense, effect_kind, hist_lo, hist_hi, context_left, context_right) "
-                    "VALUES ('synthetic', ?, ?, ?, 'synthetic', 'standard', 768, ?, ?, 30, 1, 0.9, ?, ?, 'unembed', -4, 4, 24, 8)",
-                    [sae, sae, layer - 0.5, d_sae, n_seqs * seq_len, int((count == 0).sum()), int((density > 0.1).sum())])
+        con.execute(
+            "INSERT INTO saes (run_id, sae, hook, layer, source, architecture, d_in, d_sae, n_tokens, l0, mse, "
+            "explained_variance, n_dead, n_dense, effect_kind, hist_lo, hist_hi, context_left, context_right) "
+            "VALUES ('synthetic', ?, ?, ?, 'synthetic', 'standard', 768, ?, ?, 30, 1, 0.9, ?, ?, 'unembed', "
+            "-4, 4, 24, 8)",
+            [sae, sae, layer - 0.5, d_sae, n_seqs * seq_len, int((count == 0).sum()), int((density > 0.1).sum())],
+        )
         hist = rng.integers(0, 100, size=(d_sae, 66), dtype=np.int32)
-        feats = pa.table({"sae": pa.array([sae] * d_sae), "feature": pa.array(np.arange(d_sae, dtype=np.int32)),
-                          "count": pa.array(count), "density": pa.array(density),
-                          "mean_act": pa.array(rng.random(d_sae)), "max_act": pa.array(rng.random(d_sae) * 10),
-                          "hist": pa.ListArray.from_arrays(pa.array(np.arange(0, d_sae * 66 + 1, 66, dtype=np.int32)),
-                                                           pa.array(hist.ravel())),
-                          "top_tokens": pa.array([" a | b | c"] * d_sae)})
+        feats = pa.table(
+            {
+                "sae": pa.array([sae] * d_sae),
+                "feature": pa.array(np.arange(d_sae, dtype=np.int32)),
+                "count": pa.array(count),
+                "density": pa.array(density),
+                "mean_act": pa.array(rng.random(d_sae)),
+                "max_act": pa.array(rng.random(d_sae) * 10),
+                "hist": pa.ListArray.from_arrays(
+                    pa.array(np.arange(0, d_sae * 66 + 1, 66, dtype=np.int32)), pa.array(hist.ravel())
+                ),
+                "top_tokens": pa.array([" a | b | c"] * d_sae),
+            }
+        )
+        con.register("feats", feats)
         con.execute("INSERT INTO features SELECT * FROM feats")
         n = d_sae * n_ex
         f = np.repeat(np.arange(d_sae, dtype=np.int32), n_ex)
         j = np.tile(np.arange(n_ex), d_sae)
         pos = rng.integers(window, seq_len, n).astype(np.int16)
-        ex = pa.table({"sae": pa.array([sae] * n), "feature": pa.array(f),
-                       "kind": pa.array((j >= n_ex // 2).astype(np.int8)), "rank": pa.array(j.astype(np.int16)),
-                       "bucket": pa.array(np.where(j >= n_ex // 2, (j - n_ex // 2) // 4, -1).astype(np.int8)),
-                       "seq": pa.array(rng.integers(0, n_seqs, n).astype(np.int32)), "pos": pa.array(pos),
-                       "ctx_start": pa.array((pos - 24).clip(0).astype(np.int16)),
-                       "value": pa.array(rng.random(n).astype(np.float32)),
-                       "acts": pa.ListArray.from_arrays(pa.array(np.arange(0, n * window + 1, window, dtype=np.int32)),
-                                                        pa.array(rng.random(n * window).astype(np.float32)))})
+        ex = pa.table(
+            {
+                "sae": pa.array([sae] * n),
+                "feature": pa.array(f),
+                "kind": pa.array((j >= n_ex // 2).astype(np.int8)),
+                "rank": pa.array(j.astype(np.int16)),
+                "bucket": pa.array(np.where(j >= n_ex // 2, (j - n_ex // 2) // 4, -1).astype(np.int8)),
+                "seq": pa.array(rng.integers(0, n_seqs, n).astype(np.int32)),
+                "pos": pa.array(pos),
+                "ctx_start": pa.array((pos - 24).clip(0).astype(np.int16)),
+                "value": pa.array(rng.random(n).astype(np.float32)),
+                "acts": pa.ListArray.from_arrays(
+                    pa.array(np.arange(0, n * window + 1, window, dtype=np.int32)),
+                    pa.array(rng.random(n * window).astype(np.float32)),
+                ),
+            }
+        )
+        con.register("ex", ex)
         con.execute("INSERT INTO examples SELECT * FROM ex")
         k = 10
-        te = pa.table({"sae": pa.array([sae] * d_sae * 2 * k), "feature": pa.array(np.repeat(np.arange(d_sae, dtype=np.int32), 2 * k)),
-                       "direction": pa.array(np.tile(np.repeat(np.array([1, -1], dtype=np.int8), k), d_sae)),
-                       "rank": pa.array(np.tile(np.arange(k, dtype=np.int16), 2 * d_sae)),
-                       "token_id": pa.array(rng.integers(0, vocab, d_sae * 2 * k).astype(np.int32)),
-                       "value": pa.array(rng.random(d_sae * 2 * k).astype(np.float32))})
+        te = pa.table(
+            {
+                "sae": pa.array([sae] * d_sae * 2 * k),
+                "feature": pa.array(np.repeat(np.arange(d_sae, dtype=np.int32), 2 * k)),
+                "direction": pa.array(np.tile(np.repeat(np.array([1, -1], dtype=np.int8), k), d_sae)),
+                "rank": pa.array(np.tile(np.arange(k, dtype=np.int16), 2 * d_sae)),
+                "token_id": pa.array(rng.integers(0, vocab, d_sae * 2 * k).astype(np.int32)),
+                "value": pa.array(rng.random(d_sae * 2 * k).astype(np.float32)),
+            }
+        )
+        con.register("te", te)
         con.execute("INSERT INTO token_effects SELECT * FROM te")
-        nb = pa.table({"sae": pa.array([sae] * d_sae * k), "feature": pa.array(np.repeat(np.arange(d_sae, dtype=np.int32), k)),
-                       "rank": pa.array(np.tile(np.arange(k, dtype=np.int16), d_sae)),
-                       "other": pa.array(rng.integers(0, d_sae, d_sae * k).astype(np.int32)),
-                       "cosine": pa.array(rng.random(d_sae * k).astype(np.float32))})
+        nb = pa.table(
+            {
+                "sae": pa.array([sae] * d_sae * k),
+                "feature": pa.array(np.repeat(np.arange(d_sae, dtype=np.int32), k)),
+                "rank": pa.array(np.tile(np.arange(k, dtype=np.int16), d_sae)),
+                "other": pa.array(rng.integers(0, d_sae, d_sae * k).astype(np.int32)),
+                "cosine": pa.array(rng.random(d_sae * k).astype(np.float32)),
+            }
+        )
+        con.register("nb", nb)
         con.execute("INSERT INTO neighbours SELECT * FROM nb")
         from backend.harvest import density_histogram
 
-        dh = density_histogram(sae, density)  # noqa: F841 - read by the SQL below
+        dh = density_histogram(sae, density)
+        con.register("dh", dh)
         con.execute("INSERT INTO density_hist SELECT * FROM dh")
     con.execute("COMMIT")
     con.close()

@@ -32,10 +32,13 @@ def random_saes(folder: Path, hooks: list[str], d_in: int, d_sae: int, arch: str
     for h in hooks:
         torch.manual_seed(len(out))
         meta = SAEMetadata(hook_name=h)
-        sae = (TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=32, metadata=meta)) if arch == "topk"
-               else StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae, metadata=meta)))
+        sae = (
+            TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=32, metadata=meta))
+            if arch == "topk"
+            else StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae, metadata=meta))
+        )
         with torch.no_grad():
-            sae.W_enc.normal_(0, d_in ** -0.5)
+            sae.W_enc.normal_(0, d_in**-0.5)
             sae.b_enc.fill_(-0.5)
         sae.save_model(str(folder / h))
         out.append(SAESource(path=str(folder / h)))
@@ -60,13 +63,24 @@ def main() -> None:
     if args.sae:
         sources = [SAESource(path=p) for p in args.sae]
     elif args.model == "embedded" and Path("data/demo-saes").is_dir():
-        sources = [SAESource(path=str(p)) for p in sorted(Path("data/demo-saes").iterdir()) if p.name.startswith(args.arch)]
+        sources = [
+            SAESource(path=str(p)) for p in sorted(Path("data/demo-saes").iterdir()) if p.name.startswith(args.arch)
+        ]
     else:
-        sources = random_saes(tmp, adapter.hook_names()[:: max(1, len(adapter.hook_names()) // 7)], adapter.d_model,
-                              args.d_sae, args.arch)
+        sources = random_saes(
+            tmp, adapter.hook_names()[:: max(1, len(adapter.hook_names()) // 7)], adapter.d_model, args.d_sae, args.arch
+        )
     saes = load_saes(sources, adapter, args.device, "float32")
-    cfg = PrecomputeConfig(db=str(tmp / "bench.duckdb"), model=args.model, corpus=args.corpus, n_tokens=args.n_tokens,
-                           context_len=args.context_len, batch_size=args.batch_size, device=args.device, saes=sources)
+    cfg = PrecomputeConfig(
+        db=str(tmp / "bench.duckdb"),
+        model=args.model,
+        corpus=args.corpus,
+        n_tokens=args.n_tokens,
+        context_len=args.context_len,
+        batch_size=args.batch_size,
+        device=args.device,
+        saes=sources,
+    )
     batches = list(_batches(cfg, adapter))  # the very tokens the precompute will read
     hooks = sorted({s.hook for s in saes})
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
@@ -89,8 +103,10 @@ def main() -> None:
     sync()
     t_full = time.perf_counter() - t
     n_tok = sum(len(c) for _, c in batches) * args.context_len
-    print(f"{len(saes)} SAEs x d_sae {saes[0].sae.cfg.d_sae} on {args.model}, {n_tok:,} tokens, device {args.device}, "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"{len(saes)} SAEs x d_sae {saes[0].sae.cfg.d_sae} on {args.model}, {n_tok:,} tokens, device {args.device}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
     print(f"bare forward + encode: {t_bare:.2f} s   full precompute: {t_full:.2f} s")
     print(f"overhead_ratio={t_full / t_bare:.3f} tokens_per_s={n_tok / t_full:.0f}")
 

@@ -8,8 +8,12 @@ from ui import common, labeling
 
 common.setup("Layer")
 PRESETS = ["all", "dead", "ultralow", "dense"]
-SORTS = {"density ↓": ("density", False), "density ↑": ("density", True), "max act ↓": ("max_act", False),
-         "feature": ("feature", True)}
+SORTS = {
+    "density ↓": ("density", False),
+    "density ↑": ("density", True),
+    "max act ↓": ("max_act", False),
+    "feature": ("feature", True),
+}
 
 
 @common.page
@@ -21,8 +25,10 @@ def layer() -> None:
     common.copy_link()
     row = queries.sae_row(db, sae)
     st.title(f"Layer · {sae}")
-    st.caption(f"{row['hook']} · {row['architecture']} · {row['d_sae']:,} features · L0 {row['l0']:.1f} · "
-               f"explained variance {row['explained_variance']:.3f} · {row['n_dead']:,} dead · {row['n_dense']:,} dense")
+    st.caption(
+        f"{row['hook']} · {row['architecture']} · {row['d_sae']:,} features · L0 {row['l0']:.1f} · "
+        f"explained variance {row['explained_variance']:.3f} · {row['n_dead']:,} dead · {row['n_dense']:,} dense"
+    )
 
     preset = common.param("filter") or "all"
     if preset not in PRESETS:
@@ -32,7 +38,9 @@ def layer() -> None:
         raise UserError(f"URL parameters lo={lo} > hi={hi}: the density range is empty")
     feats = queries.features(db, sae)
     other = queries.features(db, overlay) if overlay else None
-    sel = (lo if lo is not None else -10.0, hi if hi is not None else 0.0) if (lo is not None or hi is not None) else None
+    sel = (
+        (lo if lo is not None else -10.0, hi if hi is not None else 0.0) if (lo is not None or hi is not None) else None
+    )
     fig = render.layer_histogram(feats, other, names=(sae, overlay or ""), selected=sel)
     reset = st.session_state.setdefault("_hist_reset", 0)
     event = st.plotly_chart(fig, on_select="rerun", selection_mode="box", key=f"hist{reset}")
@@ -46,8 +54,14 @@ def layer() -> None:
 
     c1, c2, c3 = st.columns([3, 2, 1])
     common.seed("w_filter", "filter", preset)
-    c1.segmented_control("Preset", PRESETS, key="w_filter", on_change=common.to_url, args=("w_filter", "filter"),
-                         help="dead: never active · ultralow: density < 1e-5 · dense: density > 0.1")
+    c1.segmented_control(
+        "Preset",
+        PRESETS,
+        key="w_filter",
+        on_change=common.to_url,
+        args=("w_filter", "filter"),
+        help="dead: never active · ultralow: density < 1e-5 · dense: density > 0.1",
+    )
     sort = common.param("sort") or "density ↓"
     if sort not in SORTS:
         raise UserError(f"URL parameter sort={sort!r}: use one of {', '.join(SORTS)}")
@@ -68,12 +82,19 @@ def layer() -> None:
     shown.insert(0, "open", [common.feature_url(sae, f) for f in shown["feature"]])
     picked = st.dataframe(
         shown[["open", "feature", "density", "log10_density", "count", "max_act", "mean_act", "top_tokens", "label"]],
-        hide_index=True, on_select="rerun", selection_mode="single-row", key="table", height=480,
-        column_config={"open": st.column_config.LinkColumn("", display_text="open"),
-                       "density": st.column_config.NumberColumn(format="%.2e"),
-                       "log10_density": st.column_config.NumberColumn("log10", format="%.2f"),
-                       "max_act": st.column_config.NumberColumn("max act", format="%.3g"),
-                       "mean_act": st.column_config.NumberColumn("mean act", format="%.3g")})
+        hide_index=True,
+        on_select="rerun",
+        selection_mode="single-row",
+        key="table",
+        height=480,
+        column_config={
+            "open": st.column_config.LinkColumn("", display_text="open"),
+            "density": st.column_config.NumberColumn(format="%.2e"),
+            "log10_density": st.column_config.NumberColumn("log10", format="%.2f"),
+            "max_act": st.column_config.NumberColumn("max act", format="%.3g"),
+            "mean_act": st.column_config.NumberColumn("mean act", format="%.3g"),
+        },
+    )
     go = st.columns([1, 1, 4])
     target = go[0].number_input("Open feature #", 0, int(row["d_sae"]) - 1, step=1, key="w_goto")
     if go[1].button("Go to feature", key="goto"):

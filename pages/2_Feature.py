@@ -27,8 +27,11 @@ def feature() -> None:
 
     st.title(f"Feature {f} · {sae}")
     nav = st.columns([1, 1, 1, 1, 4])
-    for col, label, target in ((nav[0], "← previous", (f - 1) % n), (nav[1], "next →", (f + 1) % n),
-                               (nav[2], "🎲 random", None)):
+    for col, label, target in (
+        (nav[0], "← previous", (f - 1) % n),
+        (nav[1], "next →", (f + 1) % n),
+        (nav[2], "🎲 random", None),
+    ):
         if col.button(label, key=f"nav_{label}"):
             common.set_params(feature=target if target is not None else random.randrange(n))
             st.rerun()
@@ -38,18 +41,27 @@ def feature() -> None:
     mine = status[status["feature"] == f]
     if len(mine):
         r = mine.iloc[0]
-        st.html(f"<p><b>Label:</b> {render.escape(r['label'])} ({int(r['n_labels'])} labeler(s))"
-                + (f" — “{render.escape(r['description'])}”" if r["description"] else "") + "</p>")
+        st.html(
+            f"<p><b>Label:</b> {render.escape(r['label'])} ({int(r['n_labels'])} labeler(s))"
+            + (f" — “{render.escape(r['description'])}”" if r["description"] else "")
+            + "</p>"
+        )
 
-    st.dataframe(feature_view.summary(row, n), hide_index=True,
-                 column_config={"density": st.column_config.NumberColumn(format="%.3e")})
+    st.dataframe(
+        feature_view.summary(row, n),
+        hide_index=True,
+        column_config={"density": st.column_config.NumberColumn(format="%.3e")},
+    )
     c1, c2 = st.columns(2)
     with c1:
-        st.markdown(f"**Density in its layer** · {render.density_bucket(math.log10(row['density']) if row['density'] > 0 else None)}")
+        bucket = render.density_bucket(math.log10(row["density"]) if row["density"] > 0 else None)
+        st.markdown(f"**Density in its layer** · {bucket}")
         feature_view.density_panel(db, sae, row)
     with c2:
         st.markdown("**Activation histogram** (nonzero activations, log-spaced bins)")
-        st.plotly_chart(render.activation_histogram(row["hist"], row_sae["hist_lo"], row_sae["hist_hi"]), key="act_hist")
+        st.plotly_chart(
+            render.activation_histogram(row["hist"], row_sae["hist_lo"], row_sae["hist_hi"]), key="act_hist"
+        )
 
     feature_view.examples_panel(db, sae, f)
     c3, c4 = st.columns(2)

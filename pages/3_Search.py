@@ -13,22 +13,33 @@ def search() -> None:
     db = common.database()
     common.labeler()
     st.title("Search features")
-    sae = common.choose_sae(db, key="w_search_sae", name="sae", label="Only in SAE", optional=True,
-                            container=st)
+    sae = common.choose_sae(db, key="w_search_sae", name="sae", label="Only in SAE", optional=True, container=st)
     common.seed("w_q", "q", common.param("q") or "")
-    q = st.text_input("Token or phrase", key="w_q", on_change=common.to_url, args=("w_q", "q", lambda v: v.strip() or None),
-                      placeholder="e.g. def, ), return the")
+    q = st.text_input(
+        "Token or phrase",
+        key="w_q",
+        on_change=common.to_url,
+        args=("w_q", "q", lambda v: v.strip() or None),
+        placeholder="e.g. def, ), return the",
+    )
     common.copy_link()
     if not q.strip():
-        st.caption("Matches the activating token exactly, or text anywhere in a top example's context (case-insensitive).")
+        st.caption(
+            "Matches the activating token exactly, or text anywhere in a top example's context (case-insensitive)."
+        )
         return
     hits = queries.search(db, q, sae)
     st.markdown(f"**{len(hits)}** features" + (" (first 200)" if len(hits) == 200 else ""))
     hits.insert(0, "open", [common.feature_url(s, f) for s, f in zip(hits["sae"], hits["feature"])])
-    st.dataframe(hits, hide_index=True, column_config={
-        "open": st.column_config.LinkColumn("", display_text="open"),
-        "hits": st.column_config.NumberColumn("matching top examples"),
-        "density": st.column_config.NumberColumn(format="%.2e")})
+    st.dataframe(
+        hits,
+        hide_index=True,
+        column_config={
+            "open": st.column_config.LinkColumn("", display_text="open"),
+            "hits": st.column_config.NumberColumn("matching top examples"),
+            "density": st.column_config.NumberColumn(format="%.2e"),
+        },
+    )
 
 
 search()

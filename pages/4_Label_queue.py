@@ -43,8 +43,15 @@ def queue() -> None:
     if mode not in MODES:
         raise UserError(f"URL parameter mode={mode!r}: use {' or '.join(MODES)}")
     common.seed("w_mode", "mode", mode)
-    st.radio("Queue", list(MODES), key="w_mode", format_func=MODES.get, horizontal=True,
-             on_change=common.to_url, args=("w_mode", "mode"))
+    st.radio(
+        "Queue",
+        list(MODES),
+        key="w_mode",
+        format_func=MODES.get,
+        horizontal=True,
+        on_change=common.to_url,
+        args=("w_mode", "mode"),
+    )
     if not me:
         st.info("Enter your name in the sidebar to start labeling.")
         return
@@ -68,8 +75,10 @@ def queue() -> None:
 
     if st.session_state.get(saved_key):
         row = queries.feature(db, sae, f)
-        st.success(f"Saved “{st.session_state[saved_key]}”. Density was {row['density']:.2e} "
-                   f"({render.density_bucket(math.log10(row['density']) if row['density'] > 0 else None)}).")
+        st.success(
+            f"Saved “{st.session_state[saved_key]}”. Density was {row['density']:.2e} "
+            f"({render.density_bucket(math.log10(row['density']) if row['density'] > 0 else None)})."
+        )
         st.button("Next →", on_click=advance, type="primary", key="next")
     else:
         verdict = labeling.verdict_form(db, sae, f, key=f"queue_{f}")

@@ -25,12 +25,17 @@ def interpretability() -> None:
         saes = queries.saes(db)[["sae", "layer"]]
         table = table.merge(saes, on="sae").sort_values(["layer", "sae"])
         table["bucket"] = pd.Categorical(table["bucket"], render.bucket_order(), ordered=True)
-        st.dataframe(table.sort_values(["layer", "sae", "bucket"])[["sae", "bucket", "k", "n", "frac", "lo", "hi"]],
-                     hide_index=True, column_config={
-                         "k": "interpretable", "n": "judged (not unsure)",
-                         "frac": st.column_config.NumberColumn("fraction", format="%.2f"),
-                         "lo": st.column_config.NumberColumn("95% CI low", format="%.2f"),
-                         "hi": st.column_config.NumberColumn("95% CI high", format="%.2f")})
+        st.dataframe(
+            table.sort_values(["layer", "sae", "bucket"])[["sae", "bucket", "k", "n", "frac", "lo", "hi"]],
+            hide_index=True,
+            column_config={
+                "k": "interpretable",
+                "n": "judged (not unsure)",
+                "frac": st.column_config.NumberColumn("fraction", format="%.2f"),
+                "lo": st.column_config.NumberColumn("95% CI low", format="%.2f"),
+                "hi": st.column_config.NumberColumn("95% CI high", format="%.2f"),
+            },
+        )
 
         st.subheader("Agreement between labelers")
         ag = labels.agreement(cur)
@@ -46,14 +51,23 @@ def interpretability() -> None:
             dis = labels.disagreements(cur)
             st.markdown(f"**Disagreements** ({len(dis)})")
             dis.insert(0, "open", [common.feature_url(s, f) for s, f in zip(dis["sae"], dis["feature"])])
-            st.dataframe(dis, hide_index=True, column_config={"open": st.column_config.LinkColumn("", display_text="open")})
+            st.dataframe(
+                dis, hide_index=True, column_config={"open": st.column_config.LinkColumn("", display_text="open")}
+            )
 
     st.subheader("Export and import")
     everything = labels.all_labels(labeling.labels_path())
     cols = st.columns(3)
-    for col, fmt, mime in zip(cols, ("csv", "json", "parquet"), ("text/csv", "application/json", "application/octet-stream")):
-        col.download_button(f"Download {fmt.upper()} ({len(everything)} labels, with history)",
-                            labels.to_bytes(everything, fmt), file_name=f"labels.{fmt}", mime=mime, key=f"dl_{fmt}")
+    for col, fmt, mime in zip(
+        cols, ("csv", "json", "parquet"), ("text/csv", "application/json", "application/octet-stream")
+    ):
+        col.download_button(
+            f"Download {fmt.upper()} ({len(everything)} labels, with history)",
+            labels.to_bytes(everything, fmt),
+            file_name=f"labels.{fmt}",
+            mime=mime,
+            key=f"dl_{fmt}",
+        )
     up = st.file_uploader("Import labels (CSV, JSON or Parquet exported by this tool)", type=["csv", "json", "parquet"])
     if up is not None and st.session_state.get("_imported") != up.file_id:
         fmt = up.name.rsplit(".", 1)[-1].lower()

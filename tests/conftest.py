@@ -22,17 +22,20 @@ N_CTX = 64
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory) -> str:
     from pydoc_data.topics import topics
+
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tk.train_from_iterator([topics[k] for k in sorted(topics)][:80], trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                                  pad_token="<|endoftext|>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
     out = tmp_path_factory.mktemp("tokenizer")
     tok.save_pretrained(out)
     return str(out)
@@ -44,8 +47,17 @@ def tiny_model(tokenizer_dir):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    cfg = HookedTransformerConfig(n_layers=2, d_model=D_MODEL, n_ctx=N_CTX, d_head=4, n_heads=4, d_vocab=len(tok),
-                                  act_fn="gelu", normalization_type="LN", seed=0)
+    cfg = HookedTransformerConfig(
+        n_layers=2,
+        d_model=D_MODEL,
+        n_ctx=N_CTX,
+        d_head=4,
+        n_heads=4,
+        d_vocab=len(tok),
+        act_fn="gelu",
+        normalization_type="LN",
+        seed=0,
+    )
     return HookedTransformer(cfg, tokenizer=tok).eval()
 
 
@@ -79,8 +91,10 @@ def sae_dirs(tmp_path_factory) -> dict[str, str]:
     """Two SAEs in sae_lens's saved format: ReLU on block 0's output, TopK on block 1's input."""
     root = tmp_path_factory.mktemp("saes")
     out = {}
-    for name, kind, hook in (("relu-b0", "standard", "blocks.0.hook_resid_post"),
-                             ("topk-b1", "topk", "blocks.1.hook_resid_pre")):
+    for name, kind, hook in (
+        ("relu-b0", "standard", "blocks.0.hook_resid_post"),
+        ("topk-b1", "topk", "blocks.1.hook_resid_pre"),
+    ):
         make_sae(kind, hook, seed=len(out)).save_model(str(root / name))
         out[name] = str(root / name)
     return out
@@ -111,9 +125,21 @@ def small_cfg(tmp_path, corpus_file, sae_dirs):
     from backend.config import PrecomputeConfig, SAESource
 
     def make(**kw):
-        base = dict(db=str(tmp_path / "f.duckdb"), model="tiny-random", corpus=corpus_file, n_tokens=24 * 32,
-                    context_len=32, batch_size=5, n_top=6, n_buckets=3, per_bucket=2, left=4, right=2,
-                    downstream_seqs=4, saes=[SAESource(path=p) for p in sae_dirs.values()])
+        base = dict(
+            db=str(tmp_path / "f.duckdb"),
+            model="tiny-random",
+            corpus=corpus_file,
+            n_tokens=24 * 32,
+            context_len=32,
+            batch_size=5,
+            n_top=6,
+            n_buckets=3,
+            per_bucket=2,
+            left=4,
+            right=2,
+            downstream_seqs=4,
+            saes=[SAESource(path=p) for p in sae_dirs.values()],
+        )
         base.update(kw)
         return PrecomputeConfig(**base)
 

@@ -16,8 +16,7 @@ import pytest
 from tests.conftest import repo_root
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update"]
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium (.ci/run installs it)")
 
@@ -34,16 +33,48 @@ def server(tmp_path_factory, corpus_file, sae_dirs, adapter, loaded_saes):
     from backend.harvest import precompute
 
     data = tmp_path_factory.mktemp("browser-data")
-    precompute(PrecomputeConfig(db=str(data / "tiny.duckdb"), model="tiny", corpus=corpus_file, n_tokens=40 * 32,
-                                context_len=32, batch_size=8, n_top=6, n_buckets=3, per_bucket=2, left=4, right=2,
-                                saes=[SAESource(path=p) for p in sae_dirs.values()]), adapter, loaded_saes)
+    precompute(
+        PrecomputeConfig(
+            db=str(data / "tiny.duckdb"),
+            model="tiny",
+            corpus=corpus_file,
+            n_tokens=40 * 32,
+            context_len=32,
+            batch_size=8,
+            n_top=6,
+            n_buckets=3,
+            per_bucket=2,
+            left=4,
+            right=2,
+            saes=[SAESource(path=p) for p in sae_dirs.values()],
+        ),
+        adapter,
+        loaded_saes,
+    )
     port = _free_port()
     env = dict(os.environ, SAE_DASHBOARD_DATA=str(data), SAE_DASHBOARD_URL=f"http://127.0.0.1:{port}")
     env.pop("SAE_DASHBOARD_PASSWORD", None)
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-                             "--server.port", str(port), "--server.address", "127.0.0.1",
-                             "--browser.gatherUsageStats", "false"], cwd=repo_root(), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=repo_root(),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
     for _ in range(120):
         try:
@@ -86,8 +117,11 @@ def _busy_feature(data, sae: str) -> int:
     import duckdb
 
     con = duckdb.connect(str(data / "tiny.duckdb"), read_only=True)
-    row = con.execute("SELECT a.feature FROM features a JOIN features b ON b.sae = a.sae AND b.feature = a.feature + 1 "
-                      "WHERE a.sae = ? AND a.count > 0 AND b.count > 0 ORDER BY a.count DESC LIMIT 1", [sae]).fetchone()
+    row = con.execute(
+        "SELECT a.feature FROM features a JOIN features b ON b.sae = a.sae AND b.feature = a.feature + 1 "
+        "WHERE a.sae = ? AND a.count > 0 AND b.count > 0 ORDER BY a.count DESC LIMIT 1",
+        [sae],
+    ).fetchone()
     con.close()
     return int(row[0])
 

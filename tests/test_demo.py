@@ -49,7 +49,7 @@ def test_demo_highlights_match_a_recomputation(demo_db):
         tokens = torch.tensor([list(r.tokens)])
         with torch.no_grad():
             codes = sae.encode(adapter.activations(tokens, [r.hook])[r.hook])[0, :, r.feature]
-        want = codes[r.ctx_start:r.ctx_start + len(r.acts)].numpy()
+        want = codes[r.ctx_start : r.ctx_start + len(r.acts)].numpy()
         want[(np.arange(r.ctx_start, r.ctx_start + len(r.acts)) == 0)] = 0  # CLS is excluded
         want[(np.arange(r.ctx_start, r.ctx_start + len(r.acts)) == len(r.tokens) - 1)] = 0  # SEP too
         np.testing.assert_allclose(r.acts, want, rtol=1e-3, atol=1e-4)

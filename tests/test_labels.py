@@ -94,10 +94,23 @@ def test_killed_writer_keeps_every_acknowledged_label(tmp_path):
 def test_agreement_and_intervals():
     import pandas as pd
 
-    cur = pd.DataFrame({"db": "d", "sae": "s", "feature": [1, 1, 2, 2, 3, 3, 4],
-                        "labeler": ["a", "b", "a", "b", "a", "b", "a"],
-                        "verdict": ["interpretable", "interpretable", "not interpretable", "interpretable",
-                                    "not interpretable", "not interpretable", "interpretable"]})
+    cur = pd.DataFrame(
+        {
+            "db": "d",
+            "sae": "s",
+            "feature": [1, 1, 2, 2, 3, 3, 4],
+            "labeler": ["a", "b", "a", "b", "a", "b", "a"],
+            "verdict": [
+                "interpretable",
+                "interpretable",
+                "not interpretable",
+                "interpretable",
+                "not interpretable",
+                "not interpretable",
+                "interpretable",
+            ],
+        }
+    )
     ag = labels.agreement(cur)
     assert ag["n_features"] == 3
     assert ag["percent_agreement"] == pytest.approx(2 / 3)
@@ -108,8 +121,9 @@ def test_agreement_and_intervals():
     assert lo == 0 and 0.2 < hi < 0.35
     lo, hi = labels.wilson(5, 10)
     assert lo < 0.5 < hi
-    by = labels.interpretability_by_bucket(cur.assign(log10_density=[-1.5] * 4 + [-6.0] * 3),
-                                           lambda x: "low" if x < -5 else "high")
+    by = labels.interpretability_by_bucket(
+        cur.assign(log10_density=[-1.5] * 4 + [-6.0] * 3), lambda x: "low" if x < -5 else "high"
+    )
     got = {r.bucket: (r.k, r.n) for r in by.itertuples()}
     assert got == {"high": (3, 4), "low": (1, 3)}
 
@@ -132,9 +146,11 @@ def test_export_import_round_trip(tmp_path, fmt):
 def test_import_rejects_bad_file_without_writing(tmp_path):
     dst = tmp_path / "b.duckdb"
     bad = tmp_path / "bad.csv"
-    bad.write_text("db,run_id,sae,feature,verdict,description,confidence,labeler\n"
-                   "d,r,s,1,interpretable,,,ann\n"
-                   "d,r,s,2,brilliant,,,ann\n")
+    bad.write_text(
+        "db,run_id,sae,feature,verdict,description,confidence,labeler\n"
+        "d,r,s,1,interpretable,,,ann\n"
+        "d,r,s,2,brilliant,,,ann\n"
+    )
     with pytest.raises(UserError, match="verdict must be one of"):
         labels.import_labels(str(bad), str(dst))
     assert labels.all_labels(dst).empty
@@ -144,12 +160,27 @@ def test_labels_cli(tmp_path):
     src = tmp_path / "labels.duckdb"
     labels.add(src, _label())
     out = tmp_path / "x.json"
-    r = subprocess.run([sys.executable, "-m", "backend", "labels", "export", str(out), "--labels-db", str(src)],
-                       cwd=repo_root(), capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "backend", "labels", "export", str(out), "--labels-db", str(src)],
+        cwd=repo_root(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0 and "wrote 1 labels" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "backend", "labels", "import", str(out), "--labels-db",
-                        str(tmp_path / "other.duckdb")], cwd=repo_root(), capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "backend", "labels", "import", str(out), "--labels-db", str(tmp_path / "other.duckdb")],
+        cwd=repo_root(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0 and "imported 1 new labels" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "backend", "labels", "import", str(tmp_path / "x.txt")],
-                       cwd=repo_root(), capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "backend", "labels", "import", str(tmp_path / "x.txt")],
+        cwd=repo_root(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr

@@ -23,9 +23,20 @@ def data_dir(tmp_path_factory, corpus_file, sae_dirs, adapter, loaded_saes):
     with evil.open("w") as fh:
         fh.write('{"text": "<script>alert(1)</script> <img src=x onerror=alert(2)> and more words"}\n' * 30)
         fh.write(text)
-    cfg = PrecomputeConfig(db=str(d / "tiny.duckdb"), model="tiny", corpus=str(evil), n_tokens=40 * 32,
-                           context_len=32, batch_size=8, n_top=6, n_buckets=3, per_bucket=2, left=4, right=2,
-                           saes=[SAESource(path=p) for p in sae_dirs.values()])
+    cfg = PrecomputeConfig(
+        db=str(d / "tiny.duckdb"),
+        model="tiny",
+        corpus=str(evil),
+        n_tokens=40 * 32,
+        context_len=32,
+        batch_size=8,
+        n_top=6,
+        n_buckets=3,
+        per_bucket=2,
+        left=4,
+        right=2,
+        saes=[SAESource(path=p) for p in sae_dirs.values()],
+    )
     precompute(cfg, adapter, loaded_saes)
     return d
 
@@ -83,14 +94,17 @@ def test_layer_page_filters(app):
     _ok(at)
 
 
-@pytest.mark.parametrize("params, message", [
-    ({"sae": "nope"}, "no SAE 'nope'"),
-    ({"sae": "relu-b0", "filter": "weird"}, "filter='weird'"),
-    ({"sae": "relu-b0", "lo": "abc"}, "lo='abc' is not a number"),
-    ({"sae": "relu-b0", "lo": "-1", "hi": "-3"}, "range is empty"),
-    ({"db": "../secrets.duckdb"}, "is not a database name"),
-    ({"db": "missing.duckdb"}, "no database 'missing.duckdb'"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"sae": "nope"}, "no SAE 'nope'"),
+        ({"sae": "relu-b0", "filter": "weird"}, "filter='weird'"),
+        ({"sae": "relu-b0", "lo": "abc"}, "lo='abc' is not a number"),
+        ({"sae": "relu-b0", "lo": "-1", "hi": "-3"}, "range is empty"),
+        ({"db": "../secrets.duckdb"}, "is not a database name"),
+        ({"db": "missing.duckdb"}, "no database 'missing.duckdb'"),
+    ],
+)
 def test_layer_page_bad_params(app, params, message):
     at = app("pages/1_Layer.py", **params)
     assert not at.exception
@@ -109,12 +123,15 @@ def test_feature_page(app):
     assert at.query_params["feature"] in (["11"], "11")
 
 
-@pytest.mark.parametrize("params, message", [
-    ({"sae": "relu-b0", "feature": "abc"}, "not a whole number"),
-    ({"sae": "relu-b0", "feature": "64"}, "out of range"),
-    ({"sae": "relu-b0", "feature": "-1"}, "out of range"),
-    ({"db": "..", "feature": "1"}, "is not a database name"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"sae": "relu-b0", "feature": "abc"}, "not a whole number"),
+        ({"sae": "relu-b0", "feature": "64"}, "out of range"),
+        ({"sae": "relu-b0", "feature": "-1"}, "out of range"),
+        ({"db": "..", "feature": "1"}, "is not a database name"),
+    ],
+)
 def test_feature_page_bad_params(app, params, message):
     at = app("pages/2_Feature.py", **params)
     assert not at.exception
@@ -180,11 +197,23 @@ def test_label_queue_needs_name_and_password(app, monkeypatch):
 def test_interpretability_page(app, data_dir):
     lp = str(data_dir / "labels.duckdb")
     run_id = queries.saes(str(data_dir / "tiny.duckdb"))["run_id"].iloc[0]
-    for who, verdicts in (("ann", ["interpretable", "not interpretable", "interpretable"]),
-                          ("bob", ["interpretable", "interpretable", "interpretable"])):
+    for who, verdicts in (
+        ("ann", ["interpretable", "not interpretable", "interpretable"]),
+        ("bob", ["interpretable", "interpretable", "interpretable"]),
+    ):
         for f, v in zip((20, 21, 22), verdicts):
-            labels.add(lp, labels.Label(db="tiny.duckdb", run_id=run_id, sae="relu-b0", feature=f, verdict=v,
-                                        labeler=who, description="<b>bold</b> claim"))
+            labels.add(
+                lp,
+                labels.Label(
+                    db="tiny.duckdb",
+                    run_id=run_id,
+                    sae="relu-b0",
+                    feature=f,
+                    verdict=v,
+                    labeler=who,
+                    description="<b>bold</b> claim",
+                ),
+            )
     at = app("pages/5_Interpretability.py")
     _ok(at)
     metrics = {m.label: m.value for m in at.metric}

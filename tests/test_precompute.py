@@ -71,7 +71,7 @@ def test_matches_brute_force(small_cfg, adapter, loaded_saes):
                 assert (by_bucket["min"].to_numpy()[1:] >= by_bucket["max"].to_numpy()[:-1] - 1e-6).all()
         # every stored window equals the recomputed activations on those tokens
         for row in ex.sample(min(len(ex), 300), random_state=0).itertuples():
-            want = codes[row.seq, row.ctx_start:row.ctx_start + len(row.acts), row.feature].numpy()
+            want = codes[row.seq, row.ctx_start : row.ctx_start + len(row.acts), row.feature].numpy()
             np.testing.assert_allclose(row.acts, want, rtol=1e-5, atol=1e-6)
             assert row.value == pytest.approx(float(codes[row.seq, row.pos, row.feature]), rel=1e-5)
             assert row.ctx_start <= row.pos < row.ctx_start + len(row.acts)
@@ -89,8 +89,9 @@ def test_matches_brute_force(small_cfg, adapter, loaded_saes):
         assert m.downstream_metric == "ce_loss_recovered" and np.isfinite(m.downstream_value)
         assert m.effect_kind == "unembed"
         # token effects are the extremes of W_dec[f] . W_U
-        eff = con.execute("SELECT * FROM token_effects WHERE sae = ? AND feature = 5 ORDER BY direction DESC, rank",
-                          [s.name]).df()
+        eff = con.execute(
+            "SELECT * FROM token_effects WHERE sae = ? AND feature = 5 ORDER BY direction DESC, rank", [s.name]
+        ).df()
         logits = (s.sae.W_dec[5] @ adapter.model.W_U).detach()
         assert eff[eff.direction == 1].token_id.tolist() == torch.topk(logits, 10).indices.tolist()
         assert eff[eff.direction == -1].token_id.tolist() == torch.topk(-logits, 10).indices.tolist()
@@ -119,15 +120,22 @@ def test_two_shards_merge_to_one_pass(small_cfg, adapter, loaded_saes, tmp_path)
     merged = small_cfg(db=str(tmp_path / "sharded.duckdb"))
     merge_states(merged, adapter, loaded_saes, states, files)
 
-    for name, order in (("features", "sae, feature"), ("examples", "sae, feature, kind, rank"),
-                        ("sequences", "seq"), ("position_error", "sae, pos"), ("density_hist", "sae, bin_lo")):
+    for name, order in (
+        ("features", "sae, feature"),
+        ("examples", "sae, feature, kind, rank"),
+        ("sequences", "seq"),
+        ("position_error", "sae, pos"),
+        ("density_hist", "sae, bin_lo"),
+    ):
         a, b = _table(one.db, name, order), _table(merged.db, name, order)
         assert len(a) == len(b) > 0, name
         for col in a.columns:
             if not pd.api.types.is_numeric_dtype(a[col]):
                 assert list(map(_plain, a[col])) == list(map(_plain, b[col])), f"{name}.{col}"
             else:
-                np.testing.assert_allclose(a[col].to_numpy(float), b[col].to_numpy(float), rtol=1e-9, err_msg=f"{name}.{col}")
+                np.testing.assert_allclose(
+                    a[col].to_numpy(float), b[col].to_numpy(float), rtol=1e-9, err_msg=f"{name}.{col}"
+                )
     sa, sb = _table(one.db, "saes", "sae"), _table(merged.db, "saes", "sae")
     for col in ("l0", "mse", "explained_variance", "n_dead", "n_dense", "n_tokens"):
         np.testing.assert_allclose(sa[col].to_numpy(float), sb[col].to_numpy(float), rtol=1e-9)
@@ -143,7 +151,9 @@ def test_mismatched_sae_fails_fast(adapter, tmp_path):
     make_sae("standard", "blocks.7.hook_resid_post").save_model(str(tmp_path / "deep"))
     with pytest.raises(UserError, match=r"hook 'blocks.7.hook_resid_post' does not exist.*did you mean"):
         load_saes([SAESource(path=str(tmp_path / "deep"))], adapter, "cpu", "float32")
-    with pytest.raises(UserError, match=r"unknown sae_lens release 'gpt2-small-res-jbb'; did you mean gpt2-small-res-jb"):
+    with pytest.raises(
+        UserError, match=r"unknown sae_lens release 'gpt2-small-res-jbb'; did you mean gpt2-small-res-jb"
+    ):
         load_saes([SAESource(release="gpt2-small-res-jbb", sae_id="x")], adapter, "cpu", "float32")
     with pytest.raises(UserError, match=r"no SAE id matching 'blocks.8.hook_resid_pos'; did you mean"):
         load_saes([SAESource(release="gpt2-small-res-jb", sae_id="blocks.8.hook_resid_pos")], adapter, "cpu", "float32")
@@ -151,9 +161,24 @@ def test_mismatched_sae_fails_fast(adapter, tmp_path):
 
 def test_cli_mismatch_is_one_line_not_a_traceback(tmp_path):
     make_sae("standard", "blocks.0.hook_resid_post", d_in=8).save_model(str(tmp_path / "narrow"))
-    r = subprocess.run([sys.executable, "-m", "backend", "precompute", "--sae", str(tmp_path / "narrow"),
-                        "--db", str(tmp_path / "x.duckdb"), "--n-tokens", "256"],
-                       cwd=repo_root(), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "backend",
+            "precompute",
+            "--sae",
+            str(tmp_path / "narrow"),
+            "--db",
+            str(tmp_path / "x.duckdb"),
+            "--n-tokens",
+            "256",
+        ],
+        cwd=repo_root(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     assert "error: SAE" in r.stderr and "d_in=8" in r.stderr and "d_model=384" in r.stderr
@@ -215,8 +240,13 @@ def test_too_short_corpus_is_a_clear_error(small_cfg, adapter, loaded_saes, tmp_
 def test_info_cli_prints_runs_and_metrics(small_cfg, adapter, loaded_saes):
     cfg = small_cfg()
     precompute(cfg, adapter, loaded_saes)
-    r = subprocess.run([sys.executable, "-m", "backend", "info", cfg.db, "--json"], cwd=repo_root(),
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "backend", "info", cfg.db, "--json"],
+        cwd=repo_root(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     import json
 
     info = json.loads(r.stdout)
@@ -225,8 +255,9 @@ def test_info_cli_prints_runs_and_metrics(small_cfg, adapter, loaded_saes):
     for s in info["saes"]:
         assert s["hook"] in ("blocks.0.hook_resid_post", "blocks.1.hook_resid_pre")
         assert 0 <= s["dead_frac"] <= 1 and s["l0"] > 0 and s["downstream_metric"] == "ce_loss_recovered"
-    r = subprocess.run([sys.executable, "-m", "backend", "info", cfg.db], cwd=repo_root(), capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "backend", "info", cfg.db], cwd=repo_root(), capture_output=True, text=True, timeout=120
+    )
     assert "relu-b0" in r.stdout and "complete" in r.stdout
 
 
@@ -238,12 +269,28 @@ def test_hf_causal_lm_through_sae_lens(tmp_path, tokenizer_dir, corpus_file):
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=16, n_head=4, n_positions=64, vocab_size=len(tok),
-                               bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)).save_pretrained(tmp_path / "gpt")
+    GPT2LMHeadModel(
+        GPT2Config(
+            n_layer=2,
+            n_embd=16,
+            n_head=4,
+            n_positions=64,
+            vocab_size=len(tok),
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+    ).save_pretrained(tmp_path / "gpt")
     tok.save_pretrained(tmp_path / "gpt")
     make_sae("topk", "transformer.h.0").save_model(str(tmp_path / "sae"))
-    cfg = PrecomputeConfig(db=str(tmp_path / "hf.duckdb"), model=f"hf:{tmp_path / 'gpt'}", corpus=corpus_file,
-                           n_tokens=256, context_len=32, batch_size=4, saes=[SAESource(path=str(tmp_path / "sae"))])
+    cfg = PrecomputeConfig(
+        db=str(tmp_path / "hf.duckdb"),
+        model=f"hf:{tmp_path / 'gpt'}",
+        corpus=corpus_file,
+        n_tokens=256,
+        context_len=32,
+        batch_size=4,
+        saes=[SAESource(path=str(tmp_path / "sae"))],
+    )
     precompute(cfg)
     con = duckdb.connect(cfg.db, read_only=True)
     row = con.execute("SELECT hook, layer, l0, downstream_metric, effect_kind FROM saes").fetchone()

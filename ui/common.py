@@ -23,8 +23,14 @@ FEATURE = "pages/2_Feature.py"
 SEARCH = "pages/3_Search.py"
 QUEUE = "pages/4_Label_queue.py"
 INTERPRETABILITY = "pages/5_Interpretability.py"
-PAGE_PATHS = {OVERVIEW: "", LAYER: "Layer", FEATURE: "Feature", SEARCH: "Search", QUEUE: "Label_queue",
-              INTERPRETABILITY: "Interpretability"}
+PAGE_PATHS = {
+    OVERVIEW: "",
+    LAYER: "Layer",
+    FEATURE: "Feature",
+    SEARCH: "Search",
+    QUEUE: "Label_queue",
+    INTERPRETABILITY: "Interpretability",
+}
 
 
 def setup(title: str) -> None:
@@ -41,12 +47,15 @@ def page(fn):
         except UserError as e:
             st.error(str(e))
             db = st.query_params.get("db")
-            st.page_link(OVERVIEW, label="← Back to the overview", query_params={"db": db} if db and "/" not in db else None)
+            st.page_link(
+                OVERVIEW, label="← Back to the overview", query_params={"db": db} if db and "/" not in db else None
+            )
 
     return run
 
 
 # ---- URL parameters ----
+
 
 def param(name: str) -> str | None:
     v = st.query_params.get(name)
@@ -107,6 +116,7 @@ def to_url(key: str, name: str, fmt=str) -> None:
 
 # ---- database and SAE choice ----
 
+
 def database() -> str:
     """The database named in the URL (checked), or the newest in the data folder."""
     names = queries.list_databases()
@@ -128,8 +138,9 @@ def _switch_db() -> None:
     st.query_params["db"] = db
 
 
-def choose_sae(path: str, key: str = "w_sae", name: str = "sae", label: str = "SAE", optional: bool = False,
-               container=None) -> str | None:
+def choose_sae(
+    path: str, key: str = "w_sae", name: str = "sae", label: str = "SAE", optional: bool = False, container=None
+) -> str | None:
     df = queries.saes(path)
     if df.empty:
         raise UserError("this database has no complete SAE yet (is its run still going? see `python -m backend info`)")
@@ -145,8 +156,9 @@ def choose_sae(path: str, key: str = "w_sae", name: str = "sae", label: str = "S
         current = options[0]
         set_params(**{name: current})
     seed(key, name, current)
-    (container or st.sidebar).selectbox(label, options, key=key, format_func=lambda s: labels[s],
-                                        on_change=to_url, args=(key, name))
+    (container or st.sidebar).selectbox(
+        label, options, key=key, format_func=lambda s: labels[s], on_change=to_url, args=(key, name)
+    )
     return st.session_state[key]
 
 
@@ -183,8 +195,12 @@ def copy_link() -> None:
 def labeler() -> str | None:
     """The labeler's name: chosen once per browser session, kept in the URL and session."""
     seed("w_labeler", "labeler", param("labeler") or st.session_state.get("w_labeler") or "")
-    name = st.sidebar.text_input("Your name (for labels)", key="w_labeler", on_change=to_url,
-                                 args=("w_labeler", "labeler", lambda v: v.strip() or None))
+    name = st.sidebar.text_input(
+        "Your name (for labels)",
+        key="w_labeler",
+        on_change=to_url,
+        args=("w_labeler", "labeler", lambda v: v.strip() or None),
+    )
     name = (name or "").strip()
     if name and param("labeler") != name:
         set_params(labeler=name)

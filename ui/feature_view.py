@@ -32,7 +32,9 @@ def examples_panel(db: str, sae: str, f: int, n_top: int | None = None, quantile
     q = ex[ex["kind"] == 1]
     if q.empty:
         return
-    st.markdown("**Sampled across activation quantiles** (a uniform sample of all activations, cut into equal-count buckets)")
+    st.markdown(
+        "**Sampled across activation quantiles** (a uniform sample of all activations, cut into equal-count buckets)"
+    )
     n_b = int(q["bucket"].max()) + 1
     for b in sorted(q["bucket"].unique(), reverse=True):
         g = q[q["bucket"] == b]
@@ -43,7 +45,11 @@ def examples_panel(db: str, sae: str, f: int, n_top: int | None = None, quantile
 def effects_panel(db: str, sae: str, f: int) -> None:
     eff = queries.token_effects(db, sae, f)
     kind = queries.sae_row(db, sae)["effect_kind"]
-    what = "W_dec · W_U (logit effect)" if kind == "unembed" else "W_dec · W_E (nearest input embeddings; this model has no unembedding)"
+    what = (
+        "W_dec · W_U (logit effect)"
+        if kind == "unembed"
+        else "W_dec · W_E (nearest input embeddings; this model has no unembedding)"
+    )
     st.markdown(f"**Token effects** — {what}")
     c1, c2 = st.columns(2)
     for col, d, title in ((c1, 1, "promotes"), (c2, -1, "suppresses")):
@@ -56,10 +62,15 @@ def neighbours_panel(db: str, sae: str, f: int) -> None:
     nb = queries.neighbours(db, sae, f)
     st.markdown("**Nearest features** by decoder cosine similarity")
     nb = nb.assign(open=[common.feature_url(sae, x) for x in nb["feature"]])
-    st.dataframe(nb[["open", "feature", "cosine", "density", "max_act", "top_tokens"]], hide_index=True,
-                 column_config={"open": st.column_config.LinkColumn("", display_text="open"),
-                                "density": st.column_config.NumberColumn(format="%.2e"),
-                                "cosine": st.column_config.NumberColumn(format="%.3f")})
+    st.dataframe(
+        nb[["open", "feature", "cosine", "density", "max_act", "top_tokens"]],
+        hide_index=True,
+        column_config={
+            "open": st.column_config.LinkColumn("", display_text="open"),
+            "density": st.column_config.NumberColumn(format="%.2e"),
+            "cosine": st.column_config.NumberColumn(format="%.3f"),
+        },
+    )
 
 
 def density_panel(db: str, sae: str, row: dict) -> None:
@@ -69,5 +80,14 @@ def density_panel(db: str, sae: str, row: dict) -> None:
 
 
 def summary(row: dict, n_features: int) -> pd.DataFrame:
-    return pd.DataFrame([{"density": row["density"], "count": row["count"], "max activation": row["max_act"],
-                          "mean when active": row["mean_act"], "of features": n_features}])
+    return pd.DataFrame(
+        [
+            {
+                "density": row["density"],
+                "count": row["count"],
+                "max activation": row["max_act"],
+                "mean when active": row["mean_act"],
+                "of features": n_features,
+            }
+        ]
+    )

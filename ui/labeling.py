@@ -36,8 +36,10 @@ def may_label() -> bool:
     """True when labeling is open, or this session gave the shared password."""
     pw = _password()
     if not pw:
-        st.caption("🔓 Labeling is open: anyone who can reach this server can label "
-                   "(set SAE_DASHBOARD_PASSWORD or `labels_password` in secrets.toml to require a password).")
+        st.caption(
+            "🔓 Labeling is open: anyone who can reach this server can label "
+            "(set SAE_DASHBOARD_PASSWORD or `labels_password` in secrets.toml to require a password)."
+        )
         return True
     if st.session_state.get("_labels_ok"):
         return True
@@ -64,16 +66,31 @@ def verdict_form(db_path: str, sae: str, feature: int, key: str, on_saved=None) 
     if not may_label():
         return None
     run_id = queries.sae_row(db_path, sae)["run_id"]
-    desc = st.text_input("Description (optional)", key=f"{key}_desc", max_chars=2000,
-                         placeholder="e.g. fires on closing brackets in code")
-    conf = st.segmented_control("Confidence", [1, 2, 3], key=f"{key}_conf",
-                                format_func={1: "low", 2: "medium", 3: "high"}.get)
+    desc = st.text_input(
+        "Description (optional)",
+        key=f"{key}_desc",
+        max_chars=2000,
+        placeholder="e.g. fires on closing brackets in code",
+    )
+    conf = st.segmented_control(
+        "Confidence", [1, 2, 3], key=f"{key}_conf", format_func={1: "low", 2: "medium", 3: "high"}.get
+    )
     cols = st.columns(3)
     for col, verdict, icon in zip(cols, labels.VERDICTS, ("✅", "❌", "🤷")):
         if col.button(f"{icon} {verdict}", key=f"{key}_{verdict}", use_container_width=True):
-            labels.add(labels_path(), labels.Label(db=db_name(db_path), run_id=run_id, sae=sae, feature=feature,
-                                                   verdict=verdict, labeler=who, description=desc or None,
-                                                   confidence=conf))
+            labels.add(
+                labels_path(),
+                labels.Label(
+                    db=db_name(db_path),
+                    run_id=run_id,
+                    sae=sae,
+                    feature=feature,
+                    verdict=verdict,
+                    labeler=who,
+                    description=desc or None,
+                    confidence=conf,
+                ),
+            )
             st.session_state.pop(f"{key}_desc", None)
             st.session_state.pop(f"{key}_conf", None)
             if on_saved:
@@ -90,9 +107,13 @@ def history_panel(db_path: str, sae: str, feature: int) -> None:
     rows = "".join(
         f"<tr><td>{render.escape(r.created_at)}</td><td>{render.escape(r.labeler)}</td><td>{render.escape(r.verdict)}</td>"
         f"<td>{render.escape({1: 'low', 2: 'medium', 3: 'high'}.get(r.confidence, ''))}</td>"
-        f"<td>{render.escape(r.description)}</td></tr>" for r in hist.itertuples())
-    st.html(f"<table class='labels'><tr><th>when (UTC)</th><th>who</th><th>verdict</th><th>confidence</th>"
-            f"<th>description</th></tr>{rows}</table>")
+        f"<td>{render.escape(r.description)}</td></tr>"
+        for r in hist.itertuples()
+    )
+    st.html(
+        f"<table class='labels'><tr><th>when (UTC)</th><th>who</th><th>verdict</th><th>confidence</th>"
+        f"<th>description</th></tr>{rows}</table>"
+    )
 
 
 def current_with_density(db_path: str) -> pd.DataFrame:
@@ -118,8 +139,10 @@ def overview_panel(db_path: str) -> None:
         return
     table = labels.interpretability_by_bucket(cur, render.density_bucket)
     st.plotly_chart(render.interpretability_chart(table), key="interp_overview")
-    st.caption(f"{len(cur)} current verdicts from {cur['labeler'].nunique()} labeler(s); 'unsure' is left out; "
-               "bars are 95% Wilson intervals.")
+    st.caption(
+        f"{len(cur)} current verdicts from {cur['labeler'].nunique()} labeler(s); 'unsure' is left out; "
+        "bars are 95% Wilson intervals."
+    )
 
 
 def require_labels_ok() -> None:
