@@ -161,13 +161,6 @@ def position_error(path: str) -> pd.DataFrame:
 
 # ---- one SAE ----
 
-PRESETS = {
-    "all": (None, None),
-    "dead": (None, None),
-    "ultralow": (0.0, 1e-5),
-    "dense": (0.1, 1.0),
-}
-
 
 @cached
 def features(path: str, sae: str) -> pd.DataFrame:

@@ -10,7 +10,6 @@ import pandas as pd
 import streamlit as st
 
 from backend import labels, queries, render
-from backend.errors import UserError
 from ui import common
 
 
@@ -143,10 +142,3 @@ def overview_panel(db_path: str) -> None:
         f"{len(cur)} current verdicts from {cur['labeler'].nunique()} labeler(s); 'unsure' is left out; "
         "bars are 95% Wilson intervals."
     )
-
-
-def require_labels_ok() -> None:
-    try:
-        labels.all_labels(labels_path())
-    except UserError as e:
-        st.warning(str(e))
