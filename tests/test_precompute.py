@@ -80,7 +80,8 @@ def test_matches_brute_force(small_cfg, adapter, loaded_saes):
         valid = torch.ones(codes.shape[:2], dtype=torch.bool)
         valid[:, 0] = False
         xv = x[valid].double()
-        err = (xv - s.sae.decode(codes[valid]).double()).pow(2).sum(-1)
+        with torch.no_grad():
+            err = (xv - s.sae.decode(codes[valid]).double()).pow(2).sum(-1)
         assert m.l0 == pytest.approx(float((codes[valid] > 0).sum(-1).double().mean()), rel=1e-6)
         assert m.mse == pytest.approx(float(err.mean()), rel=1e-5)
         ev = 1 - err.sum() / (xv - xv.mean(0)).pow(2).sum()
