@@ -100,19 +100,28 @@ def layer_histogram(
     marker: float | None = None,
     bin_width: float = 0.1,
 ) -> go.Figure:
-    """One SAE's log10-density histogram; select a range with the box tool to filter the table."""
+    """One SAE's log10-density histogram; select a range with the box tool to filter the table.
+
+    Binned here, not in the browser: ~80 bars travel instead of one value per feature.
+    """
     fig = go.Figure()
-    for df, name, color in ((feats, names[0], "#1f77b4"), (overlay, names[1], "#ff7f0e")):
-        if df is None:
-            continue
-        x = df["log10_density"].dropna()
+    frames = [(d, n, c) for d, n, c in ((feats, names[0], "#1f77b4"), (overlay, names[1], "#ff7f0e")) if d is not None]
+    logs = [d["log10_density"].dropna().to_numpy() for d, _, _ in frames]
+    finite = np.concatenate(logs) if logs else np.array([])
+    lo = np.floor((finite.min() if finite.size else -1.0) / bin_width) * bin_width
+    edges = np.arange(lo, bin_width + 1e-9, bin_width)
+    for (_, name, color), x in zip(frames, logs):
+        counts, _ = np.histogram(x, bins=edges)
         fig.add_trace(
-            go.Histogram(
-                x=x,
+            go.Bar(
+                x=(edges[:-1] + edges[1:]) / 2,
+                y=counts,
+                width=bin_width,
                 name=name,
-                xbins=dict(size=bin_width),
                 marker_color=color,
+                marker_line_width=0,
                 opacity=0.75 if overlay is not None else 1.0,
+                hovertemplate="log10 density %{x:.2f}: %{y} features<extra></extra>",
             )
         )
     fig.update_layout(

@@ -79,16 +79,14 @@ def layer() -> None:
     shown = shown.merge(status[["feature", "label"]], on="feature", how="left")
     rng = f" with log10 density in [{lo if lo is not None else '-∞'}, {hi if hi is not None else 0}]" if sel else ""
     st.markdown(f"**{len(shown):,}** of {len(feats):,} features{rng}. Click a row to open it.")
-    shown.insert(0, "open", [common.feature_url(sae, f) for f in shown["feature"]])
     picked = st.dataframe(
-        shown[["open", "feature", "density", "log10_density", "count", "max_act", "mean_act", "top_tokens", "label"]],
+        shown[["feature", "density", "log10_density", "count", "max_act", "mean_act", "top_tokens", "label"]],
         hide_index=True,
         on_select="rerun",
         selection_mode="single-row",
         key="table",
         height=480,
         column_config={
-            "open": st.column_config.LinkColumn("", display_text="open"),
             "density": st.column_config.NumberColumn(format="%.2e"),
             "log10_density": st.column_config.NumberColumn("log10", format="%.2f"),
             "max_act": st.column_config.NumberColumn("max act", format="%.3g"),
