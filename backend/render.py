@@ -47,7 +47,8 @@ def tokens_html(tokens: list[str], acts: np.ndarray, scale: float, focus: int | 
     parts = []
     for i, (tok, a) in enumerate(zip(tokens, acts)):
         alpha = min(max(float(a) / scale, 0.0), 1.0)
-        style = f"background: rgba(255, 120, 0, {alpha:.2f});"
+        # inline-block: a long context wraps between tokens instead of running off the page
+        style = f"display: inline-block; background: rgba(255, 120, 0, {alpha:.2f});"
         if i == focus:
             style += " outline: 1px solid #444; font-weight: 600;"
         parts.append(
