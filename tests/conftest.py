@@ -146,6 +146,33 @@ def small_cfg(tmp_path, corpus_file, sae_dirs):
     return make
 
 
+@pytest.fixture(scope="session")
+def build_tiny_db(sae_dirs, adapter, loaded_saes):
+    """Build a small real feature database (tiny model, both SAEs) at `db` from `corpus`."""
+    from backend.config import PrecomputeConfig, SAESource
+    from backend.harvest import precompute
+
+    def build(db: str, corpus: str) -> str:
+        cfg = PrecomputeConfig(
+            db=db,
+            model="tiny",
+            corpus=corpus,
+            n_tokens=40 * 32,
+            context_len=32,
+            batch_size=8,
+            n_top=6,
+            n_buckets=3,
+            per_bucket=2,
+            left=4,
+            right=2,
+            saes=[SAESource(path=p) for p in sae_dirs.values()],
+        )
+        precompute(cfg, adapter, loaded_saes)
+        return db
+
+    return build
+
+
 @pytest.fixture(autouse=True)
 def _fresh_query_caches():
     from backend import queries

@@ -28,29 +28,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, corpus_file, sae_dirs, adapter, loaded_saes):
-    from backend.config import PrecomputeConfig, SAESource
-    from backend.harvest import precompute
-
+def server(tmp_path_factory, corpus_file, build_tiny_db):
     data = tmp_path_factory.mktemp("browser-data")
-    precompute(
-        PrecomputeConfig(
-            db=str(data / "tiny.duckdb"),
-            model="tiny",
-            corpus=corpus_file,
-            n_tokens=40 * 32,
-            context_len=32,
-            batch_size=8,
-            n_top=6,
-            n_buckets=3,
-            per_bucket=2,
-            left=4,
-            right=2,
-            saes=[SAESource(path=p) for p in sae_dirs.values()],
-        ),
-        adapter,
-        loaded_saes,
-    )
+    build_tiny_db(str(data / "tiny.duckdb"), corpus_file)
     port = _free_port()
     env = dict(os.environ, SAE_DASHBOARD_DATA=str(data), SAE_DASHBOARD_URL=f"http://127.0.0.1:{port}")
     env.pop("SAE_DASHBOARD_PASSWORD", None)

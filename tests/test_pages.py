@@ -2,42 +2,22 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from backend import labels, queries
-from backend.harvest import precompute
 from tests.conftest import repo_root
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory, corpus_file, sae_dirs, adapter, loaded_saes):
+def data_dir(tmp_path_factory, corpus_file, build_tiny_db):
     """A data folder with one real (tiny) feature database, whose corpus holds hostile markup."""
-    from backend.config import PrecomputeConfig, SAESource
-
     d = tmp_path_factory.mktemp("data")
     evil = d / "evil.jsonl"
-    text = shutil.os.linesep.join([open(corpus_file).read()])
     with evil.open("w") as fh:
         fh.write('{"text": "<script>alert(1)</script> <img src=x onerror=alert(2)> and more words"}\n' * 30)
-        fh.write(text)
-    cfg = PrecomputeConfig(
-        db=str(d / "tiny.duckdb"),
-        model="tiny",
-        corpus=str(evil),
-        n_tokens=40 * 32,
-        context_len=32,
-        batch_size=8,
-        n_top=6,
-        n_buckets=3,
-        per_bucket=2,
-        left=4,
-        right=2,
-        saes=[SAESource(path=p) for p in sae_dirs.values()],
-    )
-    precompute(cfg, adapter, loaded_saes)
+        fh.write(open(corpus_file).read())
+    build_tiny_db(str(d / "tiny.duckdb"), str(evil))
     return d
 
 
