@@ -28,7 +28,7 @@ from backend.config import PrecomputeConfig, SAESource
 from backend.corpus import documents, token_contexts
 from backend.errors import UserError
 from backend.models import Downstream, ModelAdapter, hook_layer, load_model
-from backend.saes import LoadedSAE, load_saes
+from backend.saes import LoadedSAE, expand_sources, load_saes
 from backend.stats import FeatureStats, StatsSpec
 
 
@@ -374,6 +374,8 @@ def precompute(cfg: PrecomputeConfig, adapter: ModelAdapter | None = None, saes:
     """Run the whole precompute; returns the run id (or the shard state's path with --shard)."""
     if not cfg.saes and saes is None:
         raise UserError("no SAE given: pass --sae FOLDER or --release R --sae-id ID")
+    if saes is None:
+        expand_sources(cfg.saes)  # unknown releases / ids / folders fail before the model loads
     adapter = adapter or load_model(cfg.model, cfg.device, cfg.dtype)
     saes = saes if saes is not None else load_saes(cfg.saes, adapter, cfg.device, cfg.dtype)
     run_id = cfg.run_id()

@@ -55,10 +55,6 @@ def expand_sources(sources: list[SAESource]) -> list[SAESource]:
     return out
 
 
-def release_model(release: str) -> str | None:
-    return getattr(_registry().get(release), "model", None)
-
-
 def load_saes(sources: list[SAESource], adapter: ModelAdapter, device: str, dtype: str) -> list[LoadedSAE]:
     """Load and validate every SAE; raises UserError on the first that does not fit the model."""
     from sae_lens import SAE
