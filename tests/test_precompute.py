@@ -317,3 +317,47 @@ def test_local_corpus_formats(tmp_path, tokenizer_dir):
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     chunks = list(token_contexts(iter(["hello world " * 20] * 3), tok, 10))
     assert all(len(c) == 10 for c in chunks) and len(chunks) >= 6
+
+
+def test_killed_precompute_leaves_database_readable_and_reruns_cleanly(tmp_path):
+    """SIGKILL mid-harvest (no Python cleanup runs): the file opens, the run reads as unfinished,
+    no partial rows exist, and the same run name then completes without duplicates."""
+    import os
+    import signal
+
+    make_sae("topk", "blocks.2.hook_resid_post", d_in=384, d_sae=128).save_model(str(tmp_path / "sae"))
+    db = str(tmp_path / "k.duckdb")
+    cmd = [
+        sys.executable,
+        "-m",
+        "backend",
+        "precompute",
+        "--sae",
+        str(tmp_path / "sae"),
+        "--db",
+        db,
+        "--run-name",
+        "r",
+        "--batch-size",
+        "4",
+    ]
+    proc = subprocess.Popen(cmd + ["--n-tokens", "500000"], cwd=repo_root(), stderr=subprocess.PIPE, text=True)
+    seen = ""
+    while "harvest" not in seen:  # the run is registered and streaming
+        ch = proc.stderr.read(1)
+        assert ch, "precompute ended before it started harvesting"
+        seen += ch
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    con = duckdb.connect(db, read_only=True)
+    assert con.execute("SELECT run_id, status FROM runs").fetchall() == [("r", "running")]
+    assert con.execute("SELECT count(*) FROM saes").fetchone() == (0,)
+    assert con.execute("SELECT count(*) FROM examples").fetchone() == (0,)
+    con.close()
+    r = subprocess.run(cmd + ["--n-tokens", "1024"], cwd=repo_root(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-500:]
+    con = duckdb.connect(db, read_only=True)
+    assert con.execute("SELECT run_id, status FROM runs").fetchall() == [("r", "complete")]
+    assert con.execute("SELECT count(*), count(DISTINCT seq) FROM sequences").fetchone() == (8, 8)
+    assert con.execute("SELECT count(*) FROM features").fetchone() == (128,)
+    con.close()
