@@ -147,7 +147,8 @@ class Harvest:
     def run(self) -> None:
         total = max(1, math.ceil(self.cfg.n_tokens / self.cfg.context_len))
         if self.cfg.shard_index():
-            total = math.ceil(total / self.cfg.shard_index()[1])
+            i, n = self.cfg.shard_index()
+            total = len(range(i, total, n))  # this shard's share of the sequences
         bar = tqdm(total=total * self.cfg.context_len, unit="tok", desc="harvest", unit_scale=True, file=sys.stderr)
         try:
             for seq_ids, content in _batches(self.cfg, self.adapter):
@@ -159,6 +160,12 @@ class Harvest:
         if self.n_seqs == 0:
             raise UserError(
                 f"corpus {self.cfg.corpus!r} is too short: it gave no sequence of {self.cfg.context_len} tokens"
+            )
+        if self.n_seqs < total:
+            print(
+                f"note: corpus {self.cfg.corpus!r} ran out after {self.n_seqs * self.cfg.context_len:,} of the "
+                f"{total * self.cfg.context_len:,} tokens asked for; the run uses what there is",
+                file=sys.stderr,
             )
 
     def state_dict(self) -> dict:
