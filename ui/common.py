@@ -48,7 +48,10 @@ def page(fn):
             st.error(str(e))
             db = st.query_params.get("db")
             st.page_link(
-                OVERVIEW, label="← Back to the overview", query_params={"db": db} if db and "/" not in db else None
+                OVERVIEW,
+                label="← Back to the overview",
+                # keep the database only when it is a good one, or the way back fails again
+                query_params={"db": db} if db in queries.list_databases() else None,
             )
 
     return run
