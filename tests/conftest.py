@@ -120,28 +120,36 @@ def corpus_file(tmp_path_factory) -> str:
     return str(path)
 
 
-@pytest.fixture()
-def small_cfg(tmp_path, corpus_file, sae_dirs):
+def tiny_config(db: str, corpus: str, sae_dirs: dict[str, str], **overrides):
+    """Precompute options sized for the tiny model: one place for the numbers tests share."""
     from backend.config import PrecomputeConfig, SAESource
 
+    base = dict(
+        db=db,
+        model="tiny-random",
+        corpus=corpus,
+        n_tokens=40 * 32,
+        context_len=32,
+        batch_size=8,
+        n_top=6,
+        n_buckets=3,
+        per_bucket=2,
+        left=4,
+        right=2,
+        saes=[SAESource(path=p) for p in sae_dirs.values()],
+    )
+    base.update(overrides)
+    return PrecomputeConfig(**base)
+
+
+@pytest.fixture()
+def small_cfg(tmp_path, corpus_file, sae_dirs):
     def make(**kw):
         base = dict(
-            db=str(tmp_path / "f.duckdb"),
-            model="tiny-random",
-            corpus=corpus_file,
-            n_tokens=24 * 32,
-            context_len=32,
-            batch_size=5,
-            n_top=6,
-            n_buckets=3,
-            per_bucket=2,
-            left=4,
-            right=2,
-            downstream_seqs=4,
-            saes=[SAESource(path=p) for p in sae_dirs.values()],
+            db=str(tmp_path / "f.duckdb"), corpus=corpus_file, n_tokens=24 * 32, batch_size=5, downstream_seqs=4
         )
         base.update(kw)
-        return PrecomputeConfig(**base)
+        return tiny_config(sae_dirs=sae_dirs, **base)
 
     return make
 
@@ -149,25 +157,10 @@ def small_cfg(tmp_path, corpus_file, sae_dirs):
 @pytest.fixture(scope="session")
 def build_tiny_db(sae_dirs, adapter, loaded_saes):
     """Build a small real feature database (tiny model, both SAEs) at `db` from `corpus`."""
-    from backend.config import PrecomputeConfig, SAESource
     from backend.harvest import precompute
 
     def build(db: str, corpus: str) -> str:
-        cfg = PrecomputeConfig(
-            db=db,
-            model="tiny",
-            corpus=corpus,
-            n_tokens=40 * 32,
-            context_len=32,
-            batch_size=8,
-            n_top=6,
-            n_buckets=3,
-            per_bucket=2,
-            left=4,
-            right=2,
-            saes=[SAESource(path=p) for p in sae_dirs.values()],
-        )
-        precompute(cfg, adapter, loaded_saes)
+        precompute(tiny_config(db, corpus, sae_dirs), adapter, loaded_saes)
         return db
 
     return build
