@@ -88,6 +88,7 @@ class Harvest:
         self.device = torch.device(cfg.device)
         self.stats = {s.name: FeatureStats(self.spec(s), self.device) for s in saes}
         self.downstream: dict[str, list[tuple[Downstream, int]]] = {s.name: [] for s in saes}
+        self.hooks = sorted({s.hook for s in saes})
         self.n_seqs = 0
         self._downstream_left = cfg.downstream_seqs
         self.token_file = token_file
@@ -112,14 +113,14 @@ class Harvest:
         tokens, mask = self.adapter.wrap(content)
         if self.cfg.include_special:
             mask = torch.ones_like(mask)
-        hooks = sorted({s.hook for s in self.saes})
-        acts = self.adapter.activations(tokens, hooks)
+        acts = self.adapter.activations(tokens, self.hooks)
         seq_t = torch.as_tensor(seq_ids, device=self.device)
+        mask = mask.to(self.device)
         for s in self.saes:
             x = acts[s.hook].to(s.sae.dtype)
             codes = s.sae.encode(x)
             x_hat = s.sae.decode(codes)
-            self.stats[s.name].update(x, codes, x_hat, seq_t, mask.to(self.device))
+            self.stats[s.name].update(x, codes, x_hat, seq_t, mask)
         if self._downstream_left > 0:
             sub = tokens[: self._downstream_left]
             for s, d in zip(self.saes, self.adapter.downstream_all(sub, [(s.hook, s.sae) for s in self.saes])):
@@ -396,15 +397,11 @@ def precompute(cfg: PrecomputeConfig, adapter: ModelAdapter | None = None, saes:
         torch.save(h.state_dict(), out / "state.pt")
         return str(out)
     token_file = str(db.with_name(f".{db.name}.{run_id}.tokens.parquet"))
-    store.begin_run(cfg.db, run_id, _meta(cfg, adapter), force=cfg.force)
     try:
-        h = Harvest(cfg, adapter, saes, token_file)
-        h.run()
-        finalize(h, [token_file])
-    except BaseException as e:
-        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-        store.mark_run(cfg.db, run_id, status, f"{type(e).__name__}: {e}"[:500])
-        raise
+        with store.running(cfg.db, run_id, _meta(cfg, adapter), force=cfg.force):
+            h = Harvest(cfg, adapter, saes, token_file)
+            h.run()
+            finalize(h, [token_file])
     finally:
         if os.path.exists(token_file):
             os.remove(token_file)
@@ -440,13 +437,9 @@ def merge_states(
     cfg: PrecomputeConfig, adapter: ModelAdapter, saes: list[LoadedSAE], states: list[dict], token_files: list[str]
 ) -> str:
     run_id = cfg.run_id()
-    store.begin_run(cfg.db, run_id, _meta(cfg, adapter), force=cfg.force)
-    try:
+    with store.running(cfg.db, run_id, _meta(cfg, adapter), force=cfg.force):
         h = Harvest(cfg, adapter, saes, token_file="")
         for s in states:
             h.merge_state(s)
         finalize(h, token_files)
-    except BaseException as e:
-        store.mark_run(cfg.db, run_id, "failed", f"{type(e).__name__}: {e}"[:500])
-        raise
     return run_id

@@ -8,6 +8,7 @@ a crash can never leave half a run visible.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -98,6 +99,18 @@ def _delete_run(con, run_id: str) -> None:
     for t in RUN_TABLES:
         con.execute(f"DELETE FROM {t} WHERE run_id = ?", [run_id])
     con.execute("DELETE FROM runs WHERE run_id = ?", [run_id])
+
+
+@contextmanager
+def running(path: str | Path, run_id: str, meta: dict, force: bool = False):
+    """Register the run, and mark it interrupted (Ctrl-C) or failed if the body raises."""
+    begin_run(path, run_id, meta, force=force)
+    try:
+        yield
+    except BaseException as e:
+        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        mark_run(path, run_id, status, f"{type(e).__name__}: {e}"[:500])
+        raise
 
 
 def mark_run(path: str | Path, run_id: str, status: str, error: str | None = None) -> None:
