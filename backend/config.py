@@ -64,6 +64,9 @@ class PrecomputeConfig:
     """context tokens shown before an example's token"""
     right: int = 8
     """context tokens shown after an example's token"""
+    recon_every: int = 4
+    """measure reconstruction error (MSE, explained variance, by position) on every N-th sequence; 1 = all
+    (the decoder pass costs as much as the encoder; density, L0 and examples always use every token)"""
     downstream_seqs: int = 16
     """first sequences on which each SAE is spliced into the model (CE loss / cosine recovered)"""
     n_effects: int = 10
@@ -80,7 +83,7 @@ class PrecomputeConfig:
     """'I/N': process every N-th sequence starting at I and save a partial state to merge later"""
 
     def __post_init__(self):
-        for name in ("n_tokens", "context_len", "batch_size", "n_top", "n_buckets", "per_bucket"):
+        for name in ("n_tokens", "context_len", "batch_size", "n_top", "n_buckets", "per_bucket", "recon_every"):
             if getattr(self, name) <= 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.left < 0 or self.right < 0:

@@ -116,11 +116,14 @@ class Harvest:
         acts = self.adapter.activations(tokens, self.hooks)
         seq_t = torch.as_tensor(seq_ids, device=self.device)
         mask = mask.to(self.device)
+        recon = torch.nonzero(seq_t % self.cfg.recon_every == 0).squeeze(1)
         for s in self.saes:
             x = acts[s.hook].to(s.sae.dtype)
             codes = s.sae.encode(x)
-            x_hat = s.sae.decode(codes)
-            self.stats[s.name].update(x, codes, x_hat, seq_t, mask)
+            st = self.stats[s.name]
+            if recon.numel():
+                st.update_recon(x[recon], s.sae.decode(codes[recon]), mask[recon])
+            st.update(codes, seq_t, mask)
         if self._downstream_left > 0:
             sub = tokens[: self._downstream_left]
             for s, d in zip(self.saes, self.adapter.downstream_all(sub, [(s.hook, s.sae) for s in self.saes])):
@@ -188,19 +191,27 @@ class Harvest:
 # ---- turning statistics into tables ----
 
 
-def _examples_frame(name: str, st: FeatureStats) -> pd.DataFrame:
+def _examples_table(name: str, st: FeatureStats) -> pa.Table:
+    """Examples as Arrow, the context activations a list column built from one flat buffer
+    (a pandas column of per-row arrays is what made this write slow)."""
     spec = st.spec
     ex = st.examples()
+    order = np.lexsort((ex["rank"], ex["bucket"], ex["kind"], ex["feature"]))
+    ex = {k: v[order] for k, v in ex.items()}
     seq = ex["token"] // spec.seq_len
     pos = ex["token"] % spec.seq_len
     start = np.maximum(pos - spec.left, 0)
     stop = np.minimum(pos + spec.right + 1, spec.seq_len)
     # Window column j holds position pos - left + j; keep the columns inside the sequence.
     lo = start - (pos - spec.left)
-    acts = [w[a:b].astype(np.float32) for w, a, b in zip(ex["win"], lo, lo + (stop - start))]
-    df = pd.DataFrame(
+    j = np.arange(spec.window)
+    inside = (j >= lo[:, None]) & (j < (lo + stop - start)[:, None])
+    offsets = np.concatenate([[0], np.cumsum(stop - start)]).astype(np.int32)
+    acts = pa.ListArray.from_arrays(pa.array(offsets), pa.array(ex["win"][inside].astype(np.float32)))
+    n = len(seq)
+    return pa.table(
         {
-            "sae": name,
+            "sae": pa.array([name] * n, pa.string()),
             "feature": ex["feature"].astype(np.int32),
             "kind": ex["kind"].astype(np.int8),
             "rank": ex["rank"].astype(np.int16),
@@ -212,7 +223,6 @@ def _examples_frame(name: str, st: FeatureStats) -> pd.DataFrame:
             "acts": acts,
         }
     )
-    return df.sort_values(["feature", "kind", "bucket", "rank"], kind="stable").reset_index(drop=True)
 
 
 @torch.no_grad()
@@ -335,7 +345,7 @@ def finalize(h: Harvest, token_files: list[str]) -> str:
                 }
             )
         )
-        tables["examples"].append(_examples_frame(name, st))
+        tables["examples"].append(_examples_table(name, st))
         tables["token_effects"].append(_token_effects(name, s.sae, matrix, cfg.n_effects))
         tables["neighbours"].append(_neighbours(name, s.sae, cfg.n_neighbours))
         n = st.pos_n.cpu().numpy()
@@ -352,7 +362,8 @@ def finalize(h: Harvest, token_files: list[str]) -> str:
             )
         )
         tables["density_hist"].append(density_histogram(name, ft["density"]))
-    frames = {t: pd.concat(v, ignore_index=True) for t, v in tables.items() if v}
+    frames = {t: pd.concat(v, ignore_index=True) for t, v in tables.items() if v and t != "examples"}
+    frames["examples"] = pa.concat_tables(tables["examples"])
     strings = adapter.token_strings()
     frames["vocab"] = pd.DataFrame(
         {"run_id": run_id, "token_id": np.arange(len(strings), dtype=np.int32), "token": strings}

@@ -181,11 +181,15 @@ class EncoderAdapter(ModelAdapter):
         hook, against zero-ablating the hook; one clean pass, then only the layers after each hook."""
         out = self.model(input_ids=tokens, output_hidden_states=True)
         clean = out.last_hidden_state.mean(1)
-        results = []
+        results, ablated_at = [], {}
         for hook, sae in pairs:
             h = out.hidden_states[self._hidden_index(hook)]
             spliced = self._finish(_splice_hook(sae, "sae")(h), hook)
-            ablated = self._finish(torch.zeros_like(h), hook)
+            if hook not in ablated_at:
+                # A zeroed hidden state carries nothing from the input: every sequence gives the
+                # same output, so one row stands for all.
+                ablated_at[hook] = self._finish(torch.zeros_like(h[:1]), hook)
+            ablated = ablated_at[hook]
             cs = float(torch.nn.functional.cosine_similarity(clean, spliced, dim=-1).mean())
             ca = float(torch.nn.functional.cosine_similarity(clean, ablated, dim=-1).mean())
             value = (cs - ca) / (1 - ca) if ca < 1 else float("nan")

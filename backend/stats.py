@@ -6,9 +6,9 @@ Memory is fixed by d_sae and the example budget, never by the number of tokens.
 
 Example windows are recorded at the moment an example enters a top set: the feature's
 activation on every token from `left` before to `right` after, so the page can shade them.
-Quantile examples come from a uniform reservoir per feature (the r smallest hash keys of
-(token, feature)), which is deterministic and therefore shard-independent; at the end the
-reservoir is sorted by activation and cut into equal-count buckets.
+Quantile examples come from a uniform reservoir per feature (the r tokens with the smallest hash
+keys among those where it fires), which is deterministic and therefore shard-independent; at
+the end the reservoir is sorted by activation and cut into equal-count buckets.
 """
 
 from __future__ import annotations
@@ -58,14 +58,15 @@ class StatsSpec:
         return np.logspace(self.hist_lo, self.hist_hi, self.hist_bins + 1)
 
 
-def token_feature_keys(tok_ids: torch.Tensor, feats: torch.Tensor, seed: int) -> torch.Tensor:
-    """A pseudo-random priority for each (global token, feature) pair; smaller is kept.
+def token_keys(tok_ids: torch.Tensor, seed: int) -> torch.Tensor:
+    """A pseudo-random priority for each global token; the reservoir keeps the smallest.
 
-    murmur3's 32-bit finaliser in int64 arithmetic (products wrap, the mask keeps the low 32
-    bits), with low bits of the token id below it so keys practically never tie; the whole key
-    stays under 2**53 so it survives conversion to float64 exactly.
+    One key per token serves every feature: the tokens where a feature fires are still a uniform
+    sample for that feature, since the key does not depend on the activation. murmur3's 32-bit
+    finaliser in int64 arithmetic (the mask keeps the low 32 bits), with the low bits of the
+    token id below it so keys never tie; keys stay under 2**53, exact in float64.
     """
-    h = (tok_ids * 2654435761 + feats * 40503 + seed * 97) & _M32
+    h = (tok_ids * 2654435761 + seed * 97) & _M32
     h = h ^ (h >> 16)
     h = (h * 0x85EBCA6B) & _M32
     h = h ^ (h >> 13)
@@ -74,8 +75,20 @@ def token_feature_keys(tok_ids: torch.Tensor, feats: torch.Tensor, seed: int) ->
     return (h << 21) | (tok_ids & ((1 << 21) - 1))
 
 
+def _rank_order(score: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Column order of each row by score descending, ties by smaller id (repeated text gives
+    exactly equal activations), so the order in which shards merge never changes a result."""
+    tie = torch.argsort(ids, dim=1)
+    best = torch.argsort(torch.gather(score, 1, tie), dim=1, descending=True, stable=True)
+    return torch.gather(tie, 1, best)
+
+
 class _TopSet:
-    """Per feature, the `k` entries with the largest score, with ids and context windows."""
+    """Per feature, the `k` entries with the largest score, with ids and context windows.
+
+    Rows are kept unordered: a winning candidate takes the slot of an entry it evicts, so the
+    windows of entries that stay never move (they are the bulk of the memory). `ordered` sorts.
+    """
 
     def __init__(self, d_sae: int, k: int, window: int, device: torch.device):
         self.score = torch.full((d_sae, k), -torch.inf, dtype=torch.float64, device=device)
@@ -83,7 +96,16 @@ class _TopSet:
         self.win = torch.zeros((d_sae, k, window), dtype=torch.float32, device=device)
 
     def threshold(self) -> torch.Tensor:
-        return self.score[:, -1]
+        """The score a candidate must beat to enter, per feature (-inf while a row has room)."""
+        return self.score.min(1).values
+
+    def ordered(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        o = _rank_order(self.score, self.ids)
+        return (
+            torch.gather(self.score, 1, o),
+            torch.gather(self.ids, 1, o),
+            torch.gather(self.win, 1, o[:, :, None].expand(-1, -1, self.win.shape[2])),
+        )
 
     def offer(
         self, feats: torch.Tensor, score: torch.Tensor, ids: torch.Tensor, windows: torch.Tensor | None, window_fn=None
@@ -96,18 +118,18 @@ class _TopSet:
         if feats.numel() == 0:
             return
         k = self.score.shape[1]
+        dev = feats.device
         # Order candidates by feature, then by descending score; rank within feature.
         order = torch.argsort(score, descending=True, stable=True)
         order = order[torch.argsort(feats[order], stable=True)]
         f_sorted = feats[order]
         uniq, counts = torch.unique_consecutive(f_sorted, return_counts=True)
         starts = torch.cumsum(counts, 0) - counts
-        rank = torch.arange(f_sorted.numel(), device=feats.device) - torch.repeat_interleave(starts, counts)
+        rank = torch.arange(f_sorted.numel(), device=dev) - torch.repeat_interleave(starts, counts)
         keep = rank < k
-        order, f_sorted, rank = order[keep], f_sorted[keep], rank[keep]
-        slot = torch.repeat_interleave(torch.arange(uniq.numel(), device=feats.device), torch.clamp(counts, max=k))
+        order, rank = order[keep], rank[keep]
+        slot = torch.repeat_interleave(torch.arange(uniq.numel(), device=dev), torch.clamp(counts, max=k))
         n_u = uniq.numel()
-        dev = feats.device
         c_score = torch.full((n_u, k), -torch.inf, dtype=torch.float64, device=dev)
         c_ids = torch.full((n_u, k), -1, dtype=torch.int64, device=dev)
         c_src = torch.full((n_u, k), -1, dtype=torch.int64, device=dev)  # which candidate
@@ -116,22 +138,19 @@ class _TopSet:
         c_src[slot, rank] = order
         all_score = torch.cat([self.score[uniq], c_score], 1)
         all_ids = torch.cat([self.ids[uniq], c_ids], 1)
-        # Sort by score, ties by smaller id (repeated text gives exactly equal activations), so
-        # the order in which shards merge never changes the result.
-        tie = torch.argsort(all_ids, dim=1)
-        best = torch.argsort(torch.gather(all_score, 1, tie), dim=1, descending=True, stable=True)
-        best = torch.gather(tie, 1, best)[:, :k]
-        # Windows: kept entries move within their row; only winning candidates are gathered.
-        old = best < k
-        win = torch.gather(self.win[uniq], 1, torch.where(old, best, 0)[:, :, None].expand(-1, -1, self.win.shape[2]))
-        src = torch.gather(torch.cat([torch.full_like(c_src, -1), c_src], 1), 1, best)
-        r, j = torch.nonzero(src >= 0, as_tuple=True)
-        if r.numel():
-            picked = src[r, j]
-            win[r, j] = windows[picked] if windows is not None else window_fn(picked)
-        self.score[uniq] = torch.gather(all_score, 1, best)
-        self.ids[uniq] = torch.gather(all_ids, 1, best)
-        self.win[uniq] = win
+        won = torch.zeros_like(all_ids, dtype=torch.bool)
+        won.scatter_(1, _rank_order(all_score, all_ids)[:, :k], True)
+        # Per row, the evicted slots and the winning candidates come out of nonzero in the same
+        # row order and in equal numbers, so they pair up one to one.
+        fr, fj = torch.nonzero(~won[:, :k], as_tuple=True)
+        wr, wc = torch.nonzero(won[:, k:], as_tuple=True)
+        if fr.numel() == 0:
+            return
+        rows = uniq[fr]
+        picked = c_src[wr, wc]
+        self.score[rows, fj] = c_score[wr, wc]
+        self.ids[rows, fj] = c_ids[wr, wc]
+        self.win[rows, fj] = windows[picked] if windows is not None else window_fn(picked)
 
     def merge(self, other: _TopSet) -> None:
         f, j = torch.nonzero(other.ids >= 0, as_tuple=True)
@@ -139,19 +158,28 @@ class _TopSet:
 
 
 class FeatureStats:
-    """Running statistics of one SAE; see the module docstring for the merge contract."""
+    """Running statistics of one SAE; see the module docstring for the merge contract.
+
+    Candidates for the kept sets are filtered against thresholds that are refreshed only when
+    pending candidates are folded in (every few batches): a stale threshold only lets extra
+    candidates through, and the merge itself is exact, so results do not depend on it. Batching
+    the merges pays each one's fixed cost once per several batches instead of every batch.
+    """
+
+    FLUSH_CANDIDATES = 32_768
+    FLUSH_BATCHES = 8
 
     def __init__(self, spec: StatsSpec, device: torch.device | str = "cpu"):
         self.spec = spec
         dev = torch.device(device)
         F = spec.d_sae
-        self.count = torch.zeros(F, dtype=torch.int64, device=dev)
         self.sum_act = torch.zeros(F, dtype=torch.float64, device=dev)
         self.hist = torch.zeros(F * (spec.hist_bins + 2), dtype=torch.int64, device=dev)
         self.top = _TopSet(F, spec.n_top, spec.window, dev)
         self.reservoir = _TopSet(F, spec.n_reservoir, spec.window, dev)
-        # Layer-level sums: x is the SAE input, err = x - x_hat.
         self.n_tokens = 0
+        # Reconstruction sums over the tokens update_recon saw: x is the SAE input, err = x - x_hat.
+        self.n_recon = 0
         self.sum_x = torch.zeros(spec.d_in, dtype=torch.float64, device=dev)
         self.sum_x2 = torch.zeros((), dtype=torch.float64, device=dev)
         self.sse = torch.zeros((), dtype=torch.float64, device=dev)
@@ -159,23 +187,106 @@ class FeatureStats:
         self.pos_sse = torch.zeros(spec.seq_len, dtype=torch.float64, device=dev)
         self.pos_x2 = torch.zeros(spec.seq_len, dtype=torch.float64, device=dev)
         self.pos_n = torch.zeros(spec.seq_len, dtype=torch.int64, device=dev)
+        self._pending: dict[str, list[tuple]] = {"top": [], "reservoir": []}
+        self._pending_n = self._pending_batches = 0
+        self._refresh_thresholds()
 
     @property
     def device(self) -> torch.device:
-        return self.count.device
+        return self.hist.device
+
+    @property
+    def count(self) -> torch.Tensor:
+        """Firing count per feature: every nonzero activation lands in exactly one histogram bin."""
+        return self.hist.view(self.spec.d_sae, -1).sum(1)
+
+    def _refresh_thresholds(self) -> None:
+        self._top_min = self.top.threshold().float()  # scores are float32 values: exact
+        self._res_max_key = (-self.reservoir.threshold()).clamp(max=2.0**62).long()  # scores are -key
+
+    def flush(self) -> None:
+        """Fold pending candidates into the kept sets."""
+        for name, items in self._pending.items():
+            if items:
+                f, score, ids, win = (torch.cat(parts) for parts in zip(*items))
+                getattr(self, name).offer(f, score, ids, win)
+                items.clear()
+        self._pending_n = self._pending_batches = 0
+        self._refresh_thresholds()
 
     @torch.no_grad()
-    def update(
-        self, x: torch.Tensor, codes: torch.Tensor, x_hat: torch.Tensor, seq_ids: torch.Tensor, mask: torch.Tensor
-    ) -> None:
-        """Fold one batch in. x, x_hat: [B, T, d_in]; codes: [B, T, d_sae]; seq_ids: [B] global
-        sequence numbers; mask: [B, T] bool, False for tokens excluded from statistics."""
+    def update(self, codes: torch.Tensor, seq_ids: torch.Tensor, mask: torch.Tensor) -> None:
+        """Fold one batch of SAE codes in. codes: [B, T, d_sae]; seq_ids: [B] global sequence
+        numbers; mask: [B, T] bool, False for tokens excluded from statistics. The rows of
+        excluded tokens are zeroed in `codes` itself, which spares a masked copy of the batch."""
         spec = self.spec
         B, T, F = codes.shape
+        dev = codes.device
+        flat = codes.reshape(B * T, F)
+        valid = mask.reshape(-1)
+        n_valid = int(valid.sum())
+        self.n_tokens += n_valid
+        if n_valid < B * T:
+            flat.index_fill_(0, torch.nonzero(~valid).squeeze(1), 0)
+        flat1 = flat.reshape(-1)
+
+        # Everything per feature works on the nonzero entries only: codes are sparse.
+        idx = torch.nonzero(flat1 > 0).squeeze(1)
+        if B * T * F < 2**31:
+            idx = idx.to(torch.int32)  # halves the cost of the index arithmetic below
+        n_idx = idx // F
+        f_idx = (idx - n_idx * F).long()
+        vals = flat1[idx].float()
+        self.sum_act += torch.bincount(f_idx, weights=vals.double(), minlength=F)
+        self.sum_l0 += f_idx.numel()
+        width = (spec.hist_hi - spec.hist_lo) / spec.hist_bins
+        b = torch.clamp(torch.floor((torch.log10(vals) - spec.hist_lo) / width).long() + 1, 0, spec.hist_bins + 1)
+        self.hist += torch.bincount(f_idx * (spec.hist_bins + 2) + b, minlength=self.hist.numel())
+
+        row_tok = (seq_ids.to(dev)[:, None] * spec.seq_len + torch.arange(T, device=dev)).reshape(-1)
+        offsets = torch.arange(-spec.left, spec.right + 1, device=dev, dtype=idx.dtype)
+
+        def windows(sel: torch.Tensor) -> torch.Tensor:
+            """The feature's activation on each token from `left` before to `right` after the
+            candidates' tokens (0 outside the sequence), for the page to shade."""
+            n = n_idx[sel]
+            tt = (n % T)[:, None] + offsets
+            rows = (n[:, None] + offsets).clamp_(0, B * T - 1)
+            return torch.take(flat1, rows.long() * F + f_idx[sel][:, None]).float() * ((tt >= 0) & (tt < T))
+
+        def pend(name: str, sel: torch.Tensor, score: torch.Tensor) -> None:
+            f, ids = f_idx[sel], row_tok[n_idx[sel].long()]
+            if sel.numel() > self.FLUSH_CANDIDATES:
+                # While the sets fill up, most candidates lose within the batch itself: merge now
+                # and gather windows only for the winners.
+                getattr(self, name).offer(f, score, ids, None, lambda o: windows(sel[o]))
+                self._refresh_thresholds()
+                return
+            self._pending[name].append((f, score, ids, windows(sel)))
+            self._pending_n += sel.numel()
+
+        # Only candidates that beat the current k-th best can enter, which makes the per-batch
+        # work shrink as the sets fill.
+        sel = torch.nonzero(vals > self._top_min[f_idx]).squeeze(1)
+        pend("top", sel, vals[sel].double())
+        keys = token_keys(row_tok, spec.seed)[n_idx]
+        sel = torch.nonzero(keys < self._res_max_key[f_idx]).squeeze(1)
+        pend("reservoir", sel, -keys[sel].double())
+        self._pending_batches += 1
+        if self._pending_n >= self.FLUSH_CANDIDATES or self._pending_batches >= self.FLUSH_BATCHES:
+            self.flush()
+
+    @torch.no_grad()
+    def update_recon(self, x: torch.Tensor, x_hat: torch.Tensor, mask: torch.Tensor) -> None:
+        """Fold in reconstruction error on some sequences. x, x_hat: [b, T, d_in]; mask: [b, T].
+
+        Kept apart from `update` because the decoder pass costs as much as the encoder, so the
+        harvest measures it on a deterministic subset of sequences (see `recon_every`)."""
+        T = x.shape[1]
         m = mask.to(x.dtype)
         err2 = (x - x_hat).pow(2).sum(-1).double() * m
         x2 = x.pow(2).sum(-1).double() * m
-        self.n_tokens += int(mask.sum())
+        self.n_recon += int(mask.sum())
         self.sum_x += (x * m[:, :, None]).sum((0, 1), dtype=torch.float64)
         self.sum_x2 += x2.sum()
         self.sse += err2.sum()
@@ -183,61 +294,31 @@ class FeatureStats:
         self.pos_x2[:T] += x2.sum(0)
         self.pos_n[:T] += mask.sum(0)
 
-        # Everything per feature works on the nonzero entries only: codes are sparse.
-        flat = codes.reshape(B * T, F)
-        n_idx, f_idx = torch.nonzero(flat > 0, as_tuple=True)
-        keep = mask.reshape(-1)[n_idx]
-        n_idx, f_idx = n_idx[keep], f_idx[keep]
-        vals = flat[n_idx, f_idx].float()
-        self.count += torch.bincount(f_idx, minlength=F)
-        self.sum_act += torch.bincount(f_idx, weights=vals.double(), minlength=F)
-        self.sum_l0 += f_idx.numel()
-        width = (spec.hist_hi - spec.hist_lo) / spec.hist_bins
-        b = torch.clamp(torch.floor((torch.log10(vals) - spec.hist_lo) / width).long() + 1, 0, spec.hist_bins + 1)
-        self.hist += torch.bincount(f_idx * (spec.hist_bins + 2) + b, minlength=self.hist.numel())
-
-        tok_ids = seq_ids.to(codes.device)[n_idx // T] * spec.seq_len + (n_idx % T)
-        offsets = torch.arange(-spec.left, spec.right + 1, device=codes.device)
-
-        def windows(sel: torch.Tensor) -> torch.Tensor:
-            """The feature's activation on each token of the candidates' context windows."""
-            bb = (n_idx[sel] // T)[:, None]
-            tt = (n_idx[sel] % T)[:, None] + offsets[None, :]
-            inside = (tt >= 0) & (tt < T)
-            tt = tt.clamp(0, T - 1)
-            w = codes[bb, tt, f_idx[sel][:, None]].float()
-            return w * (inside & mask[bb, tt])
-
-        # Only candidates that beat the current k-th best can enter; this cut makes the
-        # per-batch work shrink as the sets fill.
-        sel = torch.nonzero(vals.double() > self.top.threshold()[f_idx], as_tuple=True)[0]
-        self.top.offer(f_idx[sel], vals[sel], tok_ids[sel], None, lambda o: windows(sel[o]))
-
-        keys = token_feature_keys(tok_ids, f_idx, spec.seed)
-        score = -keys.double()
-        sel2 = torch.nonzero(score > self.reservoir.threshold()[f_idx], as_tuple=True)[0]
-        self.reservoir.offer(f_idx[sel2], score[sel2], tok_ids[sel2], None, lambda o: windows(sel2[o]))
-
     def merge(self, other: FeatureStats) -> FeatureStats:
         if asdict(self.spec) != asdict(other.spec):
             raise ValueError("cannot merge statistics gathered with different settings")
-        for name in ("count", "sum_act", "hist", "sum_x", "sum_x2", "sse", "sum_l0", "pos_sse", "pos_x2", "pos_n"):
+        self.flush()
+        other.flush()
+        for name in ("sum_act", "hist", "sum_x", "sum_x2", "sse", "sum_l0", "pos_sse", "pos_x2", "pos_n"):
             getattr(self, name).add_(getattr(other, name).to(self.device))
         self.n_tokens += other.n_tokens
+        self.n_recon += other.n_recon
         self.top.merge(other.top)
         self.reservoir.merge(other.reservoir)
         return self
 
     # ---- persistence of partial state (shards, resume) ----
     def state_dict(self) -> dict:
+        self.flush()
         d = {
             name: getattr(self, name).cpu()
-            for name in ("count", "sum_act", "hist", "sum_x", "sum_x2", "sse", "sum_l0", "pos_sse", "pos_x2", "pos_n")
+            for name in ("sum_act", "hist", "sum_x", "sum_x2", "sse", "sum_l0", "pos_sse", "pos_x2", "pos_n")
         }
         for set_name in ("top", "reservoir"):
             s = getattr(self, set_name)
             d[set_name] = {"score": s.score.cpu(), "ids": s.ids.cpu(), "win": s.win.cpu()}
         d["n_tokens"] = self.n_tokens
+        d["n_recon"] = self.n_recon
         d["spec"] = asdict(self.spec)
         return d
 
@@ -245,7 +326,7 @@ class FeatureStats:
     def from_state_dict(cls, d: dict, device: torch.device | str = "cpu") -> FeatureStats:
         st = cls(StatsSpec(**d["spec"]), device)
         for name, val in d.items():
-            if name in ("spec", "n_tokens", "top", "reservoir"):
+            if name in ("spec", "n_tokens", "n_recon", "top", "reservoir"):
                 continue
             getattr(st, name).copy_(val)
         for set_name in ("top", "reservoir"):
@@ -253,28 +334,32 @@ class FeatureStats:
             for k, v in d[set_name].items():
                 getattr(s, k).copy_(v)
         st.n_tokens = d["n_tokens"]
+        st.n_recon = d["n_recon"]
+        st._refresh_thresholds()
         return st
 
     # ---- final figures ----
     def layer_metrics(self) -> dict:
         n = max(self.n_tokens, 1)
-        mean = self.sum_x / n
-        total_var = float(self.sum_x2 - n * mean.pow(2).sum())
+        nr = self.n_recon
+        mean = self.sum_x / max(nr, 1)
+        total_var = float(self.sum_x2 - nr * mean.pow(2).sum())
         density = self.count.double() / n
         return {
             "n_tokens": self.n_tokens,
             "l0": float(self.sum_l0) / n,
-            "mse": float(self.sse) / n,
+            "mse": float(self.sse) / nr if nr else float("nan"),
             "explained_variance": 1.0 - float(self.sse) / total_var if total_var > 0 else float("nan"),
             "n_dead": int((self.count == 0).sum()),
             "n_dense": int((density > self.spec.dense_threshold).sum()),
         }
 
     def feature_table(self) -> dict[str, np.ndarray]:
+        self.flush()
         n = max(self.n_tokens, 1)
         count = self.count.cpu().numpy()
         sum_act = self.sum_act.cpu().numpy()
-        top = self.top.score[:, 0].cpu().numpy()
+        top = self.top.score.max(1).values.cpu().numpy()
         return {
             "feature": np.arange(self.spec.d_sae, dtype=np.int32),
             "count": count,
@@ -287,10 +372,10 @@ class FeatureStats:
     def examples(self) -> dict[str, np.ndarray]:
         """Top examples (kind 0) ranked by activation, then reservoir examples (kind 1) sorted
         by activation and cut into n_buckets equal-count quantile buckets (0 = lowest)."""
+        self.flush()
         spec = self.spec
         out = {k: [] for k in ("feature", "kind", "rank", "bucket", "token", "value", "win")}
-        top_ids = self.top.ids.cpu().numpy()
-        top_win = self.top.win.cpu().numpy()
+        _, top_ids, top_win = (t.cpu().numpy() for t in self.top.ordered())
         f, j = np.nonzero(top_ids >= 0)
         out["feature"].append(f)
         out["kind"].append(np.zeros_like(f))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 
 from backend.errors import UserError
 
@@ -132,7 +133,7 @@ def finish_run(
     run_id: str,
     run_fields: dict,
     saes: pd.DataFrame,
-    tables: dict[str, pd.DataFrame],
+    tables: dict[str, pd.DataFrame | pa.Table],
     sequences_parquet: str | None,
 ) -> None:
     """Write everything a run computed and mark it complete, atomically."""
@@ -164,10 +165,10 @@ def finish_run(
                     )
                     continue
                 df = tables.get(name)
-                if df is None or df.empty:
+                if df is None or len(df) == 0:
                     continue
                 con.register("tmp_df", df)
-                cols = ", ".join(df.columns)
+                cols = ", ".join(df.column_names if isinstance(df, pa.Table) else df.columns)
                 con.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM tmp_df")
                 con.unregister("tmp_df")
             sets = ", ".join(f"{k} = ?" for k in run_fields)

@@ -32,8 +32,11 @@ def _dense_codes(db, adapter, loaded):
     return seqs["seq"].to_numpy(), out
 
 
-def test_matches_brute_force(small_cfg, adapter, loaded_saes):
-    cfg = small_cfg()
+@pytest.mark.parametrize("recon_every", [1, 4])
+def test_matches_brute_force(small_cfg, adapter, loaded_saes, recon_every):
+    """Everything equals a dense recomputation; reconstruction figures on exactly the sequences
+    `recon_every` selects (all of them, or every 4th)."""
+    cfg = small_cfg(recon_every=recon_every)
     precompute(cfg, adapter, loaded_saes)
     seq_ids, dense = _dense_codes(cfg.db, adapter, loaded_saes)
     assert list(seq_ids) == list(range(len(seq_ids)))
@@ -79,13 +82,21 @@ def test_matches_brute_force(small_cfg, adapter, loaded_saes):
         m = con.execute("SELECT * FROM saes WHERE sae = ?", [s.name]).df().iloc[0]
         valid = torch.ones(codes.shape[:2], dtype=torch.bool)
         valid[:, 0] = False
+        assert m.l0 == pytest.approx(float((codes[valid] > 0).sum(-1).double().mean()), rel=1e-6)
+        measured = torch.as_tensor(seq_ids % recon_every == 0)
+        assert 0 < int(measured.sum()) <= len(seq_ids) // recon_every + 1
+        valid &= measured[:, None]
         xv = x[valid].double()
         with torch.no_grad():
             err = (xv - s.sae.decode(codes[valid]).double()).pow(2).sum(-1)
-        assert m.l0 == pytest.approx(float((codes[valid] > 0).sum(-1).double().mean()), rel=1e-6)
         assert m.mse == pytest.approx(float(err.mean()), rel=1e-5)
         ev = 1 - err.sum() / (xv - xv.mean(0)).pow(2).sum()
         assert m.explained_variance == pytest.approx(float(ev), rel=1e-5, abs=1e-6)
+        pe = con.execute("SELECT pos, n, mse FROM position_error WHERE sae = ? ORDER BY pos", [s.name]).df()
+        assert pe.n.tolist() == [int(measured.sum())] * (cfg.context_len - 1)
+        with torch.no_grad():
+            err_by_pos = (x[measured, 1:].double() - s.sae.decode(codes[measured, 1:]).double()).pow(2).sum(-1)
+        np.testing.assert_allclose(pe.mse.to_numpy(), err_by_pos.mean(0).numpy(), rtol=1e-5)
         assert m.n_dead == int((count == 0).sum())
         assert m.downstream_metric == "ce_loss_recovered" and np.isfinite(m.downstream_value)
         assert m.effect_kind == "unembed"
