@@ -65,8 +65,8 @@ class PrecomputeConfig:
     right: int = 8
     """context tokens shown after an example's token"""
     recon_every: int = 4
-    """measure reconstruction error (MSE, explained variance, by position) on every N-th sequence; 1 = all
-    (the decoder pass costs as much as the encoder; density, L0 and examples always use every token)"""
+    """measure reconstruction error (MSE, explained variance, by position) on every N-th batch of sequences;
+    1 = all (the decoder pass costs as much as the encoder; density, L0 and examples always use every token)"""
     downstream_seqs: int = 16
     """first sequences on which each SAE is spliced into the model (CE loss / cosine recovered)"""
     n_effects: int = 10

@@ -80,6 +80,18 @@ def _batches(cfg: PrecomputeConfig, adapter: ModelAdapter):
         yield np.asarray(ids), np.stack(rows)
 
 
+def recon_rows(seq_ids: torch.Tensor, cfg: PrecomputeConfig) -> slice | torch.Tensor | None:
+    """Rows of a batch whose reconstruction error is measured: the sequences of every
+    `recon_every`-th run of `batch_size` consecutive ones. A function of the sequence number alone,
+    so shards agree; in a one-process run that is every N-th batch, whole, with no copying."""
+    chosen = (seq_ids // cfg.batch_size) % cfg.recon_every == 0
+    if bool(chosen.all()):
+        return slice(None)
+    if not bool(chosen.any()):
+        return None
+    return torch.nonzero(chosen).squeeze(1)
+
+
 class Harvest:
     """State of one pass: per-SAE statistics, downstream figures, the token file."""
 
@@ -116,13 +128,14 @@ class Harvest:
         acts = self.adapter.activations(tokens, self.hooks)
         seq_t = torch.as_tensor(seq_ids, device=self.device)
         mask = mask.to(self.device)
-        recon = torch.nonzero(seq_t % self.cfg.recon_every == 0).squeeze(1)
+        recon = recon_rows(seq_t, self.cfg)
         for s in self.saes:
             x = acts[s.hook].to(s.sae.dtype)
             codes = s.sae.encode(x)
             st = self.stats[s.name]
-            if recon.numel():
-                st.update_recon(x[recon], s.sae.decode(codes[recon]), mask[recon])
+            if recon is not None:
+                part = (lambda t: t) if isinstance(recon, slice) else (lambda t: t[recon])
+                st.update_recon(part(x), s.sae.decode(part(codes)), part(mask))
             st.update(codes, seq_t, mask)
         if self._downstream_left > 0:
             sub = tokens[: self._downstream_left]

@@ -1,8 +1,11 @@
 """Precompute overhead: full precompute time / (bare model forward + SAE encode) on the same tokens.
 
 The baseline runs exactly the model forward passes and `sae.encode` calls the precompute needs,
-on the same batches, and nothing else. The full run adds reading the corpus, decoding, all
-statistics, example windows, downstream splicing, token effects, neighbours and the DuckDB write.
+on the same batches, and nothing else. The full run, with default options, adds reading the
+corpus, the decoder pass (on every 4th sequence, `--recon-every`), all statistics, example
+windows, downstream splicing, token effects, neighbours and the DuckDB write. The fixed costs
+(token effects, neighbours, downstream, the write) do not grow with tokens, so the ratio falls
+as --n-tokens grows; the "streaming pass" line shows the per-token part alone.
 Last line: overhead_ratio=<x> tokens_per_s=<y>
 """
 
@@ -18,8 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import backend.harvest as harvest  # noqa: E402
 from backend.config import PrecomputeConfig, SAESource  # noqa: E402
-from backend.harvest import _batches, precompute  # noqa: E402
+from backend.harvest import precompute  # noqa: E402
 from backend.models import load_model  # noqa: E402
 from backend.saes import load_saes  # noqa: E402
 
@@ -81,33 +85,60 @@ def main() -> None:
         device=args.device,
         saes=sources,
     )
-    batches = list(_batches(cfg, adapter))  # the very tokens the precompute will read
     hooks = sorted({s.hook for s in saes})
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
-    def bare() -> float:
+    @torch.no_grad()
+    def bare(content) -> float:
+        """The model forward and the SAE encodes of one batch, and nothing else."""
         t = time.perf_counter()
-        with torch.no_grad():
-            for _, content in batches:
-                tokens, _ = adapter.wrap(content)
-                acts = adapter.activations(tokens, hooks)
-                for s in saes:
-                    s.sae.encode(acts[s.hook].to(s.sae.dtype))
+        tokens, _ = adapter.wrap(content)
+        acts = adapter.activations(tokens, hooks)
+        for s in saes:
+            s.sae.encode(acts[s.hook].to(s.sae.dtype))
         sync()
         return time.perf_counter() - t
 
-    bare()  # warm-up: first-call allocations and kernel selection
-    t_bare = min(bare() for _ in range(2))
+    # This machine's speed drifts by 10% over minutes (shared host), so two separate runs do not
+    # compare. Instead every batch the precompute reads is also run bare, right before or after
+    # (alternating) its real step, and that bare time is subtracted from the precompute's wall time.
+    bare_s: list[float] = []
+    finalize_s: list[float] = []
+    real_step, real_finalize = harvest.Harvest.step, harvest.finalize
+
+    n_seqs: list[int] = []
+
+    def paired_step(self, seq_ids, content):
+        n_seqs.append(len(seq_ids))
+        if len(bare_s) % 2:
+            real_step(self, seq_ids, content)
+            sync()
+            bare_s.append(bare(content))
+        else:
+            bare_s.append(bare(content))
+            real_step(self, seq_ids, content)
+
+    def timed_finalize(*a, **kw):
+        t = time.perf_counter()
+        try:
+            return real_finalize(*a, **kw)
+        finally:
+            finalize_s.append(time.perf_counter() - t)
+
+    harvest.Harvest.step, harvest.finalize = paired_step, timed_finalize
+    bare(next(iter(harvest._batches(cfg, adapter)))[1])  # warm-up: first-call allocations, kernel choice
     t = time.perf_counter()
     precompute(cfg, adapter, saes)
     sync()
-    t_full = time.perf_counter() - t
-    n_tok = sum(len(c) for _, c in batches) * args.context_len
+    t_bare = sum(bare_s)
+    t_full = time.perf_counter() - t - t_bare
+    n_tok = sum(n_seqs) * args.context_len
     print(
         f"{len(saes)} SAEs x d_sae {saes[0].sae.cfg.d_sae} on {args.model}, {n_tok:,} tokens, device {args.device}, "
         f"torch threads {torch.get_num_threads()}"
     )
-    print(f"bare forward + encode: {t_bare:.2f} s   full precompute: {t_full:.2f} s")
+    print(f"bare forward + encode: {t_bare:.2f} s   full precompute: {t_full:.2f} s (finalize {finalize_s[0]:.2f} s)")
+    print(f"streaming pass alone (full minus finalize) / bare: {(t_full - finalize_s[0]) / t_bare:.3f}")
     print(f"overhead_ratio={t_full / t_bare:.3f} tokens_per_s={n_tok / t_full:.0f}")
 
 
