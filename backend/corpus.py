@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import os
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,11 +47,8 @@ def _embedded_named_documents() -> Iterator[tuple[str, str]]:
     for key in sorted(topics):
         yield f"topic:{key}", topics[key]
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    skip = {"test", "idlelib", "site-packages", "lib2to3", "tkinter", "turtledemo", "ensurepip"}
-    for path in sorted(stdlib.rglob("*.py")):
+    for path in sorted(_stdlib_sources(stdlib)):
         rel = path.relative_to(stdlib)
-        if skip.intersection(rel.parts):
-            continue
         try:
             tree = ast.parse(path.read_text(encoding="utf-8"))
         except (SyntaxError, UnicodeDecodeError, OSError):
@@ -60,6 +58,20 @@ def _embedded_named_documents() -> Iterator[tuple[str, str]]:
                 doc = ast.get_docstring(node)
                 if doc and len(doc) >= 40:
                     yield f"doc:{rel}:{getattr(node, 'name', '')}:{getattr(node, 'lineno', 0)}", doc
+
+
+_SKIP_DIRS = {"test", "idlelib", "site-packages", "lib2to3", "tkinter", "turtledemo", "ensurepip"}
+
+
+def _stdlib_sources(root: Path) -> Iterator[Path]:
+    """The stdlib's .py files outside tests and GUI code; skipped folders are never entered
+    (walking site-packages only to discard it was most of the corpus start-up time)."""
+    for entry in os.scandir(root):
+        if entry.is_dir():
+            if entry.name not in _SKIP_DIRS and entry.name != "__pycache__":
+                yield from _stdlib_sources(Path(entry.path))
+        elif entry.name.endswith(".py"):
+            yield Path(entry.path)
 
 
 def _local_documents(path: Path, text_field: str) -> Iterator[str]:
