@@ -184,19 +184,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_args(t, TrainConfig)
 
     d = sub.add_parser("demo", help="build the embedded demo database (if missing) and serve the dashboard")
-    d.add_argument("--db", default="data/demo.duckdb")
+    d.add_argument(
+        "--db",
+        default="data/demo.duckdb",
+        help="database to build; the SAEs go to demo-saes/ beside it (default: %(default)s)",
+    )
     d.add_argument("--no-serve", action="store_true", help="build only")
     d.add_argument("--force", action="store_true", help="rebuild even if the database exists")
     d.add_argument("--quick", action="store_true", help="tiny build (a few thousand tokens, narrow SAEs) for tests")
-    d.add_argument("--port", type=int, default=8501)
+    d.add_argument("--port", type=int, default=8501, help="port to serve on (default: %(default)s)")
 
     s = sub.add_parser("serve", help="serve the dashboard over the databases in data/")
-    s.add_argument("--port", type=int, default=8501)
+    s.add_argument("--port", type=int, default=8501, help="port to serve on (default: %(default)s)")
 
     lab = sub.add_parser("labels", help="export or import the team's feature labels (CSV, JSON, Parquet)")
     lab.add_argument("action", choices=["export", "import"])
     lab.add_argument("file", help="path ending in .csv, .json or .parquet")
-    lab.add_argument("--labels-db", default="data/labels.duckdb")
+    lab.add_argument("--labels-db", default="data/labels.duckdb", help="labels store (default: %(default)s)")
     lab.add_argument("--history", action="store_true", help="export every verdict, not only the latest per labeler")
     return parser
 

@@ -2,10 +2,10 @@
 
 The baseline runs exactly the model forward passes and `sae.encode` calls the precompute needs,
 on the same batches, and nothing else. The full run, with default options, adds reading the
-corpus, the decoder pass (on every 4th sequence, `--recon-every`), all statistics, example
-windows, downstream splicing, token effects, neighbours and the DuckDB write. The fixed costs
-(token effects, neighbours, downstream, the write) do not grow with tokens, so the ratio falls
-as --n-tokens grows; the "streaming pass" line shows the per-token part alone.
+corpus, the decoder pass (on every 4th batch, `--recon-every`), all statistics, example
+windows, downstream splicing, token effects, neighbours and the DuckDB write. Those last
+three (`finalize`) and the downstream splice do not grow with tokens, so the ratio falls as
+--n-tokens grows; the "streaming pass" line leaves `finalize` out.
 Last line: overhead_ratio=<x> tokens_per_s=<y>
 """
 
