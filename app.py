@@ -47,6 +47,13 @@ def overview() -> None:
         ]
     ].copy()
     table.insert(0, "open", [common.url("Layer", sae=s) for s in saes["sae"]])
+    # Reconstruction is measured on a sample of batches (precompute --recon-every); say on how much.
+    pos_err = queries.position_error(db)
+    table.insert(
+        table.columns.get_loc("explained_variance") + 1,
+        "recon_tokens",
+        table["sae"].map(pos_err.groupby("sae")["n"].sum()).fillna(0).astype(int),
+    )
     st.dataframe(
         table,
         hide_index=True,
@@ -57,6 +64,12 @@ def overview() -> None:
             "downstream_value": st.column_config.NumberColumn("downstream", format="%.3f"),
             "n_dead": "dead",
             "n_dense": "dense (>10%)",
+            "n_tokens": "tokens",
+            "recon_tokens": st.column_config.NumberColumn(
+                "explained var. on",
+                help="tokens on which explained variance was measured (precompute --recon-every)",
+                format="localized",
+            ),
         },
     )
 
@@ -82,7 +95,7 @@ def overview() -> None:
     st.subheader("Quality across layers")
     st.plotly_chart(render.metric_lines(saes), key="lines")
     st.subheader("Reconstruction error by token position")
-    st.plotly_chart(render.position_error(queries.position_error(db)), key="pos")
+    st.plotly_chart(render.position_error(pos_err), key="pos")
 
     labeling.overview_panel(db)
 

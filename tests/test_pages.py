@@ -49,6 +49,9 @@ def test_overview(app):
     assert at.title[0].value == "SAE features: overview"
     assert at.query_params["db"] == ["tiny.duckdb"] or at.query_params["db"] == "tiny.duckdb"
     assert len(at.get("plotly_chart")) >= 3
+    table = at.dataframe[0].value
+    # reconstruction is sampled (every 4th batch by default) and the table says on how many tokens
+    assert (0 < table["recon_tokens"]).all() and (table["recon_tokens"] < table["n_tokens"]).all()
     at = app(view="overlay")
     _ok(at)
     at = app(view="sideways")
