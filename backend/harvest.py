@@ -80,16 +80,16 @@ def _batches(cfg: PrecomputeConfig, adapter: ModelAdapter):
         yield np.asarray(ids), np.stack(rows)
 
 
-def recon_rows(seq_ids: torch.Tensor, cfg: PrecomputeConfig) -> slice | torch.Tensor | None:
+def recon_rows(seq_ids: np.ndarray, cfg: PrecomputeConfig, device: torch.device) -> slice | torch.Tensor | None:
     """Rows of a batch whose reconstruction error is measured: the sequences of every
     `recon_every`-th run of `batch_size` consecutive ones. A function of the sequence number alone,
     so shards agree; in a one-process run that is every N-th batch, whole, with no copying."""
-    chosen = (seq_ids // cfg.batch_size) % cfg.recon_every == 0
-    if bool(chosen.all()):
+    chosen = (np.asarray(seq_ids) // cfg.batch_size) % cfg.recon_every == 0
+    if chosen.all():
         return slice(None)
-    if not bool(chosen.any()):
+    if not chosen.any():
         return None
-    return torch.nonzero(chosen).squeeze(1)
+    return torch.as_tensor(np.flatnonzero(chosen), device=device)
 
 
 class Harvest:
@@ -128,7 +128,7 @@ class Harvest:
         acts = self.adapter.activations(tokens, self.hooks)
         seq_t = torch.as_tensor(seq_ids, device=self.device)
         mask = mask.to(self.device)
-        recon = recon_rows(seq_t, self.cfg)
+        recon = recon_rows(seq_ids, self.cfg, self.device)
         for s in self.saes:
             x = acts[s.hook].to(s.sae.dtype)
             codes = s.sae.encode(x)
