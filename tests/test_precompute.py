@@ -249,6 +249,23 @@ def test_too_short_corpus_is_a_clear_error(small_cfg, adapter, loaded_saes, tmp_
         precompute(small_cfg(corpus=str(tmp_path / "missing.jsonl")), adapter, loaded_saes)
 
 
+def test_corpus_error_mid_stream_fails_the_run_cleanly(small_cfg, adapter, loaded_saes, tmp_path):
+    """The corpus is read in a background thread; an error there after some batches surfaces as
+    the same one-line message and leaves the run marked failed, with no partial rows."""
+    import json
+
+    bad = tmp_path / "late.jsonl"
+    good = [json.dumps({"text": f"line {i} of a corpus that turns bad later on, with words."}) for i in range(400)]
+    bad.write_text("\n".join(good) + "\nnot json\n")
+    cfg = small_cfg(corpus=str(bad), n_tokens=10**6, batch_size=2)
+    with pytest.raises(UserError, match="late.jsonl:401 is not valid JSON"):
+        precompute(cfg, adapter, loaded_saes)
+    con = duckdb.connect(cfg.db, read_only=True)
+    assert con.execute("SELECT status FROM runs").fetchone() == ("failed",)
+    assert con.execute("SELECT count(*) FROM features").fetchone() == (0,)
+    con.close()
+
+
 def test_info_cli_prints_runs_and_metrics(small_cfg, adapter, loaded_saes):
     cfg = small_cfg()
     precompute(cfg, adapter, loaded_saes)
