@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -88,9 +89,30 @@ def main() -> None:
     hooks = sorted({s.hook for s in saes})
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
+    # The precompute reads the corpus in a background thread. Each batch it reads is produced
+    # under `gate`, and a bare pass holds `gate` while it is timed, so corpus work never runs
+    # inside the baseline's time (waiting for the gate counts against the precompute).
+    gate = threading.Lock()
+    real_batches = harvest._batches
+
+    def gated_batches(*a, **kw):
+        it = real_batches(*a, **kw)
+        while True:
+            with gate:
+                item = next(it, None)
+            if item is None:
+                return
+            yield item
+
+    harvest._batches = gated_batches
+
     @torch.no_grad()
     def bare(content) -> float:
         """The model forward and the SAE encodes of one batch, and nothing else."""
+        with gate:
+            return _bare(content)
+
+    def _bare(content) -> float:
         t = time.perf_counter()
         tokens, _ = adapter.wrap(content)
         acts = adapter.activations(tokens, hooks)
