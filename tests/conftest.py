@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -177,3 +179,10 @@ def _fresh_query_caches():
 
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
+
+
+def run_backend(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m backend ARGS` from the repository root, as a user types it; output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "backend", *args], cwd=repo_root(), capture_output=True, text=True, timeout=timeout
+    )

@@ -12,7 +12,7 @@ import pytest
 
 from backend import labels
 from backend.errors import UserError
-from tests.conftest import repo_root
+from tests.conftest import repo_root, run_backend
 
 
 def _label(feature=1, verdict="interpretable", who="ann", **kw):
@@ -160,27 +160,9 @@ def test_labels_cli(tmp_path):
     src = tmp_path / "labels.duckdb"
     labels.add(src, _label())
     out = tmp_path / "x.json"
-    r = subprocess.run(
-        [sys.executable, "-m", "backend", "labels", "export", str(out), "--labels-db", str(src)],
-        cwd=repo_root(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = run_backend("labels", "export", str(out), "--labels-db", str(src))
     assert r.returncode == 0 and "wrote 1 labels" in r.stdout
-    r = subprocess.run(
-        [sys.executable, "-m", "backend", "labels", "import", str(out), "--labels-db", str(tmp_path / "other.duckdb")],
-        cwd=repo_root(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = run_backend("labels", "import", str(out), "--labels-db", str(tmp_path / "other.duckdb"))
     assert r.returncode == 0 and "imported 1 new labels" in r.stdout
-    r = subprocess.run(
-        [sys.executable, "-m", "backend", "labels", "import", str(tmp_path / "x.txt")],
-        cwd=repo_root(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = run_backend("labels", "import", str(tmp_path / "x.txt"))
     assert r.returncode == 2 and "Traceback" not in r.stderr

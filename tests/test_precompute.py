@@ -13,7 +13,7 @@ import torch
 
 from backend.errors import UserError
 from backend.harvest import merge_states, precompute
-from tests.conftest import make_sae, repo_root
+from tests.conftest import make_sae, repo_root, run_backend
 
 
 def _dense_codes(db, adapter, loaded):
@@ -173,23 +173,8 @@ def test_mismatched_sae_fails_fast(adapter, tmp_path):
 
 def test_cli_mismatch_is_one_line_not_a_traceback(tmp_path):
     make_sae("standard", "blocks.0.hook_resid_post", d_in=8).save_model(str(tmp_path / "narrow"))
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "backend",
-            "precompute",
-            "--sae",
-            str(tmp_path / "narrow"),
-            "--db",
-            str(tmp_path / "x.duckdb"),
-            "--n-tokens",
-            "256",
-        ],
-        cwd=repo_root(),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    r = run_backend(
+        "precompute", "--sae", str(tmp_path / "narrow"), "--db", str(tmp_path / "x.duckdb"), "--n-tokens", "256"
     )
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
@@ -269,13 +254,7 @@ def test_corpus_error_mid_stream_fails_the_run_cleanly(small_cfg, adapter, loade
 def test_info_cli_prints_runs_and_metrics(small_cfg, adapter, loaded_saes):
     cfg = small_cfg()
     precompute(cfg, adapter, loaded_saes)
-    r = subprocess.run(
-        [sys.executable, "-m", "backend", "info", cfg.db, "--json"],
-        cwd=repo_root(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = run_backend("info", cfg.db, "--json")
     import json
 
     info = json.loads(r.stdout)
@@ -284,9 +263,7 @@ def test_info_cli_prints_runs_and_metrics(small_cfg, adapter, loaded_saes):
     for s in info["saes"]:
         assert s["hook"] in ("blocks.0.hook_resid_post", "blocks.1.hook_resid_pre")
         assert 0 <= s["dead_frac"] <= 1 and s["l0"] > 0 and s["downstream_metric"] == "ce_loss_recovered"
-    r = subprocess.run(
-        [sys.executable, "-m", "backend", "info", cfg.db], cwd=repo_root(), capture_output=True, text=True, timeout=120
-    )
+    r = run_backend("info", cfg.db)
     assert "relu-b0" in r.stdout and "complete" in r.stdout
 
 
