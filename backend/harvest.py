@@ -172,9 +172,8 @@ class Harvest:
             x = acts[s.hook].to(s.sae.dtype)
             codes = s.sae.encode(x)
             st = self.stats[s.name]
-            if recon is not None:
-                part = (lambda t: t) if isinstance(recon, slice) else (lambda t: t[recon])
-                st.update_recon(part(x), s.sae.decode(part(codes)), part(mask))
+            if recon is not None:  # a slice(None) indexes as a view, with no copy
+                st.update_recon(x[recon], s.sae.decode(codes[recon]), mask[recon])
             st.update(codes, seq_t, mask)
         if self._downstream_left > 0:
             sub = tokens[: self._downstream_left]

@@ -168,6 +168,8 @@ class FeatureStats:
 
     FLUSH_CANDIDATES = 32_768
     FLUSH_BATCHES = 8
+    _SUMS = ("sum_act", "hist", "sum_x", "sum_x2", "sse", "pos_sse", "pos_x2", "pos_n")
+    """tensors that merge by addition (and are saved as they are)"""
 
     def __init__(self, spec: StatsSpec, device: torch.device | str = "cpu"):
         self.spec = spec
@@ -183,7 +185,6 @@ class FeatureStats:
         self.sum_x = torch.zeros(spec.d_in, dtype=torch.float64, device=dev)
         self.sum_x2 = torch.zeros((), dtype=torch.float64, device=dev)
         self.sse = torch.zeros((), dtype=torch.float64, device=dev)
-        self.sum_l0 = torch.zeros((), dtype=torch.float64, device=dev)
         self.pos_sse = torch.zeros(spec.seq_len, dtype=torch.float64, device=dev)
         self.pos_x2 = torch.zeros(spec.seq_len, dtype=torch.float64, device=dev)
         self.pos_n = torch.zeros(spec.seq_len, dtype=torch.int64, device=dev)
@@ -238,7 +239,6 @@ class FeatureStats:
         f_idx = (idx - n_idx * F).long()
         vals = flat1[idx].float()
         self.sum_act += torch.bincount(f_idx, weights=vals.double(), minlength=F)
-        self.sum_l0 += f_idx.numel()
         width = (spec.hist_hi - spec.hist_lo) / spec.hist_bins
         b = torch.clamp(torch.floor((torch.log10(vals) - spec.hist_lo) / width).long() + 1, 0, spec.hist_bins + 1)
         self.hist += torch.bincount(f_idx * (spec.hist_bins + 2) + b, minlength=self.hist.numel())
@@ -299,7 +299,7 @@ class FeatureStats:
             raise ValueError("cannot merge statistics gathered with different settings")
         self.flush()
         other.flush()
-        for name in ("sum_act", "hist", "sum_x", "sum_x2", "sse", "sum_l0", "pos_sse", "pos_x2", "pos_n"):
+        for name in self._SUMS:
             getattr(self, name).add_(getattr(other, name).to(self.device))
         self.n_tokens += other.n_tokens
         self.n_recon += other.n_recon
@@ -310,10 +310,7 @@ class FeatureStats:
     # ---- persistence of partial state (shards, resume) ----
     def state_dict(self) -> dict:
         self.flush()
-        d = {
-            name: getattr(self, name).cpu()
-            for name in ("sum_act", "hist", "sum_x", "sum_x2", "sse", "sum_l0", "pos_sse", "pos_x2", "pos_n")
-        }
+        d = {name: getattr(self, name).cpu() for name in self._SUMS}
         for set_name in ("top", "reservoir"):
             s = getattr(self, set_name)
             d[set_name] = {"score": s.score.cpu(), "ids": s.ids.cpu(), "win": s.win.cpu()}
@@ -347,7 +344,7 @@ class FeatureStats:
         density = self.count.double() / n
         return {
             "n_tokens": self.n_tokens,
-            "l0": float(self.sum_l0) / n,
+            "l0": float(self.hist.sum()) / n,  # every nonzero activation is in one bin
             "mse": float(self.sse) / nr if nr else float("nan"),
             "explained_variance": 1.0 - float(self.sse) / total_var if total_var > 0 else float("nan"),
             "n_dead": int((self.count == 0).sum()),
