@@ -110,25 +110,21 @@ def main() -> None:
     def bare(content) -> float:
         """The model forward and the SAE encodes of one batch, and nothing else."""
         with gate:
-            return _bare(content)
-
-    def _bare(content) -> float:
-        t = time.perf_counter()
-        tokens, _ = adapter.wrap(content)
-        acts = adapter.activations(tokens, hooks)
-        for s in saes:
-            s.sae.encode(acts[s.hook].to(s.sae.dtype))
-        sync()
-        return time.perf_counter() - t
+            t = time.perf_counter()
+            tokens, _ = adapter.wrap(content)
+            acts = adapter.activations(tokens, hooks)
+            for s in saes:
+                s.sae.encode(acts[s.hook].to(s.sae.dtype))
+            sync()
+            return time.perf_counter() - t
 
     # This machine's speed drifts by 10% over minutes (shared host), so two separate runs do not
     # compare. Instead every batch the precompute reads is also run bare, right before or after
     # (alternating) its real step, and that bare time is subtracted from the precompute's wall time.
     bare_s: list[float] = []
     finalize_s: list[float] = []
-    real_step, real_finalize = harvest.Harvest.step, harvest.finalize
-
     n_seqs: list[int] = []
+    real_step, real_finalize = harvest.Harvest.step, harvest.finalize
 
     def paired_step(self, seq_ids, content):
         n_seqs.append(len(seq_ids))
