@@ -39,6 +39,7 @@ def overview() -> None:
             "d_sae",
             "l0",
             "explained_variance",
+            "recon_tokens",
             "downstream_metric",
             "downstream_value",
             "n_dead",
@@ -47,13 +48,6 @@ def overview() -> None:
         ]
     ].copy()
     table.insert(0, "open", [common.url("Layer", sae=s) for s in saes["sae"]])
-    # Reconstruction is measured on a sample of batches (precompute --recon-every); say on how much.
-    pos_err = queries.position_error(db)
-    table.insert(
-        table.columns.get_loc("explained_variance") + 1,
-        "recon_tokens",
-        table["sae"].map(pos_err.groupby("sae")["n"].sum()).fillna(0).astype(int),
-    )
     st.dataframe(
         table,
         hide_index=True,
@@ -95,7 +89,7 @@ def overview() -> None:
     st.subheader("Quality across layers")
     st.plotly_chart(render.metric_lines(saes), key="lines")
     st.subheader("Reconstruction error by token position")
-    st.plotly_chart(render.position_error(pos_err), key="pos")
+    st.plotly_chart(render.position_error(queries.position_error(db)), key="pos")
 
     labeling.overview_panel(db)
 

@@ -107,12 +107,14 @@ def runs(path: str) -> pd.DataFrame:
 
 @cached
 def saes(path: str) -> pd.DataFrame:
-    """Complete SAEs, shallow layers first."""
+    """Complete SAEs, shallow layers first. `recon_tokens`: the tokens reconstruction error was
+    measured on (precompute --recon-every samples batches)."""
     return _df(
         path,
         """
         SELECT s.* EXCLUDE (sae_config), s.n_dead / s.d_sae AS dead_frac, s.n_dense / s.d_sae AS dense_frac,
-               r.model, r.corpus
+               r.model, r.corpus,
+               coalesce((SELECT sum(p.n) FROM position_error p WHERE p.sae = s.sae), 0)::BIGINT AS recon_tokens
         FROM saes s JOIN runs r USING (run_id) WHERE r.status = 'complete' ORDER BY s.layer, s.sae""",
     )
 
