@@ -170,11 +170,11 @@ class Harvest:
         recon = recon_rows(seq_ids, self.cfg, self.device)
         for s in self.saes:
             x = acts[s.hook].to(s.sae.dtype)
-            codes = s.sae.encode(x)
+            codes, chosen = s.encode(x)
             st = self.stats[s.name]
             if recon is not None:  # a slice(None) indexes as a view, with no copy
                 st.update_recon(x[recon], s.sae.decode(codes[recon]), mask[recon])
-            st.update(codes, seq_t, mask)
+            st.update(codes, seq_t, mask, chosen)
         if self._downstream_left > 0:
             sub = tokens[: self._downstream_left]
             for s, d in zip(self.saes, self.adapter.downstream_all(sub, [(s.hook, s.sae) for s in self.saes])):

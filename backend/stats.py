@@ -216,10 +216,18 @@ class FeatureStats:
         self._refresh_thresholds()
 
     @torch.no_grad()
-    def update(self, codes: torch.Tensor, seq_ids: torch.Tensor, mask: torch.Tensor) -> None:
+    def update(
+        self,
+        codes: torch.Tensor,
+        seq_ids: torch.Tensor,
+        mask: torch.Tensor,
+        chosen: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
         """Fold one batch of SAE codes in. codes: [B, T, d_sae]; seq_ids: [B] global sequence
         numbers; mask: [B, T] bool, False for tokens excluded from statistics. The rows of
-        excluded tokens are zeroed in `codes` itself, which spares a masked copy of the batch."""
+        excluded tokens are zeroed in `codes` itself, which spares a masked copy of the batch.
+        `chosen`, for TopK SAEs: the (indices, values) [B, T, k] that hold every nonzero code, so
+        the dense codes need not be scanned for them."""
         spec = self.spec
         B, T, F = codes.shape
         dev = codes.device
@@ -232,19 +240,34 @@ class FeatureStats:
         flat1 = flat.reshape(-1)
 
         # Everything per feature works on the nonzero entries only: codes are sparse.
-        idx = torch.nonzero(flat1 > 0).squeeze(1)
-        if B * T * F < 2**31:
-            idx = idx.to(torch.int32)  # halves the cost of the index arithmetic below
-        n_idx = idx // F
-        f_idx = (idx - n_idx * F).long()
-        vals = flat1[idx].float()
+        small = B * T * F < 2**31  # int32 halves the cost of the index arithmetic below
+        if chosen is None:
+            idx = torch.nonzero(flat1 > 0).squeeze(1)
+            if small:
+                idx = idx.to(torch.int32)
+            n_idx = idx // F
+            f_idx = (idx - n_idx * F).long()
+            vals = flat1[idx].float()
+        else:
+            k = chosen[0].shape[-1]
+            c_idx, c_val = chosen[0].reshape(B * T, k), chosen[1].reshape(B * T, k)
+            rows = torch.arange(B * T, device=dev)
+            if n_valid < B * T:  # whole rows are dropped, which is cheaper than filtering entries
+                rows = torch.nonzero(valid).squeeze(1)
+                c_idx, c_val = c_idx[rows], c_val[rows]
+            n_idx = (rows.to(torch.int32) if small else rows)[:, None].expand(-1, k).reshape(-1)
+            f_idx, vals = c_idx.reshape(-1), c_val.reshape(-1).float()
+            keep = vals > 0
+            if not bool(keep.all()):  # a chosen pre-activation was negative, clipped to 0
+                sel = torch.nonzero(keep).squeeze(1)
+                n_idx, f_idx, vals = n_idx[sel], f_idx[sel], vals[sel]
         self.sum_act += torch.bincount(f_idx, weights=vals.double(), minlength=F)
         width = (spec.hist_hi - spec.hist_lo) / spec.hist_bins
         b = torch.clamp(torch.floor((torch.log10(vals) - spec.hist_lo) / width).long() + 1, 0, spec.hist_bins + 1)
         self.hist += torch.bincount(f_idx * (spec.hist_bins + 2) + b, minlength=self.hist.numel())
 
         row_tok = (seq_ids.to(dev)[:, None] * spec.seq_len + torch.arange(T, device=dev)).reshape(-1)
-        offsets = torch.arange(-spec.left, spec.right + 1, device=dev, dtype=idx.dtype)
+        offsets = torch.arange(-spec.left, spec.right + 1, device=dev, dtype=n_idx.dtype)
 
         def windows(sel: torch.Tensor) -> torch.Tensor:
             """The feature's activation on each token from `left` before to `right` after the

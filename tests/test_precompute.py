@@ -17,7 +17,10 @@ from tests.conftest import make_sae, repo_root, run_backend
 
 
 def _dense_codes(db, adapter, loaded):
-    """Recompute every SAE's codes on the stored sequences: [S, T, d_sae] per SAE, BOS masked."""
+    """Recompute every SAE's codes on the stored sequences: [S, T, d_sae] per SAE, BOS masked.
+    The SAEs are loaded afresh by sae_lens, so the precompute's TopK shortcut is not involved."""
+    from sae_lens import SAE
+
     con = duckdb.connect(db, read_only=True)
     seqs = con.execute("SELECT seq, tokens FROM sequences ORDER BY seq").df()
     con.close()
@@ -26,7 +29,7 @@ def _dense_codes(db, adapter, loaded):
     with torch.no_grad():
         acts = adapter.activations(tokens, sorted({s.hook for s in loaded}))
         for s in loaded:
-            codes = s.sae.encode(acts[s.hook])
+            codes = SAE.load_from_disk(s.source).encode(acts[s.hook])
             codes[:, 0] = 0  # BOS is excluded from statistics
             out[s.name] = (codes, acts[s.hook])
     return seqs["seq"].to_numpy(), out
@@ -119,6 +122,44 @@ def _table(db, name, order):
     df = con.execute(f"SELECT * FROM {name} ORDER BY {order}").df()
     con.close()
     return df
+
+
+def test_topk_choice_is_sae_lens_encode(loaded_saes):
+    """The TopK activation the precompute swaps in encodes exactly as sae_lens's, and the choice it
+    keeps holds every nonzero code, including the zeros of chosen negative pre-activations."""
+    import copy
+
+    from backend.saes import LoadedSAE, keep_topk_choice
+
+    assert [type(s.sae.activation_fn).__name__ for s in loaded_saes] == ["ReLU", "_TopKKeepingChoice"]
+    plain = make_sae("topk", "blocks.1.hook_resid_pre")
+    with torch.no_grad():
+        plain.b_enc.sub_(2.0)  # some tokens have fewer than k positive pre-activations
+    kept = copy.deepcopy(plain)
+    keep_topk_choice(kept)
+    torch.manual_seed(1)
+    x = torch.randn(3, 7, plain.cfg.d_in)
+    codes, (idx, vals) = LoadedSAE("t", "t", kept).encode(x)
+    assert torch.equal(codes, plain.encode(x))
+    assert idx.shape == (3, 7, plain.cfg.k) and (vals == 0).any()
+    assert torch.equal(torch.zeros_like(codes).scatter_(-1, idx, vals), codes)
+    assert LoadedSAE("r", "r", loaded_saes[0].sae).encode(x)[1] is None
+
+    # statistics from the kept choice equal those from scanning the dense codes, masked tokens too
+    from backend.stats import FeatureStats, StatsSpec
+
+    spec = StatsSpec(d_sae=plain.cfg.d_sae, d_in=plain.cfg.d_in, seq_len=7, n_top=3, left=2, right=1)
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    mask[:, 0] = mask[1, 4] = False
+    a, b = FeatureStats(spec), FeatureStats(spec)
+    a.update(codes.detach().clone(), torch.arange(3), mask)
+    b.update(codes.detach().clone(), torch.arange(3), mask, (idx, vals))
+    a.flush(), b.flush()
+    assert torch.equal(a.hist, b.hist) and a.n_tokens == b.n_tokens == 17
+    torch.testing.assert_close(a.sum_act, b.sum_act)
+    for name in ("top", "reservoir"):
+        for x_a, x_b in zip(getattr(a, name).ordered(), getattr(b, name).ordered()):
+            assert torch.equal(x_a, x_b)
 
 
 def test_two_shards_merge_to_one_pass(small_cfg, adapter, loaded_saes, tmp_path):
