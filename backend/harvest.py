@@ -173,7 +173,8 @@ class Harvest:
             codes, chosen = s.encode(x)
             st = self.stats[s.name]
             if recon is not None:  # a slice(None) indexes as a view, with no copy
-                st.update_recon(x[recon], s.sae.decode(codes[recon]), mask[recon])
+                rows = None if chosen is None else (chosen[0][recon], chosen[1][recon])
+                st.update_recon(x[recon], s.decode(codes[recon], rows), mask[recon])
             st.update(codes, seq_t, mask, chosen)
         if self._downstream_left > 0:
             sub = tokens[: self._downstream_left]

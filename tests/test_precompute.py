@@ -135,6 +135,7 @@ def test_topk_choice_is_sae_lens_encode(loaded_saes):
     plain = make_sae("topk", "blocks.1.hook_resid_pre")
     with torch.no_grad():
         plain.b_enc.sub_(2.0)  # some tokens have fewer than k positive pre-activations
+        plain.W_dec.mul_(torch.rand(plain.cfg.d_sae, 1) + 0.5)  # rows of unequal norm, for rescaling
     kept = copy.deepcopy(plain)
     keep_topk_choice(kept)
     torch.manual_seed(1)
@@ -143,6 +144,16 @@ def test_topk_choice_is_sae_lens_encode(loaded_saes):
     assert torch.equal(codes, plain.encode(x))
     assert idx.shape == (3, 7, plain.cfg.k) and (vals == 0).any()
     assert torch.equal(torch.zeros_like(codes).scatter_(-1, idx, vals), codes)
+    # the decoder product as a sum of the chosen rows equals sae_lens's decode, with decoder-norm
+    # rescaling too, and on a subset of rows as the harvest passes them
+    rows = torch.tensor([0, 2])
+    for rescale in (False, True):
+        plain.cfg.rescale_acts_by_decoder_norm = kept.cfg.rescale_acts_by_decoder_norm = rescale
+        want = plain.decode(plain.encode(x))
+        codes_r, (idx_r, vals_r) = LoadedSAE("t", "t", kept).encode(x)
+        got = LoadedSAE("t", "t", kept).decode(codes_r[rows], (idx_r[rows], vals_r[rows]))
+        torch.testing.assert_close(got, want[rows], rtol=1e-5, atol=1e-5)
+    plain.cfg.rescale_acts_by_decoder_norm = kept.cfg.rescale_acts_by_decoder_norm = False
     assert LoadedSAE("r", "r", loaded_saes[0].sae).encode(x)[1] is None
 
     # statistics from the kept choice equal those from scanning the dense codes, masked tokens too
