@@ -75,6 +75,13 @@ def token_keys(tok_ids: torch.Tensor, seed: int) -> torch.Tensor:
     return (h << 21) | (tok_ids & ((1 << 21) - 1))
 
 
+def _sort_key(score: torch.Tensor) -> torch.Tensor:
+    """int64 keys that sort like the float64 scores (IEEE bits with negatives flipped): integers
+    sort by radix on CPU, four times faster than floats."""
+    b = score.view(torch.int64)
+    return torch.where(b < 0, b ^ 0x7FFF_FFFF_FFFF_FFFF, b)
+
+
 def _rank_order(score: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Column order of each row by score descending, ties by smaller id (repeated text gives
     exactly equal activations), so the order in which shards merge never changes a result."""
@@ -120,7 +127,7 @@ class _TopSet:
         k = self.score.shape[1]
         dev = feats.device
         # Order candidates by feature, then by descending score; rank within feature.
-        order = torch.argsort(score, descending=True, stable=True)
+        order = torch.argsort(~_sort_key(score.double()), stable=True)  # ~ reverses: descending
         order = order[torch.argsort(feats[order], stable=True)]
         f_sorted = feats[order]
         uniq, counts = torch.unique_consecutive(f_sorted, return_counts=True)
