@@ -62,7 +62,7 @@ class LoadedSAE:
 
     def decode(self, codes: torch.Tensor, chosen: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """`sae.decode(codes)`. For a TopK SAE whose choice is at hand, the decoder product is a
-        sum of the k chosen rows of W_dec per token (k of d_sae rows: a fifth of the dense
+        sum of the k chosen rows of W_dec per token (k of d_sae rows: a quarter of the dense
         product's time at k=32 of 1536); sae_lens's own steps after the product are kept."""
         from sae_lens import TopKSAE
 
