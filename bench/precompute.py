@@ -5,7 +5,8 @@ on the same batches, and nothing else. The full run, with default options, adds 
 corpus, the decoder pass (on every 4th batch, `--recon-every`), all statistics, example
 windows, downstream splicing, token effects, neighbours and the DuckDB write. Those last
 three (`finalize`) and the downstream splice do not grow with tokens, so the ratio falls as
---n-tokens grows; the "streaming pass" line leaves `finalize` out.
+--n-tokens grows (about 5 s of such fixed cost on a 2-core CPU); the "streaming pass" line
+leaves `finalize` out.
 Last line: overhead_ratio=<x> tokens_per_s=<y>
 """
 
@@ -56,7 +57,12 @@ def main() -> None:
     ap.add_argument("--sae", action="append", default=[], help="SAE folders (default: demo SAEs, else random ones)")
     ap.add_argument("--d-sae", type=int, default=1536, help="width of random SAEs")
     ap.add_argument("--arch", default="topk", choices=["topk", "standard"])
-    ap.add_argument("--n-tokens", type=int, default=32_768)
+    ap.add_argument(
+        "--n-tokens",
+        type=int,
+        default=500_000,
+        help="tokens to read (default: about the whole embedded corpus, the README's headline figure)",
+    )
     ap.add_argument("--context-len", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--device", default="cpu")
