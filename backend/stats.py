@@ -371,13 +371,14 @@ class FeatureStats:
         nr = self.n_recon
         mean = self.sum_x / max(nr, 1)
         total_var = float(self.sum_x2 - nr * mean.pow(2).sum())
-        density = self.count.double() / n
+        count = self.count
+        density = count.double() / n
         return {
             "n_tokens": self.n_tokens,
-            "l0": float(self.hist.sum()) / n,  # every nonzero activation is in one bin
+            "l0": float(count.sum()) / n,
             "mse": float(self.sse) / nr if nr else float("nan"),
             "explained_variance": 1.0 - float(self.sse) / total_var if total_var > 0 else float("nan"),
-            "n_dead": int((self.count == 0).sum()),
+            "n_dead": int((count == 0).sum()),
             "n_dense": int((density > self.spec.dense_threshold).sum()),
         }
 
