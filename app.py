@@ -2,8 +2,10 @@
 
 import streamlit as st
 
-from backend import queries, render
-from ui import common, labeling
+from backend.errors import UserError
+from backend.store import queries
+from ui import common, figures, labeling
+from ui.tokens import md
 
 common.setup("Overview")
 
@@ -21,14 +23,18 @@ def overview() -> None:
     runs = queries.runs(db)
     done = runs[runs["status"] == "complete"]
     st.caption(
-        f"{len(saes)} SAEs · model {', '.join(done['model'].unique())} · corpus {', '.join(done['corpus'].unique())}"
-        f" · {int(done['n_tokens'].sum()):,} tokens"
+        md(
+            f"{len(saes)} SAEs · model {', '.join(done['model'].unique())} · "
+            f"corpus {', '.join(done['corpus'].unique())} · {int(done['n_tokens'].sum()):,} tokens"
+        )
     )
     unfinished = runs[runs["status"] != "complete"]
     if len(unfinished):
         st.warning(
-            f"{len(unfinished)} run(s) not complete: "
-            + ", ".join(f"{r.run_id} ({r.status})" for r in unfinished.itertuples())
+            md(
+                f"{len(unfinished)} run(s) not complete: "
+                + ", ".join(f"{r.run_id} ({r.status})" for r in unfinished.itertuples())
+            )
         )
 
     table = saes[
@@ -47,7 +53,7 @@ def overview() -> None:
             "n_tokens",
         ]
     ].copy()
-    table.insert(0, "open", [common.url("Layer", sae=s) for s in saes["sae"]])
+    table = table.assign(open=[common.url("Layer", sae=s) for s in saes["sae"]])[["open", *table.columns]]
     st.dataframe(
         table,
         hide_index=True,
@@ -69,12 +75,12 @@ def overview() -> None:
 
     links = st.columns(min(len(saes), 6))
     for i, s in enumerate(saes["sae"]):
-        links[i % len(links)].page_link(common.LAYER, label=f"{s} →", query_params=common.link_params(sae=s))
+        links[i % len(links)].page_link(common.LAYER, label=f"{md(s)} →", query_params=common.link_params(sae=s))
 
     st.subheader("Feature density per layer")
     common.seed("w_view", "view", common.param("view") or "facet")
     if st.session_state["w_view"] not in ("facet", "overlay"):
-        raise common.UserError(f"URL parameter view={st.session_state['w_view']!r}: use facet or overlay")
+        raise UserError(f"URL parameter view={st.session_state['w_view']!r}: use facet or overlay")
     mode = st.radio(
         "Histograms",
         ["facet", "overlay"],
@@ -83,13 +89,13 @@ def overview() -> None:
         on_change=common.to_url,
         args=("w_view", "view"),
     )
-    st.plotly_chart(render.density_histograms(queries.density_hist(db), mode), key="dens")
+    st.plotly_chart(figures.density_histograms(queries.density_hist(db), mode), key="dens")
     st.caption("Dead features (never active) are not in the histograms; the table counts them.")
 
     st.subheader("Quality across layers")
-    st.plotly_chart(render.metric_lines(saes), key="lines")
+    st.plotly_chart(figures.metric_lines(saes), key="lines")
     st.subheader("Reconstruction error by token position")
-    st.plotly_chart(render.position_error(queries.position_error(db)), key="pos")
+    st.plotly_chart(figures.position_error(queries.position_error(db)), key="pos")
 
     labeling.overview_panel(db)
 

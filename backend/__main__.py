@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 from backend.errors import UserError
@@ -65,7 +66,7 @@ def _sources(args) -> list:
 def cmd_precompute(args) -> None:
     from backend.cli_args import dataclass_from_args
     from backend.config import PrecomputeConfig
-    from backend.harvest import precompute
+    from backend.engine.pipeline import precompute
 
     cfg = dataclass_from_args(PrecomputeConfig, args, saes=_sources(args))
     out = precompute(cfg)
@@ -77,14 +78,14 @@ def cmd_precompute(args) -> None:
 
 
 def cmd_merge(args) -> None:
-    from backend.harvest import merge_shards
+    from backend.engine.pipeline import merge_shards
 
     run_id = merge_shards(args.shards, db=args.db, force=args.force)
     print(f"merged {len(args.shards)} shards into run {run_id}")
 
 
 def print_info(db: str, as_json: bool) -> None:
-    from backend.queries import database_info
+    from backend.store.queries import database_info
 
     info = database_info(db)
     if as_json:
@@ -121,10 +122,10 @@ def cmd_info(args) -> None:
 def cmd_train(args) -> None:
     from backend.cli_args import dataclass_from_args
     from backend.config import TrainConfig
-    from backend.train import train_saes
+    from backend.engine.train import summary, train_saes
 
     cfg = dataclass_from_args(TrainConfig, args)
-    train_saes(cfg)
+    print(summary(train_saes(cfg)))
 
 
 def cmd_demo(args) -> None:
@@ -144,12 +145,13 @@ def cmd_serve(args) -> None:
 def cmd_labels(args) -> None:
     from backend import labels
 
+    where = labels.location(args.labels)
     if args.action == "export":
-        n = labels.export_labels(args.file, args.labels_db, history=args.history)
-        print(f"wrote {n} labels to {args.file}")
+        n = labels.export_labels(args.file, where, history=args.history)
+        print(f"wrote {n} labels from {labels.describe(where)} to {args.file}")
     else:
-        n = labels.import_labels(args.file, args.labels_db)
-        print(f"imported {n} new labels from {args.file}")
+        n = labels.import_labels(args.file, where)
+        print(f"imported {n} new labels from {args.file} into {labels.describe(where)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,7 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     lab = sub.add_parser("labels", help="export or import the team's feature labels (CSV, JSON, Parquet)")
     lab.add_argument("action", choices=["export", "import"])
     lab.add_argument("file", help="path ending in .csv, .json or .parquet")
-    lab.add_argument("--labels-db", default="data/labels.duckdb", help="labels store (default: %(default)s)")
+    lab.add_argument(
+        "--labels",
+        default=None,
+        metavar="PATH_OR_URL",
+        help="labels store: an SQLite file or a postgresql:// URL (default: $SAE_DASHBOARD_LABELS, else "
+        "labels.sqlite in $SAE_DASHBOARD_DATA or data/, the same store the dashboard uses)",
+    )
     lab.add_argument("--history", action="store_true", help="export every verdict, not only the latest per labeler")
     return parser
 
@@ -218,6 +226,7 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         COMMANDS[args.command](args)
     except UserError as e:

@@ -28,14 +28,17 @@ class SAESource:
         return self.path if self.path else f"{self.release}/{self.sae_id}"
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
 @dataclass
-class PrecomputeConfig:
-    db: str = "data/features.duckdb"
-    """feature database to write (created if missing; holds several runs)"""
+class InputConfig:
+    """What is read: the model, the corpus and how it is cut into sequences. Shared by
+    precompute and train-saes, so both take the same options with the same help."""
+
     model: str = "embedded"
-    """'embedded' (all-MiniLM-L6-v2 from pip), a TransformerLens name such as gpt2, or a local HF encoder folder"""
-    saes: list[SAESource] = field(default_factory=list)
-    """SAEs to analyse; all must read the model's residual stream"""
+    """'embedded' (all-MiniLM-L6-v2 from pip), a TransformerLens name such as gpt2, hf:NAME for a Hugging Face
+    causal LM, or a local HF encoder folder"""
     corpus: str = "embedded"
     """'embedded[:heldout|train|all]', a .txt/.jsonl/.parquet file, or a Hugging Face dataset name"""
     corpus_split: str = "train"
@@ -50,10 +53,23 @@ class PrecomputeConfig:
     """sequences per forward pass"""
     device: str = "cpu"
     """torch device: cpu, cuda, cuda:1 ..."""
+    seed: int = 0
+    """random seed (example sampling, SAE initialisation)"""
+
+    def _check_positive(self, *names: str) -> None:
+        for name in names:
+            if getattr(self, name) <= 0:
+                raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+
+
+@dataclass
+class PrecomputeConfig(InputConfig):
+    db: str = "data/features.duckdb"
+    """feature database to write (created if missing; holds several runs)"""
+    saes: list[SAESource] = field(default_factory=list)
+    """SAEs to analyse; all must read the model's residual stream"""
     dtype: str = "float32"
     """model and SAE dtype (float32, bfloat16, float16); statistics are always kept in float32/64"""
-    seed: int = 0
-    """seed for the quantile-example sampling"""
     n_top: int = 20
     """top-activating examples per feature"""
     n_buckets: int = 5
@@ -83,9 +99,9 @@ class PrecomputeConfig:
     """'I/N': process every N-th sequence starting at I and save a partial state to merge later"""
 
     def __post_init__(self):
-        for name in ("n_tokens", "context_len", "batch_size", "n_top", "n_buckets", "per_bucket", "recon_every"):
-            if getattr(self, name) <= 0:
-                raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        self._check_positive("n_tokens", "context_len", "batch_size", "n_top", "n_buckets", "per_bucket", "recon_every")
+        if self.dtype not in DTYPES:
+            raise UserError(f"--dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
         if self.left < 0 or self.right < 0:
             raise UserError("--left and --right must be >= 0")
         if self.context_len < 4:
@@ -113,24 +129,17 @@ class PrecomputeConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(InputConfig):
     out: str = "data/saes"
     """folder that receives one sae_lens SAE folder per hook and architecture"""
-    model: str = "embedded"
-    """model whose residual stream is encoded (same choices as precompute)"""
+    corpus: str = "embedded:train"
+    """corpus (same choices as precompute); the embedded default trains on the split precompute never reads"""
+    n_tokens: int = 200_000
+    """training tokens per SAE (activations are computed once for all hooks)"""
     hooks: list[str] = field(default_factory=list)
     """hook names; default: every residual hook point of the model"""
     architectures: list[str] = field(default_factory=lambda: ["topk", "standard"])
     """sae_lens architectures to train: topk, standard (ReLU + L1), jumprelu"""
-    corpus: str = "embedded:train"
-    """corpus (same choices as precompute); the embedded default trains on the split precompute never reads"""
-    corpus_split: str = "train"
-    text_field: str = "text"
-    n_tokens: int = 200_000
-    """training tokens per SAE (activations are computed once for all hooks)"""
-    context_len: int = 128
-    batch_size: int = 32
-    """sequences per forward pass while collecting activations"""
     expansion: int = 4
     """d_sae = expansion x d_model"""
     k: int = 32
@@ -140,12 +149,11 @@ class TrainConfig:
     l0_coefficient: float = 0.3
     """sparsity penalty for JumpReLU SAEs"""
     lr: float = 1e-3
+    """learning rate (constant, with a linear decay over the last 20% of steps)"""
     train_batch: int = 1024
     """tokens per optimiser step"""
     epochs: int = 3
     """passes over the collected activations"""
-    device: str = "cpu"
-    seed: int = 0
     force: bool = False
     """retrain SAEs that already exist in --out"""
 
@@ -153,6 +161,4 @@ class TrainConfig:
         bad = set(self.architectures) - {"topk", "standard", "jumprelu"}
         if bad:
             raise UserError(f"unknown architecture(s) {sorted(bad)}: use topk, standard, jumprelu")
-        for name in ("n_tokens", "context_len", "expansion", "k", "train_batch", "epochs"):
-            if getattr(self, name) <= 0:
-                raise UserError(f"--{name.replace('_', '-')} must be positive")
+        self._check_positive("n_tokens", "context_len", "batch_size", "expansion", "k", "train_batch", "epochs")

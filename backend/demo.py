@@ -6,6 +6,7 @@ precompute on its held-out split) and serves the dashboard; later starts reuse b
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -14,8 +15,9 @@ from pathlib import Path
 
 from backend.config import PrecomputeConfig, SAESource, TrainConfig
 from backend.errors import UserError
+from backend.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -66,13 +68,17 @@ def build_demo(
     db: str = "data/demo.duckdb", quick: bool = False, force: bool = False, cfg: DemoConfig | None = None
 ) -> str:
     """Train (or reuse) the demo SAEs and precompute the database; returns its path."""
-    from backend.harvest import precompute
-    from backend.train import train_saes
+    from backend.engine.pipeline import precompute
+    from backend.engine.train import train_saes
+    from backend.store.queries import problem
 
     cfg = cfg or (DemoConfig.quick(db) if quick else DemoConfig(db=db, saes=str(Path(db).parent / "demo-saes")))
     if Path(cfg.db).exists() and not force:
-        print(f"{cfg.db} exists; pass --force to rebuild it")
-        return cfg.db
+        why = problem(cfg.db)
+        if why is None:
+            log.info("%s exists; pass --force to rebuild it", cfg.db)
+            return cfg.db
+        log.warning("rebuilding %s: %s", cfg.db, why)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg.train.out = cfg.saes
     results = train_saes(cfg.train)
@@ -89,7 +95,7 @@ def build_demo(
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, cfg.db)
-    print(f"built {cfg.db}")
+    log.info("built %s", cfg.db)
     return cfg.db
 
 
@@ -100,7 +106,7 @@ def serve(db: str | None, port: int = 8501) -> None:
         raise UserError(f"{folder} does not exist; build a database first with `python -m backend demo --no-serve`")
     env = dict(os.environ, SAE_DASHBOARD_DATA=folder)
     name = f"?db={Path(db).name}" if db else ""
-    print(f"serving http://localhost:{port}/{name}  (Ctrl-C stops)")
+    log.info("serving http://localhost:%s/%s  (Ctrl-C stops)", port, name)
     cmd = [
         sys.executable,
         "-m",

@@ -23,7 +23,7 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend import queries, store  # noqa: E402
+from backend.store import queries, writes  # noqa: E402
 
 
 def build(
@@ -39,7 +39,7 @@ def build(
 ) -> None:
     rng = np.random.default_rng(seed)
     path.unlink(missing_ok=True)
-    con = store.connect_write(path)
+    con = writes.connect_write(path)
     con.execute("BEGIN")
     con.execute(
         "INSERT INTO runs (run_id, status, model, model_kind, corpus, n_tokens, n_seqs, context_len) "
@@ -74,7 +74,7 @@ def build(
         density = np.where(rng.random(d_sae) < 0.03, 0.0, 10 ** np.clip(logd, -7, 0))
         count = np.round(density * n_seqs * seq_len).astype(np.int64)
         con.execute(
-            "INSERT INTO saes (run_id, sae, hook, layer, source, architecture, d_in, d_sae, n_tokens, l0, mse, "
+            "INSERT INTO saes (run_id, sae, hook, depth, source, architecture, d_in, d_sae, n_tokens, l0, mse, "
             "explained_variance, n_dead, n_dense, effect_kind, hist_lo, hist_hi, context_left, context_right) "
             "VALUES ('synthetic', ?, ?, ?, 'synthetic', 'standard', 768, ?, ?, 30, 1, 0.9, ?, ?, 'unembed', "
             "-4, 4, 24, 8)",
@@ -107,7 +107,7 @@ def build(
                 "feature": pa.array(f),
                 "kind": pa.array((j >= n_ex // 2).astype(np.int8)),
                 "rank": pa.array(j.astype(np.int16)),
-                "bucket": pa.array(np.where(j >= n_ex // 2, (j - n_ex // 2) // 4, -1).astype(np.int8)),
+                "quantile": pa.array(np.where(j >= n_ex // 2, (j - n_ex // 2) // 4, -1).astype(np.int8)),
                 "seq": pa.array(rng.integers(0, n_seqs, n).astype(np.int32)),
                 "pos": pa.array(pos),
                 "ctx_start": pa.array((pos - 24).clip(0).astype(np.int16)),
@@ -144,9 +144,9 @@ def build(
         )
         con.register("nb", nb)
         con.execute("INSERT INTO neighbours SELECT * FROM nb")
-        from backend.harvest import density_histogram
+        from backend.engine.tables import density_hist_frame
 
-        dh = density_histogram(sae, density)
+        dh = density_hist_frame(sae, density)
         con.register("dh", dh)
         con.execute("INSERT INTO density_hist SELECT * FROM dh")
     con.execute("COMMIT")

@@ -23,11 +23,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import backend.harvest as harvest  # noqa: E402
+import backend.engine.harvest as harvest  # noqa: E402
+import backend.engine.pipeline as pipeline  # noqa: E402
 from backend.config import PrecomputeConfig, SAESource  # noqa: E402
-from backend.harvest import precompute  # noqa: E402
-from backend.models import load_model  # noqa: E402
-from backend.saes import load_saes  # noqa: E402
+from backend.engine.models import load_model  # noqa: E402
+from backend.engine.pipeline import precompute  # noqa: E402
+from backend.engine.saes import load_saes  # noqa: E402
 
 
 def random_saes(folder: Path, hooks: list[str], d_in: int, d_sae: int, arch: str) -> list[SAESource]:
@@ -130,7 +131,7 @@ def main() -> None:
     bare_s: list[float] = []
     finalize_s: list[float] = []
     n_seqs: list[int] = []
-    real_step, real_finalize = harvest.Harvest.step, harvest.finalize
+    real_step, real_finalize = harvest.Harvest.step, pipeline.finalize
 
     def paired_step(self, seq_ids, content):
         n_seqs.append(len(seq_ids))
@@ -149,7 +150,7 @@ def main() -> None:
         finally:
             finalize_s.append(time.perf_counter() - t)
 
-    harvest.Harvest.step, harvest.finalize = paired_step, timed_finalize
+    harvest.Harvest.step, pipeline.finalize = paired_step, timed_finalize
     bare(next(iter(harvest._batches(cfg, adapter)))[1])  # warm-up: first-call allocations, kernel choice
     t = time.perf_counter()
     precompute(cfg, adapter, saes)

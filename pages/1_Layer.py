@@ -2,9 +2,11 @@
 
 import streamlit as st
 
-from backend import queries, render
 from backend.errors import UserError
-from ui import common, labeling
+from backend.labels.joins import layer_table
+from backend.store import queries
+from ui import common, figures, labeling
+from ui.tokens import md
 
 common.setup("Layer")
 PRESETS = ["all", "dead", "ultralow", "dense"]
@@ -24,10 +26,12 @@ def layer() -> None:
     overlay = common.choose_sae(db, key="w_overlay", name="overlay", label="Overlay another SAE", optional=True)
     common.copy_link()
     row = queries.sae_row(db, sae)
-    st.title(f"Layer · {sae}")
+    st.title(md(f"Layer · {sae}"))
     st.caption(
-        f"{row['hook']} · {row['architecture']} · {row['d_sae']:,} features · L0 {row['l0']:.1f} · "
-        f"explained variance {row['explained_variance']:.3f} · {row['n_dead']:,} dead · {row['n_dense']:,} dense"
+        md(
+            f"{row['hook']} · {row['architecture']} · {row['d_sae']:,} features · L0 {row['l0']:.1f} · "
+            f"explained variance {row['explained_variance']:.3f} · {row['n_dead']:,} dead · {row['n_dense']:,} dense"
+        )
     )
 
     preset = common.param("filter") or "all"
@@ -41,7 +45,7 @@ def layer() -> None:
     sel = (
         (lo if lo is not None else -10.0, hi if hi is not None else 0.0) if (lo is not None or hi is not None) else None
     )
-    fig = render.layer_histogram(feats, other, names=(sae, overlay or ""), selected=sel)
+    fig = figures.layer_histogram(feats, other, names=(sae, overlay or ""), selected=sel)
     reset = st.session_state.setdefault("_hist_reset", 0)
     event = st.plotly_chart(fig, on_select="rerun", selection_mode="box", key=f"hist{reset}")
     box = (event.selection or {}).get("box") if event else None
@@ -72,11 +76,10 @@ def layer() -> None:
         st.session_state["_hist_reset"] = reset + 1
         st.rerun()
 
-    shown = queries.filter_features(feats, st.session_state["w_filter"] or "all", lo, hi)
-    col, asc = SORTS[st.session_state["w_sort"]]
-    shown = shown.sort_values([col, "feature"], ascending=[asc, True])
-    status = labeling.status_table(db, sae)
-    shown = shown.merge(status[["feature", "label"]], on="feature", how="left")
+    status = labeling.status_table(db, sae)  # empty, with a warning, if the labels store is unreadable
+    shown = layer_table(
+        db, sae, status, st.session_state["w_filter"] or "all", lo, hi, SORTS[st.session_state["w_sort"]]
+    )
     rng = f" with log10 density in [{lo if lo is not None else '-∞'}, {hi if hi is not None else 0}]" if sel else ""
     st.markdown(f"**{len(shown):,}** of {len(feats):,} features{rng}. Click a row to open it.")
     picked = st.dataframe(

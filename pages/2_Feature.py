@@ -1,12 +1,13 @@
 """One feature: where its density sits, its activations, examples, token effects, neighbours, labels."""
 
-import math
 import random
 
 import streamlit as st
 
-from backend import queries, render
-from ui import common, feature_view, labeling
+from backend.density import density_bucket, log10_density
+from backend.store import queries
+from ui import common, feature_view, figures, labeling
+from ui.tokens import escape, md
 
 common.setup("Feature")
 
@@ -14,7 +15,7 @@ common.setup("Feature")
 @common.page
 def feature() -> None:
     db = common.database()
-    common.labeler()
+    who = common.labeler()
     sae = common.choose_sae(db)
     common.copy_link()
     row_sae = queries.sae_row(db, sae)
@@ -25,7 +26,7 @@ def feature() -> None:
         common.set_params(feature=0)
     row = queries.feature(db, sae, f)
 
-    st.title(f"Feature {f} · {sae}")
+    st.title(md(f"Feature {f} · {sae}"))
     nav = st.columns([1, 1, 1, 1, 4])
     for col, label, target in (
         (nav[0], "← previous", (f - 1) % n),
@@ -42,8 +43,8 @@ def feature() -> None:
     if len(mine):
         r = mine.iloc[0]
         st.html(
-            f"<p><b>Label:</b> {render.escape(r['label'])} ({int(r['n_labels'])} labeler(s))"
-            + (f" — “{render.escape(r['description'])}”" if r["description"] else "")
+            f"<p><b>Label:</b> {escape(r['label'])} ({int(r['n_labels'])} labeler(s))"
+            + (f" — “{escape(r['description'])}”" if r["description"] else "")
             + "</p>"
         )
 
@@ -54,13 +55,13 @@ def feature() -> None:
     )
     c1, c2 = st.columns(2)
     with c1:
-        bucket = render.density_bucket(math.log10(row["density"]) if row["density"] > 0 else None)
+        bucket = density_bucket(log10_density(row["density"]))
         st.markdown(f"**Density in its layer** · {bucket}")
         feature_view.density_panel(db, sae, row)
     with c2:
         st.markdown("**Activation histogram** (nonzero activations, log-spaced bins)")
         st.plotly_chart(
-            render.activation_histogram(row["hist"], row_sae["hist_lo"], row_sae["hist_hi"]), key="act_hist"
+            figures.activation_histogram(row["hist"], row_sae["hist_lo"], row_sae["hist_hi"]), key="act_hist"
         )
 
     feature_view.examples_panel(db, sae, f)
@@ -71,7 +72,7 @@ def feature() -> None:
         feature_view.neighbours_panel(db, sae, f)
 
     st.subheader("Label")
-    saved = labeling.verdict_form(db, sae, f, key="feat_label")
+    saved = labeling.verdict_form(db, sae, f, key="feat_label", who=who)
     if saved:
         st.success(f"Saved: {saved}")
     labeling.history_panel(db, sae, f)

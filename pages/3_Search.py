@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from backend import queries
+from backend.store import queries
 from ui import common
 
 common.setup("Search")
@@ -30,7 +30,9 @@ def search() -> None:
         return
     hits = queries.search(db, q, sae)
     st.markdown(f"**{len(hits)}** features" + (" (first 200)" if len(hits) == 200 else ""))
-    hits.insert(0, "open", [common.feature_url(s, f) for s, f in zip(hits["sae"], hits["feature"])])
+    # a new frame: `hits` is the cached result itself, shared by every session
+    hits = hits.assign(open=[common.feature_url(s, f) for s, f in zip(hits["sae"], hits["feature"])])
+    hits = hits[["open", *[c for c in hits.columns if c != "open"]]]
     st.dataframe(
         hits,
         hide_index=True,

@@ -1,35 +1,15 @@
 """Blind labeling: features sampled evenly across density buckets, density hidden until judged."""
 
-import math
-
 import streamlit as st
 
-from backend import labels, queries, render
+from backend import labels
+from backend.density import density_bucket, log10_density
 from backend.errors import UserError
+from backend.labels.queue import MODES, next_feature, still_eligible
+from backend.store import queries
 from ui import common, feature_view, labeling
 
 common.setup("Label queue")
-MODES = {"unlabeled": "only features nobody labeled", "agreement": "features others labeled, not yet by me"}
-
-
-def next_item(db: str, sae: str, me: str, mode: str, step: int) -> int | None:
-    """Round-robin over density buckets; a seeded random feature inside the chosen bucket."""
-    feats = queries.features(db, sae)
-    live = feats[feats["count"] > 0].assign(bucket=lambda d: d["log10_density"].map(render.density_bucket))
-    cur = labels.latest(labeling.labels_path(), labeling.db_name(db))
-    cur = cur[cur["sae"] == sae] if not cur.empty else cur
-    if mode == "unlabeled":
-        done = set(cur["feature"]) if not cur.empty else set()
-        pool = live[~live["feature"].isin(done)]
-    else:
-        others = set(cur[cur["labeler"] != me]["feature"]) if not cur.empty else set()
-        mine = set(cur[cur["labeler"] == me]["feature"]) if not cur.empty else set()
-        pool = live[live["feature"].isin(others - mine)]
-    buckets = [b for b in render.bucket_order() if b in set(pool["bucket"])]
-    if not buckets:
-        return None
-    bucket = buckets[step % len(buckets)]
-    return int(pool[pool["bucket"] == bucket].sample(1, random_state=step)["feature"].iloc[0])
 
 
 @common.page
@@ -55,20 +35,32 @@ def queue() -> None:
     if not me:
         st.info("Enter your name in the sidebar to start labeling.")
         return
-    if not labeling.may_label():
+    if not labeling.write_allowed():
         return
+    mode = st.session_state["w_mode"]
     step = common.int_param("step", 0) or 0
+    feats = queries.features(db, sae)
+    try:
+        current = labels.latest(labeling.labels_location(), labeling.db_name(db))
+    except UserError as e:
+        labeling.store_warning(e)
+        return
+    current = current[current["sae"] == sae] if not current.empty else current
     f = common.int_param("qf", 0, int(queries.sae_row(db, sae)["d_sae"]) - 1)
+    saved_key = f"_queue_saved_{sae}_{f}"
+    if f is not None and not st.session_state.get(saved_key) and not still_eligible(feats, current, me, mode, f):
+        f = None  # the mode changed, or someone labeled it meanwhile: this one no longer belongs here
     if f is None:
-        f = next_item(db, sae, me, st.session_state["w_mode"], step)
+        f = next_feature(feats, current, me, mode, step)
         if f is None:
-            st.success("Nothing left to label in this queue for this SAE. 🎉")
+            common.set_params(qf=None)
+            st.success("Nothing left to label in this queue for this SAE.")
             return
         common.set_params(qf=f, step=step)
+        saved_key = f"_queue_saved_{sae}_{f}"
 
     st.markdown(f"### Feature {f}")
     st.caption("Density is hidden until you give a verdict, so it cannot sway you.")
-    saved_key = f"_queue_saved_{sae}_{f}"
 
     def advance():
         common.set_params(qf=None, step=step + 1)
@@ -77,11 +69,11 @@ def queue() -> None:
         row = queries.feature(db, sae, f)
         st.success(
             f"Saved “{st.session_state[saved_key]}”. Density was {row['density']:.2e} "
-            f"({render.density_bucket(math.log10(row['density']) if row['density'] > 0 else None)})."
+            f"({density_bucket(log10_density(row['density']))})."
         )
         st.button("Next →", on_click=advance, type="primary", key="next")
     else:
-        verdict = labeling.verdict_form(db, sae, f, key=f"queue_{f}")
+        verdict = labeling.verdict_form(db, sae, f, key=f"queue_{f}", who=me)
         if verdict:
             st.session_state[saved_key] = verdict
             st.rerun()

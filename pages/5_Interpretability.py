@@ -1,11 +1,13 @@
 """How interpretability depends on density, per layer, and how much labelers agree."""
 
-import pandas as pd
 import streamlit as st
 
-from backend import labels, queries, render
+from backend import labels
+from backend.density import bucket_order
 from backend.errors import UserError
-from ui import common, labeling
+from backend.store import queries
+from ui import common, figures, labeling
+from ui.tokens import md
 
 common.setup("Interpretability")
 
@@ -20,43 +22,64 @@ def interpretability() -> None:
     if cur.empty:
         st.info("No labels for this database yet. Use the Label queue page, or import a file below.")
     else:
-        table = labels.interpretability_by_bucket(cur, render.density_bucket)
-        st.plotly_chart(render.interpretability_chart(table), key="interp")
-        saes = queries.saes(db)[["sae", "layer"]]
-        table = table.merge(saes, on="sae").sort_values(["layer", "sae"])
-        table["bucket"] = pd.Categorical(table["bucket"], render.bucket_order(), ordered=True)
-        st.dataframe(
-            table.sort_values(["layer", "sae", "bucket"])[["sae", "bucket", "k", "n", "frac", "lo", "hi"]],
-            hide_index=True,
-            column_config={
-                "k": "interpretable",
-                "n": "judged (not unsure)",
-                "frac": st.column_config.NumberColumn("fraction", format="%.2f"),
-                "lo": st.column_config.NumberColumn("95% CI low", format="%.2f"),
-                "hi": st.column_config.NumberColumn("95% CI high", format="%.2f"),
-            },
-        )
+        _by_density(db, cur)
+        _agreement(cur)
+    _export_import()
 
-        st.subheader("Agreement between labelers")
-        ag = labels.agreement(cur)
-        if ag["n_features"] == 0:
-            st.caption("No feature has labels from two or more labelers yet (use the queue's agreement mode).")
-        else:
-            cols = st.columns(4)
-            cols[0].metric("features with ≥2 labelers", ag["n_features"])
-            cols[1].metric("percent agreement", f"{ag['percent_agreement']:.0%}")
-            cols[2].metric("Fleiss' kappa", f"{ag['fleiss_kappa']:.2f}")
-            if "cohen_kappa" in ag:
-                cols[3].metric(f"Cohen's kappa ({' vs '.join(ag['cohen_pair'])})", f"{ag['cohen_kappa']:.2f}")
-            dis = labels.disagreements(cur)
-            st.markdown(f"**Disagreements** ({len(dis)})")
-            dis.insert(0, "open", [common.feature_url(s, f) for s, f in zip(dis["sae"], dis["feature"])])
-            st.dataframe(
-                dis, hide_index=True, column_config={"open": st.column_config.LinkColumn("", display_text="open")}
-            )
 
+def _by_density(db: str, cur) -> None:
+    table = labels.interpretability_by_bucket(cur)
+    st.plotly_chart(figures.interpretability_chart(table), key="interp")
+    st.caption(
+        "Each feature counts once, by the majority of its labelers' current verdicts ('unsure' abstains; "
+        "ties are left out); n is the number of such features."
+    )
+    order = {b: i for i, b in enumerate(bucket_order())}
+    shown = table.merge(queries.saes(db)[["sae", "depth"]], on="sae")
+    shown = shown.assign(_o=shown["bucket"].map(order)).sort_values(["depth", "sae", "_o"])
+    st.dataframe(
+        shown[["sae", "bucket", "k", "n", "frac", "lo", "hi"]],
+        hide_index=True,
+        column_config={
+            "k": "interpretable",
+            "n": "features judged",
+            "frac": st.column_config.NumberColumn("fraction", format="%.2f"),
+            "lo": st.column_config.NumberColumn("95% CI low", format="%.2f"),
+            "hi": st.column_config.NumberColumn("95% CI high", format="%.2f"),
+        },
+    )
+
+
+def _agreement(cur) -> None:
+    st.subheader("Agreement between labelers")
+    ag = labels.agreement(cur)
+    if ag["n_features"] == 0:
+        st.caption("No feature has labels from two or more labelers yet (use the queue's agreement mode).")
+        return
+    cols = st.columns(4)
+    cols[0].metric("features with ≥2 labelers", ag["n_features"])
+    cols[1].metric("percent agreement", f"{ag['percent_agreement']:.0%}")
+    cols[2].metric("Fleiss' kappa", f"{ag['fleiss_kappa']:.2f}")
+    if "cohen_kappa" in ag:
+        cols[3].metric(md(f"Cohen's kappa ({' vs '.join(ag['cohen_pair'])})"), f"{ag['cohen_kappa']:.2f}")
+    dis = labels.disagreements(cur)
+    st.markdown(f"**Disagreements** ({len(dis)})")
+    dis = dis.assign(open=[common.feature_url(s, f) for s, f in zip(dis["sae"], dis["feature"])])
+    st.dataframe(
+        dis[["open", "db", "sae", "feature", "verdicts"]],
+        hide_index=True,
+        column_config={"open": st.column_config.LinkColumn("", display_text="open")},
+    )
+
+
+def _export_import() -> None:
     st.subheader("Export and import")
-    everything = labels.all_labels(labeling.labels_path())
+    where = labeling.labels_location()
+    try:
+        everything = labels.all_labels(where)
+    except UserError as e:
+        labeling.store_warning(e)
+        return
     cols = st.columns(3)
     for col, fmt, mime in zip(
         cols, ("csv", "json", "parquet"), ("text/csv", "application/json", "application/octet-stream")
@@ -68,13 +91,16 @@ def interpretability() -> None:
             mime=mime,
             key=f"dl_{fmt}",
         )
+    if not labeling.write_allowed(key="w_pw_import"):
+        st.caption("Importing labels needs the labeling password.")
+        return
     up = st.file_uploader("Import labels (CSV, JSON or Parquet exported by this tool)", type=["csv", "json", "parquet"])
     if up is not None and st.session_state.get("_imported") != up.file_id:
         fmt = up.name.rsplit(".", 1)[-1].lower()
         try:
-            n = labels.import_table(labels.read_table(up.getvalue(), fmt), labeling.labels_path())
+            n = labels.import_table(labels.read_table(up.getvalue(), fmt), where)
         except UserError as e:
-            st.error(str(e))
+            st.error(md(e))
         else:
             st.session_state["_imported"] = up.file_id
             st.success(f"Imported {n} new labels.")

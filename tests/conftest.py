@@ -65,7 +65,7 @@ def tiny_model(tokenizer_dir):
 
 @pytest.fixture(scope="session")
 def adapter(tiny_model):
-    from backend.models import HookedAdapter
+    from backend.engine.models import HookedAdapter
 
     return HookedAdapter(tiny_model, name="tiny-random")
 
@@ -105,7 +105,7 @@ def sae_dirs(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def loaded_saes(sae_dirs, adapter):
     from backend.config import SAESource
-    from backend.saes import load_saes
+    from backend.engine.saes import load_saes
 
     return load_saes([SAESource(path=p) for p in sae_dirs.values()], adapter, "cpu", "float32")
 
@@ -159,7 +159,7 @@ def small_cfg(tmp_path, corpus_file, sae_dirs):
 @pytest.fixture(scope="session")
 def build_tiny_db(sae_dirs, adapter, loaded_saes):
     """Build a small real feature database (tiny model, both SAEs) at `db` from `corpus`."""
-    from backend.harvest import precompute
+    from backend.engine.pipeline import precompute
 
     def build(db: str, corpus: str) -> str:
         precompute(tiny_config(db, corpus, sae_dirs), adapter, loaded_saes)
@@ -170,7 +170,7 @@ def build_tiny_db(sae_dirs, adapter, loaded_saes):
 
 @pytest.fixture(autouse=True)
 def _fresh_query_caches():
-    from backend import queries
+    from backend.store import queries
 
     queries.clear_caches()
     yield

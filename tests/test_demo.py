@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from backend.demo import DemoConfig, build_demo
-from backend.models import load_model
+from backend.engine.models import load_model
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +58,14 @@ def test_demo_highlights_match_a_recomputation(demo_db):
     assert checked == len(rows) > 10
 
 
-def test_demo_is_reused_not_rebuilt(demo_db, capsys):
-    assert build_demo(demo_db, quick=True) == demo_db
-    assert "exists" in capsys.readouterr().out
+def test_demo_is_reused_not_rebuilt(demo_db, caplog):
+    import os
+
+    before = os.path.getmtime(demo_db)
+    with caplog.at_level("INFO"):
+        assert build_demo(demo_db, quick=True) == demo_db
+    assert "exists" in caplog.text
+    assert os.path.getmtime(demo_db) == before
 
 
 def test_demo_config_defaults_are_the_documented_ones():

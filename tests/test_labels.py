@@ -20,7 +20,7 @@ def _label(feature=1, verdict="interpretable", who="ann", **kw):
 
 
 def test_new_verdict_supersedes_but_keeps_history(tmp_path):
-    p = tmp_path / "labels.duckdb"
+    p = tmp_path / "labels.sqlite"
     labels.add(p, _label(verdict="unsure"))
     labels.add(p, _label(verdict="interpretable", description="closing brackets"))
     labels.add(p, _label(verdict="not interpretable", who="bob"))
@@ -32,7 +32,7 @@ def test_new_verdict_supersedes_but_keeps_history(tmp_path):
 
 
 def test_bad_labels_are_refused_and_change_nothing(tmp_path):
-    p = tmp_path / "labels.duckdb"
+    p = tmp_path / "labels.sqlite"
     labels.add(p, _label())
     for bad in (dict(verdict="maybe"), dict(who="  "), dict(confidence=7)):
         with pytest.raises(UserError):
@@ -41,7 +41,7 @@ def test_bad_labels_are_refused_and_change_nothing(tmp_path):
 
 
 def test_twenty_threads_at_once_lose_nothing(tmp_path):
-    p = tmp_path / "labels.duckdb"
+    p = tmp_path / "labels.sqlite"
     uids, errors = [], []
     start = threading.Barrier(20)
 
@@ -76,7 +76,7 @@ while True:
 
 
 def test_killed_writer_keeps_every_acknowledged_label(tmp_path):
-    p = tmp_path / "labels.duckdb"
+    p = tmp_path / "labels.sqlite"
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(p)], cwd=repo_root(), stdout=subprocess.PIPE, text=True)
     acked = []
     for line in proc.stdout:
@@ -124,13 +124,15 @@ def test_agreement_and_intervals():
     by = labels.interpretability_by_bucket(
         cur.assign(log10_density=[-1.5] * 4 + [-6.0] * 3), lambda x: "low" if x < -5 else "high"
     )
+    # features count once, by majority: high = feature 1 (yes, yes) and feature 2 (a tie, left
+    # out); low = feature 3 (no, no) and feature 4 (yes)
     got = {r.bucket: (r.k, r.n) for r in by.itertuples()}
-    assert got == {"high": (3, 4), "low": (1, 3)}
+    assert got == {"high": (1, 1), "low": (1, 2)}
 
 
 @pytest.mark.parametrize("fmt", ["csv", "json", "parquet"])
 def test_export_import_round_trip(tmp_path, fmt):
-    src, dst = tmp_path / "a.duckdb", tmp_path / "b.duckdb"
+    src, dst = tmp_path / "a.sqlite", tmp_path / "b.sqlite"
     labels.add(src, _label(description='comma, "quotes" and <tags>'))
     labels.add(src, _label(feature=2, verdict="unsure", who="bob", confidence=2))
     f = tmp_path / f"out.{fmt}"
@@ -144,7 +146,7 @@ def test_export_import_round_trip(tmp_path, fmt):
 
 
 def test_import_rejects_bad_file_without_writing(tmp_path):
-    dst = tmp_path / "b.duckdb"
+    dst = tmp_path / "b.sqlite"
     bad = tmp_path / "bad.csv"
     bad.write_text(
         "db,run_id,sae,feature,verdict,description,confidence,labeler\n"
@@ -157,12 +159,12 @@ def test_import_rejects_bad_file_without_writing(tmp_path):
 
 
 def test_labels_cli(tmp_path):
-    src = tmp_path / "labels.duckdb"
+    src = tmp_path / "labels.sqlite"
     labels.add(src, _label())
     out = tmp_path / "x.json"
-    r = run_backend("labels", "export", str(out), "--labels-db", str(src))
+    r = run_backend("labels", "export", str(out), "--labels", str(src))
     assert r.returncode == 0 and "wrote 1 labels" in r.stdout
-    r = run_backend("labels", "import", str(out), "--labels-db", str(tmp_path / "other.duckdb"))
+    r = run_backend("labels", "import", str(out), "--labels", str(tmp_path / "other.sqlite"))
     assert r.returncode == 0 and "imported 1 new labels" in r.stdout
     r = run_backend("labels", "import", str(tmp_path / "x.txt"))
     assert r.returncode == 2 and "Traceback" not in r.stderr

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from backend import labels, queries
+from backend import labels
+from backend.store import queries
 from tests.conftest import repo_root
 
 
@@ -27,12 +28,14 @@ def app(data_dir, monkeypatch):
     monkeypatch.delenv("SAE_DASHBOARD_PASSWORD", raising=False)
     queries.clear_caches()
 
-    def make(page: str = "app.py", **params) -> AppTest:
+    def make(page: str = "app.py", labeler: str | None = None, **params) -> AppTest:
         at = AppTest.from_file(str(repo_root() / "app.py"), default_timeout=60)
         if page != "app.py":
             at.switch_page(page)
         for k, v in params.items():
             at.query_params[k] = v
+        if labeler is not None:  # typed into the sidebar earlier in this browser session
+            at.session_state["_labeler"] = labeler
         return at.run()
 
     return make
@@ -150,7 +153,7 @@ def test_label_queue_and_feature_label(app, data_dir):
     at.button(key=f"queue_{qf}_interpretable").click().run()
     _ok(at)
     assert any("Density was" in s.value for s in at.success)
-    saved = labels.latest(str(data_dir / "labels.duckdb"), "tiny.duckdb")
+    saved = labels.latest(str(data_dir / "labels.sqlite"), "tiny.duckdb")
     assert ((saved["feature"] == qf) & (saved["labeler"] == "ann") & (saved["verdict"] == "interpretable")).any()
     at.button(key="next").click().run()
     _ok(at)
@@ -178,7 +181,7 @@ def test_label_queue_needs_name_and_password(app, monkeypatch):
 
 
 def test_interpretability_page(app, data_dir):
-    lp = str(data_dir / "labels.duckdb")
+    lp = str(data_dir / "labels.sqlite")
     run_id = queries.saes(str(data_dir / "tiny.duckdb"))["run_id"].iloc[0]
     for who, verdicts in (
         ("ann", ["interpretable", "not interpretable", "interpretable"]),

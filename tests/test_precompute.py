@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -11,8 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
+from backend.engine.pipeline import merge_states, precompute
 from backend.errors import UserError
-from backend.harvest import merge_states, precompute
 from tests.conftest import make_sae, repo_root, run_backend
 
 
@@ -73,7 +74,7 @@ def test_matches_brute_force(small_cfg, adapter, loaded_saes, recon_every):
             assert len(q) == min(cfg.n_buckets * cfg.per_bucket, int((col > 0).sum()))
             # buckets rise with activation
             if len(q) > 1:
-                by_bucket = q.groupby("bucket").value.agg(["min", "max"]).sort_index()
+                by_bucket = q.groupby("quantile").value.agg(["min", "max"]).sort_index()
                 assert (by_bucket["min"].to_numpy()[1:] >= by_bucket["max"].to_numpy()[:-1] - 1e-6).all()
         # every stored window equals the recomputed activations on those tokens
         for row in ex.sample(min(len(ex), 300), random_state=0).itertuples():
@@ -129,7 +130,7 @@ def test_topk_choice_is_sae_lens_encode(loaded_saes):
     keeps holds every nonzero code, including the zeros of chosen negative pre-activations."""
     import copy
 
-    from backend.saes import LoadedSAE, keep_topk_choice
+    from backend.engine.saes import LoadedSAE, keep_topk_choice
 
     assert [type(s.sae.activation_fn).__name__ for s in loaded_saes] == ["ReLU", "_TopKKeepingChoice"]
     plain = make_sae("topk", "blocks.1.hook_resid_pre")
@@ -151,13 +152,26 @@ def test_topk_choice_is_sae_lens_encode(loaded_saes):
         plain.cfg.rescale_acts_by_decoder_norm = kept.cfg.rescale_acts_by_decoder_norm = rescale
         want = plain.decode(plain.encode(x))
         codes_r, (idx_r, vals_r) = LoadedSAE("t", "t", kept).encode(x)
-        got = LoadedSAE("t", "t", kept).decode(codes_r[rows], (idx_r[rows], vals_r[rows]))
+        fast = LoadedSAE("t", "t", kept, fast_decode=True)
+        got = fast.decode(codes_r[rows], (idx_r[rows], vals_r[rows]))
         torch.testing.assert_close(got, want[rows], rtol=1e-5, atol=1e-5)
     plain.cfg.rescale_acts_by_decoder_norm = kept.cfg.rescale_acts_by_decoder_norm = False
     assert LoadedSAE("r", "r", loaded_saes[0].sae).encode(x)[1] is None
+    # load_saes turns the fast path on only where it checked equal to this sae_lens's decode
+    from backend.engine.saes import fast_decode_agrees
+
+    assert [s.fast_decode for s in loaded_saes] == [False, True]
+    assert fast_decode_agrees(LoadedSAE("t", "t", kept))
+    broken = LoadedSAE("t", "t", copy.deepcopy(kept))
+    broken.sae.hook_sae_recons = torch.nn.Identity()
+    broken.sae.b_dec.data += 0  # still equal: the check compares outputs, not code
+    assert fast_decode_agrees(broken)
+    broken.sae.cfg.rescale_acts_by_decoder_norm = True
+    broken._decode_chosen = lambda chosen: torch.zeros(1)  # a decode that drifted from sae_lens's
+    assert not fast_decode_agrees(broken)
 
     # statistics from the kept choice equal those from scanning the dense codes, masked tokens too
-    from backend.stats import FeatureStats, StatsSpec
+    from backend.engine.stats import FeatureStats, StatsSpec
 
     spec = StatsSpec(d_sae=plain.cfg.d_sae, d_in=plain.cfg.d_in, seq_len=7, n_top=3, left=2, right=1)
     mask = torch.ones(3, 7, dtype=torch.bool)
@@ -207,7 +221,7 @@ def test_two_shards_merge_to_one_pass(small_cfg, adapter, loaded_saes, tmp_path)
 
 def test_mismatched_sae_fails_fast(adapter, tmp_path):
     from backend.config import SAESource
-    from backend.saes import load_saes
+    from backend.engine.saes import load_saes
 
     make_sae("standard", "blocks.0.hook_resid_post", d_in=8).save_model(str(tmp_path / "narrow"))
     with pytest.raises(UserError, match=r"d_in=8 .* d_model=16"):
@@ -235,7 +249,7 @@ def test_cli_mismatch_is_one_line_not_a_traceback(tmp_path):
 
 def test_pattern_expands_registry_ids():
     from backend.config import SAESource
-    from backend.saes import expand_sources
+    from backend.engine.saes import expand_sources
 
     got = expand_sources([SAESource(release="gpt2-small-res-jb", sae_id="blocks.*.hook_resid_pre")])
     assert [s.sae_id for s in got] == [f"blocks.{i}.hook_resid_pre" for i in range(12)]
@@ -288,7 +302,8 @@ def test_too_short_corpus_is_a_clear_error(small_cfg, adapter, loaded_saes, tmp_
 
 def test_corpus_error_mid_stream_fails_the_run_cleanly(small_cfg, adapter, loaded_saes, tmp_path):
     """The corpus is read in a background thread; an error there after some batches surfaces as
-    the same one-line message and leaves the run marked failed, with no partial rows."""
+    the same one-line message and leaves the run marked failed, with no partial rows, in a file
+    that holds other runs; a file the failed run itself created is removed."""
     import json
 
     bad = tmp_path / "late.jsonl"
@@ -297,9 +312,17 @@ def test_corpus_error_mid_stream_fails_the_run_cleanly(small_cfg, adapter, loade
     cfg = small_cfg(corpus=str(bad), n_tokens=10**6, batch_size=2)
     with pytest.raises(UserError, match="late.jsonl:401 is not valid JSON"):
         precompute(cfg, adapter, loaded_saes)
+    assert not os.path.exists(cfg.db), "a new file holding only a failed run is removed"
+
+    precompute(small_cfg(run_name="good"), adapter, loaded_saes)
+    with pytest.raises(UserError, match="late.jsonl:401 is not valid JSON"):
+        precompute(cfg, adapter, loaded_saes)
     con = duckdb.connect(cfg.db, read_only=True)
-    assert con.execute("SELECT status FROM runs").fetchone() == ("failed",)
-    assert con.execute("SELECT count(*) FROM features").fetchone() == (0,)
+    assert con.execute("SELECT run_id, status FROM runs ORDER BY run_id").fetchall() == [
+        ("good", "complete"),
+        (cfg.run_id(), "failed"),
+    ]
+    assert con.execute("SELECT count(DISTINCT sae) FROM features").fetchone() == (2,)  # the good run's only
     con.close()
 
 
@@ -351,7 +374,7 @@ def test_hf_causal_lm_through_sae_lens(tmp_path, tokenizer_dir, corpus_file):
     )
     precompute(cfg)
     con = duckdb.connect(cfg.db, read_only=True)
-    row = con.execute("SELECT hook, layer, l0, downstream_metric, effect_kind FROM saes").fetchone()
+    row = con.execute("SELECT hook, depth, l0, downstream_metric, effect_kind FROM saes").fetchone()
     assert row[0] == "transformer.h.0" and row[1] == 0.5 and 0 < row[2] <= 8
     assert row[3] == "ce_loss_recovered" and row[4] == "unembed"
     assert con.execute("SELECT count(*) FROM examples").fetchone()[0] > 0
@@ -360,7 +383,7 @@ def test_hf_causal_lm_through_sae_lens(tmp_path, tokenizer_dir, corpus_file):
 def test_local_corpus_formats(tmp_path, tokenizer_dir):
     from transformers import AutoTokenizer
 
-    from backend.corpus import documents, token_contexts
+    from backend.engine.corpus import documents, token_contexts
 
     (tmp_path / "a.txt").write_text("first paragraph here\n\nsecond one")
     pd.DataFrame({"body": ["alpha beta", "gamma"]}).to_parquet(tmp_path / "a.parquet")

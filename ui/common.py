@@ -14,23 +14,18 @@ from urllib.parse import urlencode
 
 import streamlit as st
 
-from backend import queries
 from backend.errors import UserError
+from backend.paths import data_dir
+from backend.store import queries
+from ui.tokens import md
 
 OVERVIEW = "app.py"
 LAYER = "pages/1_Layer.py"
 FEATURE = "pages/2_Feature.py"
-SEARCH = "pages/3_Search.py"
 QUEUE = "pages/4_Label_queue.py"
-INTERPRETABILITY = "pages/5_Interpretability.py"
-PAGE_PATHS = {
-    OVERVIEW: "",
-    LAYER: "Layer",
-    FEATURE: "Feature",
-    SEARCH: "Search",
-    QUEUE: "Label_queue",
-    INTERPRETABILITY: "Interpretability",
-}
+MAX_PARAM_CHARS = 2000
+"""URL parameters longer than this are refused before any work (no view needs more)"""
+MAX_INT = 2**31 - 1
 
 
 def setup(title: str) -> None:
@@ -42,10 +37,12 @@ def page(fn):
 
     @functools.wraps(fn)
     def run():
+        st.session_state["_run"] = st.session_state.get("_run", 0) + 1
         try:
+            check_param_sizes()
             fn()
         except UserError as e:
-            st.error(str(e))
+            st.error(md(e))  # messages quote user input: shown as typed, never as markdown
             db = st.query_params.get("db")
             st.page_link(
                 OVERVIEW,
@@ -57,7 +54,28 @@ def page(fn):
     return run
 
 
+def once_per_run(what: str) -> bool:
+    """True the first time `what` is asked for in this run of the page, False after."""
+    key = f"_once_{what}"
+    run = st.session_state.get("_run", 0)
+    if st.session_state.get(key) == run:
+        return False
+    st.session_state[key] = run
+    return True
+
+
 # ---- URL parameters ----
+
+
+def check_param_sizes() -> None:
+    for name in list(st.query_params):
+        value = st.query_params.get(name) or ""
+        if len(value) > MAX_PARAM_CHARS or len(name) > 100:
+            for k in list(st.query_params):
+                st.query_params.pop(k, None)
+            raise UserError(
+                f"URL parameter {name[:40]!r} is {len(value):,} characters long; the limit is {MAX_PARAM_CHARS:,}"
+            )
 
 
 def param(name: str) -> str | None:
@@ -73,7 +91,8 @@ def int_param(name: str, lo: int | None = None, hi: int | None = None) -> int | 
         v = int(raw)
     except ValueError:
         raise UserError(f"URL parameter {name}={raw!r} is not a whole number") from None
-    if (lo is not None and v < lo) or (hi is not None and v > hi):
+    hi = MAX_INT if hi is None else hi
+    if (lo is not None and v < lo) or v > hi:
         raise UserError(f"URL parameter {name}={v} is out of range ({lo} .. {hi})")
     return v
 
@@ -123,10 +142,11 @@ def to_url(key: str, name: str, fmt=str) -> None:
 def database() -> str:
     """The database named in the URL (checked), or the newest in the data folder."""
     names = queries.list_databases()
-    if not names:
-        raise UserError(f"no feature database in {queries.data_dir()}/ yet: run `python -m backend demo` to build one")
+    if not names and param("db") is None:
+        raise UserError(f"no feature database in {data_dir()}/ yet: run `python -m backend demo` to build one")
     name = param("db") or names[0]
     path = queries.resolve_database(name)
+    names = names if name in names else [name, *names]
     if param("db") is None:
         set_params(db=name)
     seed("w_db", "db", name)
@@ -166,7 +186,9 @@ def choose_sae(
 
 
 def link_params(**extra) -> dict:
-    params = {"db": param("db"), "labeler": param("labeler")}
+    """Parameters for a link to another view: the database and what the view needs. Never the
+    labeler's name, which belongs to one browser session, not to a view."""
+    params = {"db": param("db")}
     params.update(extra)
     return {k: str(v) for k, v in params.items() if v is not None}
 
@@ -196,15 +218,15 @@ def copy_link() -> None:
 
 
 def labeler() -> str | None:
-    """The labeler's name: chosen once per browser session, kept in the URL and session."""
-    seed("w_labeler", "labeler", param("labeler") or st.session_state.get("w_labeler") or "")
-    name = st.sidebar.text_input(
-        "Your name (for labels)",
-        key="w_labeler",
-        on_change=to_url,
-        args=("w_labeler", "labeler", lambda v: v.strip() or None),
-    )
-    name = (name or "").strip()
-    if name and param("labeler") != name:
-        set_params(labeler=name)
-    return name or None
+    """The labeler's name: typed once per browser session, kept in the session only, so a shared
+    link never makes a colleague label under someone else's name."""
+    st.query_params.pop("labeler", None)  # older links carried it: drop it, never use it
+    if "w_labeler" not in st.session_state:  # widget state may not survive a page change; this does
+        st.session_state["w_labeler"] = st.session_state.get("_labeler", "")
+    name = st.sidebar.text_input("Your name (for labels)", key="w_labeler", max_chars=80, on_change=_keep_labeler)
+    st.session_state["_labeler"] = name
+    return (name or "").strip() or None
+
+
+def _keep_labeler() -> None:
+    st.session_state["_labeler"] = st.session_state["w_labeler"]

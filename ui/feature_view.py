@@ -6,8 +6,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from backend import queries, render
-from ui import common
+from backend.density import log10_density
+from backend.store import queries
+from backend.store.schema import ExampleKind
+from ui import common, figures
+from ui.tokens import tokens_html
 
 CSS = """<style>
 .ctx .tok { border-radius: 2px; padding: 0 1px; }
@@ -22,24 +25,24 @@ def examples_panel(db: str, sae: str, f: int, n_top: int | None = None, quantile
         st.info("This feature never fired on the corpus: no examples.")
         return
     scale = float(ex["value"].max())
-    top = ex[ex["kind"] == 0]
+    top = ex[ex["kind"] == ExampleKind.TOP]
     if n_top is not None:
         top = top.head(n_top)
     st.markdown(f"**Top activations** (shading relative to the max, {scale:.3g}; hover a token for its value)")
-    st.html("".join(render.tokens_html(r.tokens, r.acts, scale, r.pos - r.ctx_start) for r in top.itertuples()))
+    st.html("".join(tokens_html(r.tokens, r.acts, scale, r.pos - r.ctx_start) for r in top.itertuples()))
     if not quantiles:
         return
-    q = ex[ex["kind"] == 1]
+    q = ex[ex["kind"] == ExampleKind.QUANTILE]
     if q.empty:
         return
     st.markdown(
         "**Sampled across activation quantiles** (a uniform sample of all activations, cut into equal-count buckets)"
     )
-    n_b = int(q["bucket"].max()) + 1
-    for b in sorted(q["bucket"].unique(), reverse=True):
-        g = q[q["bucket"] == b]
+    n_b = int(q["quantile"].max()) + 1
+    for b in sorted(q["quantile"].unique(), reverse=True):
+        g = q[q["quantile"] == b]
         st.caption(f"quantile bucket {b + 1}/{n_b}: activations {g['value'].min():.3g} – {g['value'].max():.3g}")
-        st.html("".join(render.tokens_html(r.tokens, r.acts, scale, r.pos - r.ctx_start) for r in g.itertuples()))
+        st.html("".join(tokens_html(r.tokens, r.acts, scale, r.pos - r.ctx_start) for r in g.itertuples()))
 
 
 def effects_panel(db: str, sae: str, f: int) -> None:
@@ -75,8 +78,9 @@ def neighbours_panel(db: str, sae: str, f: int) -> None:
 
 def density_panel(db: str, sae: str, row: dict) -> None:
     feats = queries.features(db, sae)
-    marker = float(np.log10(row["density"])) if row["density"] > 0 else None
-    st.plotly_chart(render.layer_histogram(feats, marker=marker), key="feat_density", config={"displayModeBar": False})
+    marker = log10_density(row["density"])
+    marker = None if np.isnan(marker) else marker
+    st.plotly_chart(figures.layer_histogram(feats, marker=marker), key="feat_density", config={"displayModeBar": False})
 
 
 def summary(row: dict, n_features: int) -> pd.DataFrame:

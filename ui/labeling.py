@@ -1,20 +1,33 @@
-"""Labeling panels shared by pages: the verdict form, label status, access control."""
+"""Labeling panels shared by pages: the one write gate, the verdict form, label status.
+
+Every write to the labels store from the app (the verdict form on the Feature page and in the
+queue, the import on the Interpretability page, any later one) asks `write_allowed` first.
+Reading labels never needs the password; a broken labels store shows a message where labels
+would be and leaves the rest of the page working.
+"""
 
 from __future__ import annotations
 
-import hmac
 import os
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from backend import labels, queries, render
+from backend import labels
+from backend.errors import UserError
+from backend.labels.access import Throttle
+from backend.labels.joins import current_with_density as _current_with_density
+from backend.store import queries
 from ui import common
+from ui.tokens import escape, md
+
+_throttle = Throttle()
+CONFIDENCE = {1: "low", 2: "medium", 3: "high"}
 
 
-def labels_path() -> str:
-    return str(queries.data_dir() / queries.LABELS_DB_NAME)
+def labels_location() -> str:
+    return labels.location()
 
 
 def db_name(db_path: str) -> str:
@@ -31,38 +44,51 @@ def _password() -> str | None:
         return None
 
 
-def may_label() -> bool:
-    """True when labeling is open, or this session gave the shared password."""
+def write_allowed(key: str = "w_pw") -> bool:
+    """The one check before any write to the labels store: open servers say so once per page
+    view; with a password, this session must have given it (compared as UTF-8 bytes, with a
+    growing delay after wrong guesses)."""
     pw = _password()
     if not pw:
-        st.caption(
-            "🔓 Labeling is open: anyone who can reach this server can label "
-            "(set SAE_DASHBOARD_PASSWORD or `labels_password` in secrets.toml to require a password)."
-        )
+        if common.once_per_run("open-notice"):
+            st.caption(
+                "Labeling is open: anyone who can reach this server can label "
+                "(set SAE_DASHBOARD_PASSWORD or `labels_password` in secrets.toml to require a password)."
+            )
         return True
-    if st.session_state.get("_labels_ok"):
+    if st.session_state.get("_labels_ok") == pw:
         return True
-    given = st.text_input("Labeling password", type="password", key="w_pw")
-    if given and hmac.compare_digest(given, pw):
-        st.session_state["_labels_ok"] = True
-        return True
+    given = st.text_input("Labeling password", type="password", key=key)
     if given:
+        if _throttle.check(given, pw):
+            st.session_state["_labels_ok"] = pw
+            return True
         st.error("Wrong password.")
-    st.info("🔒 This server requires a password to label.")
+    st.info("This server requires a password to change labels.")
     return False
 
 
 def status_table(db_path: str, sae: str) -> pd.DataFrame:
-    return labels.feature_status(labels_path(), db_name(db_path), sae)
+    """Consensus label per feature; empty (with a warning shown once) if the store is unreadable."""
+    try:
+        return labels.feature_status(labels_location(), db_name(db_path), sae)
+    except UserError as e:
+        store_warning(e)
+        return pd.DataFrame(columns=["feature", "n_labels", "label", "description"])
 
 
-def verdict_form(db_path: str, sae: str, feature: int, key: str, on_saved=None) -> str | None:
-    """One click per verdict, optional description and confidence. Returns the verdict saved."""
-    who = common.param("labeler")
+def store_warning(e: UserError) -> None:
+    if common.once_per_run("store-warning"):
+        st.warning(md(f"Labels are unavailable: {e}"))
+
+
+def verdict_form(db_path: str, sae: str, feature: int, key: str, who: str | None) -> str | None:
+    """One click per verdict, optional description and confidence. Returns the verdict saved;
+    a failed save says why and keeps what was typed."""
     if not who:
         st.info("Enter your name in the sidebar to label.")
         return None
-    if not may_label():
+    if not write_allowed():
         return None
     run_id = queries.sae_row(db_path, sae)["run_id"]
     desc = st.text_input(
@@ -71,42 +97,45 @@ def verdict_form(db_path: str, sae: str, feature: int, key: str, on_saved=None) 
         max_chars=2000,
         placeholder="e.g. fires on closing brackets in code",
     )
-    conf = st.segmented_control(
-        "Confidence", [1, 2, 3], key=f"{key}_conf", format_func={1: "low", 2: "medium", 3: "high"}.get
-    )
+    conf = st.segmented_control("Confidence", [1, 2, 3], key=f"{key}_conf", format_func=CONFIDENCE.get)
     cols = st.columns(3)
-    for col, verdict, icon in zip(cols, labels.VERDICTS, ("✅", "❌", "🤷")):
-        if col.button(f"{icon} {verdict}", key=f"{key}_{verdict}", use_container_width=True):
-            labels.add(
-                labels_path(),
-                labels.Label(
-                    db=db_name(db_path),
-                    run_id=run_id,
-                    sae=sae,
-                    feature=feature,
-                    verdict=verdict,
-                    labeler=who,
-                    description=desc or None,
-                    confidence=conf,
-                ),
-            )
+    for col, verdict in zip(cols, labels.VERDICTS):
+        if col.button(verdict, key=f"{key}_{verdict}", use_container_width=True):
+            try:
+                labels.add(
+                    labels_location(),
+                    labels.Label(
+                        db=db_name(db_path),
+                        run_id=run_id,
+                        sae=sae,
+                        feature=feature,
+                        verdict=verdict,
+                        labeler=who,
+                        description=desc or None,
+                        confidence=conf,
+                    ),
+                )
+            except UserError as e:
+                st.error(md(f"Not saved: {e}"))
+                return None
             st.session_state.pop(f"{key}_desc", None)
             st.session_state.pop(f"{key}_conf", None)
-            if on_saved:
-                on_saved(verdict)
             return verdict
     return None
 
 
 def history_panel(db_path: str, sae: str, feature: int) -> None:
-    hist = labels.history(labels_path(), db_name(db_path), sae, feature)
+    try:
+        hist = labels.history(labels_location(), db_name(db_path), sae, feature)
+    except UserError as e:
+        store_warning(e)
+        return
     if hist.empty:
         st.caption("No labels yet.")
         return
     rows = "".join(
-        f"<tr><td>{render.escape(r.created_at)}</td><td>{render.escape(r.labeler)}</td><td>{render.escape(r.verdict)}</td>"
-        f"<td>{render.escape({1: 'low', 2: 'medium', 3: 'high'}.get(r.confidence, ''))}</td>"
-        f"<td>{render.escape(r.description)}</td></tr>"
+        f"<tr><td>{escape(r.created_at)}</td><td>{escape(r.labeler)}</td><td>{escape(r.verdict)}</td>"
+        f"<td>{escape(CONFIDENCE.get(r.confidence, ''))}</td><td>{escape(r.description)}</td></tr>"
         for r in hist.itertuples()
     )
     st.html(
@@ -116,29 +145,26 @@ def history_panel(db_path: str, sae: str, feature: int) -> None:
 
 
 def current_with_density(db_path: str) -> pd.DataFrame:
-    """Latest labels of this database joined with each feature's density."""
-    cur = labels.latest(labels_path(), db_name(db_path))
-    if cur.empty:
-        return cur.assign(log10_density=pd.Series(dtype=float))
-    known = set(queries.saes(db_path)["sae"])
-    cur = cur[cur["sae"].isin(known)]
-    parts = []
-    for sae, g in cur.groupby("sae"):
-        f = queries.features(db_path, sae)[["feature", "density", "log10_density"]]
-        parts.append(g.merge(f, on="feature", how="left"))
-    return pd.concat(parts) if parts else cur.assign(log10_density=pd.Series(dtype=float))
+    """Latest labels of this database joined with each feature's density (empty if unreadable)."""
+    try:
+        return _current_with_density(labels_location(), db_path)
+    except UserError as e:
+        store_warning(e)
+        return pd.DataFrame(columns=[*labels.COLUMNS, "density", "log10_density"])
 
 
 def overview_panel(db_path: str) -> None:
+    from ui import figures
+
     st.subheader("Interpretability by feature density")
     cur = current_with_density(db_path)
     if cur.empty:
         st.caption("No labels yet: the Label queue page samples features across density buckets for judging.")
         st.page_link(common.QUEUE, label="Open the label queue →", query_params=common.link_params())
         return
-    table = labels.interpretability_by_bucket(cur, render.density_bucket)
-    st.plotly_chart(render.interpretability_chart(table), key="interp_overview")
+    table = labels.interpretability_by_bucket(cur)
+    st.plotly_chart(figures.interpretability_chart(table), key="interp_overview")
     st.caption(
-        f"{len(cur)} current verdicts from {cur['labeler'].nunique()} labeler(s); 'unsure' is left out; "
-        "bars are 95% Wilson intervals."
+        f"{int(table['n'].sum())} features with a majority verdict ({len(cur)} current verdicts from "
+        f"{cur['labeler'].nunique()} labeler(s)); 'unsure' abstains, ties are left out; bars are 95% Wilson intervals."
     )

@@ -1,67 +1,158 @@
 """The read side: small functions that return DataFrames for the pages, cached per database file.
 
-Connections are read-only and shared per file (one cursor per call, as DuckDB asks for threads);
-results are memoised on (file, modification time, arguments), so a rebuilt database is picked
-up without restarting the app. No Streamlit here: pages call these and draw.
+Connections are read-only and shared per file (one cursor per call, as DuckDB asks for threads)
+and closed again after IDLE_CLOSE_S without use, so a precompute into a file the dashboard shows
+can take its write lock. Results are memoised on (file, modification time, arguments): a
+rebuilt database is picked up without restarting the app. No Streamlit here.
 """
 
 from __future__ import annotations
 
 import functools
-import os
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pandas as pd
 
+from backend.density import DENSE, ULTRALOW, log10_density
 from backend.errors import UserError
+from backend.paths import data_dir
+from backend.store import schema
+from backend.store.schema import ExampleKind
 
-DATA_DIR = Path(os.environ.get("SAE_DASHBOARD_DATA", "data"))
-LABELS_DB_NAME = "labels.duckdb"
+IDLE_CLOSE_S = 3.0
+"""seconds after its last query that a read connection is closed (writers wait for that)"""
 
 
-def data_dir() -> Path:
-    return Path(os.environ.get("SAE_DASHBOARD_DATA", str(DATA_DIR)))
+def _missing(path: str) -> UserError:
+    return UserError(f"database {path} does not exist; build one with `python -m backend demo --no-serve`")
+
+
+@functools.lru_cache(maxsize=256)
+def _validity(path: str, mtime: float, size: int) -> str | None:
+    """Why a file is not a readable feature database (None: it is), memoised per version of it."""
+    try:
+        with duckdb.connect(path, read_only=True) as con:
+            return schema.problem(con)
+    except duckdb.Error as e:
+        first = str(e).splitlines()[0]
+        if "lock" in first.lower():
+            return None  # a precompute is writing it right now; readers will retry
+        return f"DuckDB cannot open it ({first})"
+
+
+def problem(path: str | Path) -> str | None:
+    p = Path(path)
+    if not p.exists():
+        return "it does not exist"
+    st = p.stat()
+    return _validity(str(p), st.st_mtime, st.st_size)
 
 
 def list_databases() -> list[str]:
-    """Feature databases in the data folder (file names), newest first; the labels file is not one."""
+    """Feature databases this version can read in the data folder (file names), newest first.
+    Other .duckdb files (junk, older layouts, a labels file of older versions) are not offered."""
     d = data_dir()
     if not d.is_dir():
         return []
-    files = [p for p in d.glob("*.duckdb") if p.name != LABELS_DB_NAME]
-    return [p.name for p in sorted(files, key=lambda p: (-p.stat().st_mtime, p.name))]
+    files = [p for p in d.glob("*.duckdb") if p.is_file()]
+    good = [p for p in files if problem(p) is None]
+    return [p.name for p in sorted(good, key=lambda p: (-p.stat().st_mtime, p.name))]
 
 
 def resolve_database(name: str) -> str:
-    """A database name from a URL, checked: a plain file name that exists in the data folder."""
+    """A database name from a URL, checked: a plain file name of a readable database in the data folder."""
     if not name or "/" in name or "\\" in name or name.startswith(".") or not name.endswith(".duckdb"):
         raise UserError(f"{name!r} is not a database name: use a file name like demo.duckdb from the data folder")
-    if name not in list_databases():
+    path = data_dir() / name
+    if not path.is_file():
         raise UserError(f"no database {name!r} in {data_dir()}/")
-    return str(data_dir() / name)
+    why = problem(path)
+    if why:
+        raise UserError(f"{name} is not a feature database this dashboard can read: {why}")
+    return str(path)
 
 
-@functools.lru_cache(maxsize=16)
-def _connection(path: str, mtime: float) -> duckdb.DuckDBPyConnection:
-    try:
-        return duckdb.connect(path, read_only=True)
-    except duckdb.Error as e:
-        raise UserError(f"cannot open {path} ({str(e).splitlines()[0]})") from None
+class _Pool:
+    """One read-only connection per file, closed when idle so writers can take the file."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._open: dict[str, list] = {}  # path -> [connection, mtime, users, last_used]
+        self._reaper: threading.Thread | None = None
+
+    @contextmanager
+    def cursor(self, path: str):
+        if not Path(path).exists():
+            raise _missing(path)
+        mtime = Path(path).stat().st_mtime
+        with self._lock:
+            entry = self._open.get(path)
+            if entry is not None and entry[1] != mtime and entry[2] == 0:
+                entry[0].close()  # the file changed under us: reopen
+                entry = None
+            if entry is None:
+                entry = [self._connect(path), mtime, 0, time.monotonic()]
+                self._open[path] = entry
+            entry[2] += 1
+            self._start_reaper()
+        try:
+            yield entry[0].cursor()
+        finally:
+            with self._lock:
+                entry[2] -= 1
+                entry[3] = time.monotonic()
+
+    @staticmethod
+    def _connect(path: str) -> duckdb.DuckDBPyConnection:
+        try:
+            con = duckdb.connect(path, read_only=True)
+        except duckdb.Error as e:
+            raise UserError(f"cannot open {path} ({str(e).splitlines()[0]})") from None
+        schema.check(con, path)
+        return con
+
+    def _start_reaper(self) -> None:
+        if self._reaper is None or not self._reaper.is_alive():
+            self._reaper = threading.Thread(target=self._reap, daemon=True, name="duckdb-idle-close")
+            self._reaper.start()
+
+    def _reap(self) -> None:
+        while True:
+            time.sleep(IDLE_CLOSE_S / 3)
+            with self._lock:
+                for path, entry in list(self._open.items()):
+                    if entry[2] == 0 and time.monotonic() - entry[3] > IDLE_CLOSE_S:
+                        entry[0].close()
+                        del self._open[path]
+                if not self._open:
+                    self._reaper = None
+                    return
+
+    def close_all(self) -> None:
+        with self._lock:
+            for entry in self._open.values():
+                if entry[2] == 0:
+                    entry[0].close()
+            self._open = {k: v for k, v in self._open.items() if v[2] > 0}
 
 
-def _cursor(path: str) -> duckdb.DuckDBPyConnection:
-    if not Path(path).exists():
-        raise UserError(f"database {path} does not exist; build one with `python -m backend demo --no-serve`")
-    return _connection(path, Path(path).stat().st_mtime).cursor()
+_pool = _Pool()
 
 
 def _df(path: str, sql: str, params=None) -> pd.DataFrame:
-    try:
-        return _cursor(path).execute(sql, params or []).df()
-    except duckdb.CatalogException:
-        raise UserError(f"{path} is not a feature database made by this tool") from None
+    with _pool.cursor(path) as cur:
+        try:
+            return cur.execute(sql, params or []).df()
+        except duckdb.CatalogException:
+            raise UserError(f"{path} is not a feature database made by this tool") from None
+
+
+_CACHED: list = []
 
 
 def cached(fn):
@@ -71,29 +162,18 @@ def cached(fn):
     @functools.wraps(fn)
     def wrapper(path: str, *args):
         if not Path(path).exists():
-            raise UserError(f"database {path} does not exist; build one with `python -m backend demo --no-serve`")
+            raise _missing(path)
         return inner(path, Path(path).stat().st_mtime, *args)
 
     wrapper.cache_clear = inner.cache_clear
+    _CACHED.append(wrapper)
     return wrapper
 
 
 def clear_caches() -> None:
-    _connection.cache_clear()
-    for fn in (
-        runs,
-        saes,
-        vocab,
-        density_hist,
-        features,
-        feature,
-        examples,
-        token_effects,
-        neighbours,
-        position_error,
-        search,
-        _corpus,
-    ):
+    _pool.close_all()
+    _validity.cache_clear()
+    for fn in _CACHED:
         fn.cache_clear()
 
 
@@ -115,7 +195,7 @@ def saes(path: str) -> pd.DataFrame:
         SELECT s.* EXCLUDE (sae_config), s.n_dead / s.d_sae AS dead_frac, s.n_dense / s.d_sae AS dense_frac,
                r.model, r.corpus,
                coalesce((SELECT sum(p.n) FROM position_error p WHERE p.sae = s.sae), 0)::BIGINT AS recon_tokens
-        FROM saes s JOIN runs r USING (run_id) WHERE r.status = 'complete' ORDER BY s.layer, s.sae""",
+        FROM saes s JOIN runs r USING (run_id) WHERE r.status = 'complete' ORDER BY s.depth, s.sae""",
     )
 
 
@@ -146,8 +226,8 @@ def density_hist(path: str) -> pd.DataFrame:
     return _df(
         path,
         """
-        SELECT d.*, s.hook, s.layer, s.architecture FROM density_hist d JOIN saes s USING (sae)
-        JOIN runs r USING (run_id) WHERE r.status = 'complete' ORDER BY s.layer, d.sae, d.bin_lo""",
+        SELECT d.*, s.hook, s.depth, s.architecture FROM density_hist d JOIN saes s USING (sae)
+        JOIN runs r USING (run_id) WHERE r.status = 'complete' ORDER BY s.depth, d.sae, d.bin_lo""",
     )
 
 
@@ -156,8 +236,8 @@ def position_error(path: str) -> pd.DataFrame:
     return _df(
         path,
         """
-        SELECT p.*, s.hook, s.layer FROM position_error p JOIN saes s USING (sae)
-        JOIN runs r USING (run_id) WHERE r.status = 'complete' ORDER BY s.layer, p.sae, p.pos""",
+        SELECT p.*, s.hook, s.depth, s.architecture FROM position_error p JOIN saes s USING (sae)
+        JOIN runs r USING (run_id) WHERE r.status = 'complete' ORDER BY s.depth, p.sae, p.pos""",
     )
 
 
@@ -174,7 +254,7 @@ def features(path: str, sae: str) -> pd.DataFrame:
                       WHERE sae = ? ORDER BY feature""",
         [sae],
     )
-    df["log10_density"] = np.where(df["density"] > 0, np.log10(df["density"].clip(lower=1e-300)), np.nan)
+    df["log10_density"] = log10_density(df["density"].to_numpy())
     return df
 
 
@@ -185,9 +265,9 @@ def filter_features(
     if preset == "dead":
         df = df[df["count"] == 0]
     elif preset == "ultralow":
-        df = df[(df["count"] > 0) & (df["density"] < 1e-5)]
+        df = df[(df["count"] > 0) & (df["density"] < ULTRALOW)]
     elif preset == "dense":
-        df = df[df["density"] > 0.1]
+        df = df[df["density"] > DENSE]
     elif preset != "all":
         raise UserError(f"unknown filter {preset!r}: use all, dead, ultralow or dense")
     if lo is not None:
@@ -215,10 +295,10 @@ def examples(path: str, sae: str, f: int) -> pd.DataFrame:
     df = _df(
         path,
         """
-        SELECT e.kind, e.rank, e.bucket, e.seq, e.pos, e.ctx_start, e.value, e.acts,
+        SELECT e.kind, e.rank, e.quantile, e.seq, e.pos, e.ctx_start, e.value, e.acts,
                list_slice(q.tokens, e.ctx_start + 1, e.ctx_start + len(e.acts)) AS token_ids
         FROM examples e JOIN sequences q ON q.run_id = ? AND q.seq = e.seq
-        WHERE e.sae = ? AND e.feature = ? ORDER BY e.kind, e.bucket DESC, e.rank""",
+        WHERE e.sae = ? AND e.feature = ? ORDER BY e.kind, e.quantile DESC, e.rank""",
         [s["run_id"], sae, f],
     )
     strings = vocab(path, s["run_id"])
@@ -281,6 +361,16 @@ def _phrase_spans(path: str, run_id: str, text: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["seq", "first", "last"]).astype("int64")
 
 
+_SEARCH_SQL = """
+    SELECT e.sae, e.feature,
+           count(DISTINCT e.rank) FILTER (WHERE s.first = e.pos AND s.last = e.pos) AS token_hits,
+           count(DISTINCT e.rank) AS hits, max(e.value) AS max_value
+    FROM examples e JOIN spans s ON s.seq = e.seq
+    WHERE e.kind = ? AND e.sae IN (SELECT unnest(?::VARCHAR[]))
+      AND s.first >= e.ctx_start AND s.last < e.ctx_start + len(e.acts)
+    GROUP BY ALL"""
+
+
 @cached
 def search(path: str, text: str, sae: str | None, limit: int = 200) -> pd.DataFrame:
     """Features whose top examples contain `text`: as the activating token itself (ranked first),
@@ -297,21 +387,9 @@ def search(path: str, text: str, sae: str | None, limit: int = 200) -> pd.DataFr
         spans = _phrase_spans(path, run_id, text)
         if spans.empty:
             continue
-        cur = _cursor(path)
-        cur.register("spans", spans)
-        found.append(
-            cur.execute(
-                """
-            SELECT e.sae, e.feature,
-                   count(DISTINCT e.rank) FILTER (WHERE s.first = e.pos AND s.last = e.pos) AS token_hits,
-                   count(DISTINCT e.rank) AS hits, max(e.value) AS max_value
-            FROM examples e JOIN spans s ON s.seq = e.seq
-            WHERE e.kind = 0 AND e.sae IN (SELECT unnest(?::VARCHAR[]))
-              AND s.first >= e.ctx_start AND s.last < e.ctx_start + len(e.acts)
-            GROUP BY ALL""",
-                [list(group["sae"])],
-            ).df()
-        )
+        with _pool.cursor(path) as cur:
+            cur.register("spans", spans)
+            found.append(cur.execute(_SEARCH_SQL, [int(ExampleKind.TOP), list(group["sae"])]).df())
     if not found:
         return pd.DataFrame(columns=cols)
     hits = pd.concat(found)

@@ -1,73 +1,16 @@
-"""Escaped HTML for token contexts and the Plotly figures the pages draw. No Streamlit here."""
+"""Plotly figures the pages draw. No Streamlit here, so they are unit-tested."""
 
 from __future__ import annotations
-
-import html
 
 import numpy as np
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
-DENSITY_BUCKETS = [
-    (-np.inf, -5.0, "ultralow (<1e-5)"),
-    (-5.0, -4.0, "1e-5..1e-4"),
-    (-4.0, -3.0, "1e-4..1e-3"),
-    (-3.0, -2.0, "1e-3..1e-2"),
-    (-2.0, -1.0, "1e-2..1e-1"),
-    (-1.0, 0.01, "dense (>1e-1)"),
-]
-"""log10-density buckets shared by the labeling queue, the interpretability page and the overview."""
+from backend.density import LOG_BIN_WIDTH, activation_bin_edges, bucket_order, log_density_edges
 
 
-def density_bucket(log10_density: float | None) -> str:
-    if log10_density is None or not np.isfinite(log10_density):
-        return "dead"
-    for lo, hi, name in DENSITY_BUCKETS:
-        if lo <= log10_density < hi:
-            return name
-    return DENSITY_BUCKETS[-1][2]
-
-
-def bucket_order() -> list[str]:
-    return ["dead"] + [b[2] for b in DENSITY_BUCKETS]
-
-
-def _show(tok: str) -> str:
-    # Make whitespace visible without letting it break the layout.
-    return tok.replace("\n", "↵").replace("\t", "⇥").replace(" ", "\u00a0") or "\u2205"
-
-
-def tokens_html(tokens: list[str], acts: np.ndarray, scale: float, focus: int | None = None) -> str:
-    """One context as inline spans shaded by activation / scale; hovering shows the value.
-
-    Every token is HTML-escaped: corpus text is data, never markup.
-    """
-    scale = float(scale) if scale and scale > 0 else 1.0
-    parts = []
-    for i, (tok, a) in enumerate(zip(tokens, acts)):
-        alpha = min(max(float(a) / scale, 0.0), 1.0)
-        # inline-block: a long context wraps between tokens instead of running off the page
-        style = f"display: inline-block; background: rgba(255, 120, 0, {alpha:.2f});"
-        if i == focus:
-            style += " outline: 1px solid #444; font-weight: 600;"
-        parts.append(
-            f'<span class="tok" style="{style}" title="{html.escape(tok, quote=True)} : {float(a):.4g}">'
-            f"{html.escape(_show(tok))}</span>"
-        )
-    return (
-        '<div class="ctx" style="font-family: monospace; line-height: 1.9; margin: 2px 0;">' + "".join(parts) + "</div>"
-    )
-
-
-def escape(text: object) -> str:
-    return html.escape("" if text is None else str(text))
-
-
-# ---- figures ----
-
-
-def density_histograms(df: pd.DataFrame, mode: str = "facet", dead: dict[str, int] | None = None) -> go.Figure:
+def density_histograms(df: pd.DataFrame, mode: str = "facet") -> go.Figure:
     """log10-density histograms of several SAEs, one panel each ("facet") or overlaid."""
     df = df.assign(x=(df["bin_lo"] + df["bin_hi"]) / 2)
     labels = {"x": "log10 feature density", "n": "features"}
@@ -99,7 +42,7 @@ def layer_histogram(
     names=("sae", "overlay"),
     selected: tuple[float, float] | None = None,
     marker: float | None = None,
-    bin_width: float = 0.1,
+    bin_width: float = LOG_BIN_WIDTH,
 ) -> go.Figure:
     """One SAE's log10-density histogram; select a range with the box tool to filter the table.
 
@@ -108,9 +51,7 @@ def layer_histogram(
     fig = go.Figure()
     frames = [(d, n, c) for d, n, c in ((feats, names[0], "#1f77b4"), (overlay, names[1], "#ff7f0e")) if d is not None]
     logs = [d["log10_density"].dropna().to_numpy() for d, _, _ in frames]
-    finite = np.concatenate(logs) if logs else np.array([])
-    lo = np.floor((finite.min() if finite.size else -1.0) / bin_width) * bin_width
-    edges = np.arange(lo, bin_width + 1e-9, bin_width)
+    edges = log_density_edges(np.concatenate(logs) if logs else np.array([]), bin_width)
     for (_, name, color), x in zip(frames, logs):
         counts, _ = np.histogram(x, bins=edges)
         fig.add_trace(
@@ -155,11 +96,11 @@ def metric_lines(saes: pd.DataFrame) -> go.Figure:
     ]
     fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[m[1] for m in metrics], horizontal_spacing=0.05)
     colors = px.colors.qualitative.Plotly
-    for i, (arch, g) in enumerate(saes.sort_values("layer").groupby("architecture", sort=True)):
+    for i, (arch, g) in enumerate(saes.sort_values("depth").groupby("architecture", sort=True)):
         for j, (col, _) in enumerate(metrics):
             fig.add_trace(
                 go.Scatter(
-                    x=g["layer"],
+                    x=g["depth"],
                     y=g[col],
                     mode="lines+markers",
                     name=arch,
@@ -171,7 +112,7 @@ def metric_lines(saes: pd.DataFrame) -> go.Figure:
                 row=1,
                 col=j + 1,
             )
-    fig.update_xaxes(title_text="layer")
+    fig.update_xaxes(title_text="depth (block; resid_pre of block L at L - 0.5)")
     fig.update_layout(height=300, margin=dict(t=40, l=10, r=10, b=10))
     return fig
 
@@ -187,7 +128,7 @@ def position_error(df: pd.DataFrame) -> go.Figure:
 def activation_histogram(hist: np.ndarray, lo: float, hi: float) -> go.Figure:
     """A feature's nonzero activations on log-spaced bins (under/overflow bins at the ends)."""
     inner = hist[1:-1]
-    edges = np.linspace(lo, hi, len(inner) + 1)
+    edges = activation_bin_edges(lo, hi, len(inner))
     centers = 10 ** ((edges[:-1] + edges[1:]) / 2)
     nz = np.nonzero(inner)[0]
     fig = go.Figure()
@@ -211,10 +152,10 @@ def interpretability_chart(df: pd.DataFrame) -> go.Figure:
             go.Scatter(
                 x=g["bucket"],
                 y=g["frac"],
-                mode="lines+markers",
+                mode="markers",  # buckets are categories: no line between them
                 name=sae,
                 error_y=dict(type="data", symmetric=False, array=g["hi"] - g["frac"], arrayminus=g["frac"] - g["lo"]),
-                hovertext=[f"{k}/{n} interpretable" for k, n in zip(g["k"], g["n"])],
+                hovertext=[f"{k} of {n} features interpretable" for k, n in zip(g["k"], g["n"])],
             )
         )
     fig.update_layout(

@@ -8,8 +8,10 @@ batches. The last 10% of tokens are held out to report L0, explained variance an
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +20,12 @@ import torch
 from tqdm.auto import tqdm
 
 from backend.config import TrainConfig
-from backend.corpus import documents, token_contexts
+from backend.engine.corpus import documents, token_contexts
+from backend.engine.harvest import n_special
+from backend.engine.models import ModelAdapter, load_model
 from backend.errors import UserError
-from backend.harvest import n_special
-from backend.models import ModelAdapter, load_model
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -124,15 +128,25 @@ def evaluate(sae, acts: torch.Tensor, batch: int = 4096) -> tuple[float, float, 
     return l0 / len(acts), 1 - sse / total, 1 - float(fired.float().mean())
 
 
-def train_one(arch: str, hook: str, train_acts: torch.Tensor, cfg: TrainConfig, out: Path):
+@contextmanager
+def _quiet_trainer():
+    """sae_lens's trainer draws its own progress bars, which would interleave with ours (one bar
+    per SAE): silence them while it runs, and put its module globals back afterwards."""
     import sae_lens.training.activation_scaler as scaler_module
     import sae_lens.training.sae_trainer as trainer_module
+
+    saved = trainer_module.tqdm, scaler_module.tqdm
+    trainer_module.tqdm = scaler_module.tqdm = functools.partial(tqdm, disable=True)
+    try:
+        yield
+    finally:
+        trainer_module.tqdm, scaler_module.tqdm = saved
+
+
+def train_one(arch: str, hook: str, train_acts: torch.Tensor, cfg: TrainConfig, out: Path):
     from sae_lens import SAE
     from sae_lens.config import LoggingConfig, SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
-
-    # One bar per SAE is ours (train SAEs); the trainer's own bars would interleave with it.
-    trainer_module.tqdm = scaler_module.tqdm = functools.partial(tqdm, disable=True)
 
     total = cfg.epochs * len(train_acts)
     steps = total // cfg.train_batch
@@ -153,7 +167,8 @@ def train_one(arch: str, hook: str, train_acts: torch.Tensor, cfg: TrainConfig, 
         logger=LoggingConfig(log_to_wandb=False),
     )
     trainer = SAETrainer(cfg=tcfg, sae=sae, data_provider=_batches(train_acts, cfg.train_batch, cfg.seed))
-    trained = trainer.fit()
+    with _quiet_trainer():
+        trained = trainer.fit()
     trained.save_inference_model(str(out))
     return SAE.load_from_disk(str(out), device=cfg.device)
 
@@ -163,7 +178,7 @@ def sae_folder(out: str | Path, arch: str, hook: str) -> Path:
 
 
 def train_saes(cfg: TrainConfig, adapter: ModelAdapter | None = None) -> list[TrainResult]:
-    """Train every (hook, architecture) pair that is not already in cfg.out; print a summary."""
+    """Train every (hook, architecture) pair that is not already in cfg.out."""
     from sae_lens import SAE
 
     adapter = adapter or load_model(cfg.model, cfg.device)
@@ -186,10 +201,23 @@ def train_saes(cfg: TrainConfig, adapter: ModelAdapter | None = None) -> list[Tr
             sae = SAE.load_from_disk(str(folder), device=cfg.device)
         l0, ev, dead = evaluate(sae, acts[hook][split:])
         results.append(TrainResult(hook, arch, str(folder), l0, ev, dead, (hook, arch) in missing))
-    print(f"{'sae':44} {'L0':>7} {'EV':>7} {'dead':>7}")
     for r in results:
-        print(
+        log.info(
+            "%s: L0 %.1f, explained variance %.3f, dead %.1f%%",
+            Path(r.path).name,
+            r.l0,
+            r.explained_variance,
+            100 * r.dead_fraction,
+        )
+    return results
+
+
+def summary(results: list[TrainResult]) -> str:
+    """The table `train-saes` prints."""
+    lines = [f"{'sae':44} {'L0':>7} {'EV':>7} {'dead':>7}"]
+    for r in results:
+        lines.append(
             f"{Path(r.path).name:44} {r.l0:>7.1f} {r.explained_variance:>7.3f} {r.dead_fraction:>7.1%}"
             + ("" if r.trained else "  (existing)")
         )
-    return results
+    return "\n".join(lines)

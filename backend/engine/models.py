@@ -24,7 +24,7 @@ _HOOK_RE = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post|mid)$")
 _HF_BLOCK_RE = re.compile(r"\.(\d+)$")
 
 
-def hook_layer(hook: str) -> float:
+def hook_depth(hook: str) -> float:
     """Position of a hook in depth, for sorting: resid_pre of block L is L - 0.5."""
     m = _HOOK_RE.match(hook)
     if not m:

@@ -1,4 +1,4 @@
-"""Writes to the feature database; the schema lives in schema.sql beside this file.
+"""Writes to the feature database; its layout is schema.sql beside this file.
 
 The write connection is held only for moments (mark a run running, write a finished run in
 one transaction, mark it failed), so readers can open the file between those moments and
@@ -8,6 +8,8 @@ a crash can never leave half a run visible.
 from __future__ import annotations
 
 import json
+import logging
+import time
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,19 +19,20 @@ import pandas as pd
 import pyarrow as pa
 
 from backend.errors import UserError
+from backend.store.schema import RUN_TABLES, SAE_TABLES, SCHEMA, VERSION, ExampleKind, problem
 
-SCHEMA = (Path(__file__).with_name("schema.sql")).read_text()
+log = logging.getLogger(__name__)
 
-# Tables keyed by SAE, and tables keyed by run, in the order rows are inserted.
-SAE_TABLES = ("examples", "features", "token_effects", "neighbours", "position_error", "density_hist")
-RUN_TABLES = ("sequences", "vocab")
+LOCK_WAIT_S = 60.0
+"""how long a writer waits for readers (a dashboard holding the file open) to let go"""
 
-# The three tokens a feature's top examples fire on most often, for tables and search.
-_TOP_TOKENS = """
+# The three tokens a feature's top examples fire on most often, for tables and search. It reads
+# `examples`, `sequences` and `vocab`, so `features` is written after those (see finish_run).
+TOP_TOKENS = f"""
 WITH hits AS (
     SELECT e.sae, e.feature, s.tokens[e.pos + 1] AS token_id, count(*) AS n
     FROM examples e JOIN sequences s ON s.run_id = $run AND s.seq = e.seq
-    WHERE e.kind = 0 AND e.sae IN (SELECT unnest($saes::VARCHAR[]))
+    WHERE e.kind = {int(ExampleKind.TOP)} AND e.sae IN (SELECT unnest($saes::VARCHAR[]))
     GROUP BY ALL),
 ranked AS (
     SELECT *, row_number() OVER (PARTITION BY sae, feature ORDER BY n DESC, token_id) AS r FROM hits)
@@ -43,25 +46,41 @@ def now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def connect_write(path: str | Path) -> duckdb.DuckDBPyConnection:
+def connect_write(path: str | Path, wait_s: float = LOCK_WAIT_S) -> duckdb.DuckDBPyConnection:
+    """Open for writing, creating the file with our schema; waits while a reader (the dashboard)
+    holds it, since it lets go of idle files within seconds (queries.IDLE_CLOSE_S)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        con = duckdb.connect(str(path))
-    except duckdb.IOException as e:
-        raise UserError(
-            f"cannot open {path} for writing ({str(e).splitlines()[0]}); is another process using it?"
-        ) from None
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the folder for {path}: {e.strerror or e}") from None
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give a database file path such as data/features.duckdb")
+    deadline = time.monotonic() + wait_s
+    told = False
+    while True:
+        try:
+            con = duckdb.connect(str(path))
+            break
+        except duckdb.IOException as e:
+            first = str(e).splitlines()[0]
+            if "lock" not in first.lower() or time.monotonic() > deadline:
+                raise UserError(f"cannot open {path} for writing ({first}); is another process using it?") from None
+            if not told:
+                log.warning("%s is open in another process (the dashboard?); waiting for it to let go", path)
+                told = True
+            time.sleep(0.25)
+        except duckdb.Error as e:
+            raise UserError(f"cannot open {path} as a DuckDB database ({str(e).splitlines()[0]})") from None
+    fresh = not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'main'").fetchone()[0]
+    if not fresh:
+        why = problem(con)
+        if why:
+            con.close()
+            raise UserError(f"{path} cannot take a run: {why}")
     con.execute(SCHEMA)
+    con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", [VERSION])
     return con
-
-
-def run_status(path: str | Path, run_id: str) -> str | None:
-    if not Path(path).exists():
-        return None
-    with connect_write(path) as con:
-        row = con.execute("SELECT status FROM runs WHERE run_id = ?", [run_id]).fetchone()
-    return row[0] if row else None
 
 
 def begin_run(path: str | Path, run_id: str, meta: dict, force: bool = False) -> None:
@@ -134,43 +153,25 @@ def finish_run(
     run_fields: dict,
     saes: pd.DataFrame,
     tables: dict[str, pd.DataFrame | pa.Table],
-    sequences_parquet: str | None,
+    sequences_parquet: str | list[str] | None,
 ) -> None:
     """Write everything a run computed and mark it complete, atomically."""
     with connect_write(path) as con:
         con.execute("BEGIN")
         try:
             con.execute("DELETE FROM saes WHERE run_id = ?", [run_id])
-            con.register("saes_df", saes)
-            cols = ", ".join(saes.columns)
-            con.execute(f"INSERT INTO saes ({cols}) SELECT {cols} FROM saes_df")
-            con.unregister("saes_df")
-            for name in RUN_TABLES + SAE_TABLES:
-                if name == "features":
-                    df = tables["features"]
-                    con.register("tmp_df", df)
-                    con.execute(
-                        f"""INSERT INTO features SELECT f.sae, f.feature, f.count, f.density, f.mean_act,
-                                    f.max_act, f.hist, t.top_tokens FROM tmp_df f
-                                    LEFT JOIN ({_TOP_TOKENS}) t ON t.sae = f.sae AND t.feature = f.feature
-                                    ORDER BY f.sae, f.feature""",
-                        {"run": run_id, "saes": list(saes["sae"])},
-                    )
-                    con.unregister("tmp_df")
-                    continue
-                if name == "sequences" and sequences_parquet is not None:
-                    con.execute(
-                        "INSERT INTO sequences SELECT ?, seq, tokens FROM read_parquet(?) ORDER BY seq",
-                        [run_id, sequences_parquet],
-                    )
-                    continue
-                df = tables.get(name)
-                if df is None or len(df) == 0:
-                    continue
-                con.register("tmp_df", df)
-                cols = ", ".join(df.column_names if isinstance(df, pa.Table) else df.columns)
-                con.execute(f"INSERT INTO {name} ({cols}) SELECT {cols} FROM tmp_df")
-                con.unregister("tmp_df")
+            _insert(con, "saes", saes)
+            if sequences_parquet is not None:
+                con.execute(
+                    "INSERT INTO sequences SELECT ?, seq, tokens FROM read_parquet(?) ORDER BY seq",
+                    [run_id, sequences_parquet],
+                )
+            for name in ("vocab", "examples"):
+                _insert(con, name, tables.get(name))
+            # features.top_tokens is computed from the three tables written just above
+            _insert_features(con, run_id, list(saes["sae"]), tables["features"])
+            for name in ("token_effects", "neighbours", "position_error", "density_hist"):
+                _insert(con, name, tables.get(name))
             sets = ", ".join(f"{k} = ?" for k in run_fields)
             con.execute(
                 f"UPDATE runs SET {sets}, status = 'complete', finished_at = ?, error = NULL WHERE run_id = ?",
@@ -180,3 +181,29 @@ def finish_run(
         except BaseException:
             con.execute("ROLLBACK")
             raise
+
+
+def _insert(con, table: str, df: pd.DataFrame | pa.Table | None) -> None:
+    if df is None or len(df) == 0:
+        return
+    con.register("tmp_df", df)
+    cols = ", ".join(df.column_names if isinstance(df, pa.Table) else df.columns)
+    con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM tmp_df")
+    con.unregister("tmp_df")
+
+
+def _insert_features(con, run_id: str, saes: list[str], features: pd.DataFrame) -> None:
+    con.register("tmp_df", features)
+    con.execute(
+        f"""INSERT INTO features SELECT f.sae, f.feature, f.count, f.density, f.mean_act, f.max_act, f.hist,
+                   t.top_tokens
+            FROM tmp_df f LEFT JOIN ({TOP_TOKENS}) t ON t.sae = f.sae AND t.feature = f.feature
+            ORDER BY f.sae, f.feature""",
+        {"run": run_id, "saes": saes},
+    )
+    con.unregister("tmp_df")
+
+
+def has_complete_run(path: str | Path) -> bool:
+    with connect_write(path, wait_s=0) as con:
+        return bool(con.execute("SELECT count(*) FROM runs WHERE status = 'complete'").fetchone()[0])

@@ -5,6 +5,13 @@
 -- everything but the `runs` row is written in the same transaction that sets it.
 -- Feature-level tables are inserted sorted by (sae, feature, ...) so DuckDB's zone maps make
 -- one feature's lookup a scan of a handful of row groups even at 12 x 24,576 features.
+-- Where a figure is computed is named beside its column (modules under backend/engine/).
+
+-- The layout version this file was written with; readers refuse other versions with a message.
+CREATE TABLE IF NOT EXISTS meta (
+    key   VARCHAR PRIMARY KEY,
+    value VARCHAR NOT NULL
+);
 
 CREATE TABLE IF NOT EXISTS runs (
     run_id      VARCHAR PRIMARY KEY,
@@ -29,18 +36,20 @@ CREATE TABLE IF NOT EXISTS saes (
     run_id            VARCHAR NOT NULL,
     sae               VARCHAR NOT NULL,
     hook              VARCHAR NOT NULL,    -- TransformerLens hook name
-    layer             DOUBLE NOT NULL,     -- depth for sorting: resid_pre of block L is L - 0.5
+    depth             DOUBLE NOT NULL,     -- position in the model for sorting: resid_pre of block L is L - 0.5 (models.hook_depth)
     source            VARCHAR NOT NULL,    -- "release/sae_id" or a local folder
     architecture      VARCHAR,
     d_in              INTEGER,
     d_sae             INTEGER,
     sae_config        JSON,
+    -- n_tokens .. n_dense: stats.LayerMetrics, computed in stats.FeatureStats.layer_metrics
     n_tokens          BIGINT,
     l0                DOUBLE,
     mse               DOUBLE,
     explained_variance DOUBLE,
     n_dead            INTEGER,
-    n_dense           INTEGER,
+    n_dense           INTEGER,             -- density > backend.density.DENSE
+    -- downstream_*: models.ModelAdapter.downstream_all, averaged in tables.sae_row
     downstream_metric VARCHAR,             -- ce_loss_recovered | cosine_recovered
     downstream_value  DOUBLE,
     downstream_clean  DOUBLE,
@@ -59,23 +68,25 @@ CREATE TABLE IF NOT EXISTS saes (
 CREATE TABLE IF NOT EXISTS features (
     sae      VARCHAR NOT NULL,
     feature  INTEGER NOT NULL,
-    count    BIGINT NOT NULL,
-    density  DOUBLE NOT NULL,              -- count / tokens; 0 for dead features
+    count    BIGINT NOT NULL,              -- stats.FeatureStats.count (histogram sums)
+    density  DOUBLE NOT NULL,              -- count / tokens; 0 for dead features (stats.FeatureStats.feature_table)
     mean_act DOUBLE NOT NULL,              -- mean activation when active
     max_act  DOUBLE NOT NULL,
     hist     INTEGER[] NOT NULL,
-    top_tokens VARCHAR                     -- most frequent activating tokens among top examples
+    top_tokens VARCHAR                     -- most frequent activating tokens among top examples (writes.TOP_TOKENS,
+                                           -- computed from `examples`, `sequences` and `vocab`, so written after them)
 );
 
--- kind 0: top-activating, rank 0 = highest; kind 1: sampled across activation quantiles,
--- bucket 0 = lowest. The context is sequences.tokens[ctx_start : ctx_start + len(acts)],
--- acts the feature's activation on each of those tokens; the example token is at `pos`.
+-- kind 0 (schema.ExampleKind.TOP): top-activating, rank 0 = highest; kind 1 (QUANTILE): sampled
+-- across activation quantiles, `quantile` 0 = lowest (-1 for top examples). The context is
+-- sequences.tokens[ctx_start : ctx_start + len(acts)], acts the feature's activation on each of
+-- those tokens; the example token is at `pos`. Written by tables.examples_table.
 CREATE TABLE IF NOT EXISTS examples (
     sae       VARCHAR NOT NULL,
     feature   INTEGER NOT NULL,
     kind      TINYINT NOT NULL,
     rank      SMALLINT NOT NULL,
-    bucket    TINYINT NOT NULL,
+    quantile  TINYINT NOT NULL,
     seq       INTEGER NOT NULL,
     pos       SMALLINT NOT NULL,
     ctx_start SMALLINT NOT NULL,
@@ -97,7 +108,8 @@ CREATE TABLE IF NOT EXISTS vocab (
     token    VARCHAR NOT NULL
 );
 
--- direction +1: the tokens the feature's decoder direction promotes most; -1: suppresses most.
+-- direction +1: the tokens the feature's decoder direction promotes most; -1: suppresses most
+-- (weights.token_effects).
 CREATE TABLE IF NOT EXISTS token_effects (
     sae       VARCHAR NOT NULL,
     feature   INTEGER NOT NULL,
@@ -107,7 +119,7 @@ CREATE TABLE IF NOT EXISTS token_effects (
     value     FLOAT NOT NULL
 );
 
--- Nearest features by cosine similarity of decoder rows.
+-- Nearest features by cosine similarity of decoder rows (weights.neighbours).
 CREATE TABLE IF NOT EXISTS neighbours (
     sae      VARCHAR NOT NULL,
     feature  INTEGER NOT NULL,
@@ -125,7 +137,7 @@ CREATE TABLE IF NOT EXISTS position_error (
     rel_error DOUBLE NOT NULL              -- sum ||x - x_hat||^2 / sum ||x||^2
 );
 
--- Per SAE, histogram of log10(density) over live features, 0.1-decade bins.
+-- Per SAE, histogram of log10(density) over live features, 0.1-decade bins (backend.density).
 CREATE TABLE IF NOT EXISTS density_hist (
     sae      VARCHAR NOT NULL,
     bin_lo   DOUBLE NOT NULL,

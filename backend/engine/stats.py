@@ -18,6 +18,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from backend.density import activation_bin_width, is_dense
+from backend.engine.topset import TopSet
+from backend.store.schema import ExampleKind
+
 _M32 = 0xFFFFFFFF
 
 
@@ -42,7 +46,6 @@ class StatsSpec:
     """log10 of the smallest activation the per-feature histogram resolves"""
     hist_hi: float = 4.0
     hist_bins: int = 64
-    dense_threshold: float = 0.1
     seed: int = 0
 
     @property
@@ -52,10 +55,6 @@ class StatsSpec:
     @property
     def n_reservoir(self) -> int:
         return self.n_buckets * self.per_bucket
-
-    def hist_edges(self) -> np.ndarray:
-        """Edges of the inner bins; bin 0 is underflow and bin hist_bins+1 overflow."""
-        return np.logspace(self.hist_lo, self.hist_hi, self.hist_bins + 1)
 
 
 def token_keys(tok_ids: torch.Tensor, seed: int) -> torch.Tensor:
@@ -73,95 +72,6 @@ def token_keys(tok_ids: torch.Tensor, seed: int) -> torch.Tensor:
     h = (h * 0xC2B2AE35) & _M32
     h = h ^ (h >> 16)
     return (h << 21) | (tok_ids & ((1 << 21) - 1))
-
-
-def _sort_key(score: torch.Tensor) -> torch.Tensor:
-    """int64 keys that sort like the float64 scores (IEEE bits with negatives flipped): integers
-    sort by radix on CPU, four times faster than floats."""
-    b = score.view(torch.int64)
-    return torch.where(b < 0, b ^ 0x7FFF_FFFF_FFFF_FFFF, b)
-
-
-def _rank_order(score: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Column order of each row by score descending, ties by smaller id (repeated text gives
-    exactly equal activations), so the order in which shards merge never changes a result."""
-    tie = torch.argsort(ids, dim=1)
-    best = torch.argsort(torch.gather(score, 1, tie), dim=1, descending=True, stable=True)
-    return torch.gather(tie, 1, best)
-
-
-class _TopSet:
-    """Per feature, the `k` entries with the largest score, with ids and context windows.
-
-    Rows are kept unordered: a winning candidate takes the slot of an entry it evicts, so the
-    windows of entries that stay never move (they are the bulk of the memory). `ordered` sorts.
-    """
-
-    def __init__(self, d_sae: int, k: int, window: int, device: torch.device):
-        self.score = torch.full((d_sae, k), -torch.inf, dtype=torch.float64, device=device)
-        self.ids = torch.full((d_sae, k), -1, dtype=torch.int64, device=device)
-        self.win = torch.zeros((d_sae, k, window), dtype=torch.float32, device=device)
-
-    def threshold(self) -> torch.Tensor:
-        """The score a candidate must beat to enter, per feature (-inf while a row has room)."""
-        return self.score.min(1).values
-
-    def ordered(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        o = _rank_order(self.score, self.ids)
-        return (
-            torch.gather(self.score, 1, o),
-            torch.gather(self.ids, 1, o),
-            torch.gather(self.win, 1, o[:, :, None].expand(-1, -1, self.win.shape[2])),
-        )
-
-    def offer(
-        self, feats: torch.Tensor, score: torch.Tensor, ids: torch.Tensor, windows: torch.Tensor | None, window_fn=None
-    ) -> None:
-        """Merge candidates (any order, any number per feature) into the kept sets.
-
-        `window_fn(index_tensor)` computes windows lazily, only for the candidates that win a
-        place, which keeps gathering cheap.
-        """
-        if feats.numel() == 0:
-            return
-        k = self.score.shape[1]
-        dev = feats.device
-        # Order candidates by feature, then by descending score; rank within feature.
-        order = torch.argsort(~_sort_key(score.double()), stable=True)  # ~ reverses: descending
-        order = order[torch.argsort(feats[order], stable=True)]
-        f_sorted = feats[order]
-        uniq, counts = torch.unique_consecutive(f_sorted, return_counts=True)
-        starts = torch.cumsum(counts, 0) - counts
-        rank = torch.arange(f_sorted.numel(), device=dev) - torch.repeat_interleave(starts, counts)
-        keep = rank < k
-        order, rank = order[keep], rank[keep]
-        slot = torch.repeat_interleave(torch.arange(uniq.numel(), device=dev), torch.clamp(counts, max=k))
-        n_u = uniq.numel()
-        c_score = torch.full((n_u, k), -torch.inf, dtype=torch.float64, device=dev)
-        c_ids = torch.full((n_u, k), -1, dtype=torch.int64, device=dev)
-        c_src = torch.full((n_u, k), -1, dtype=torch.int64, device=dev)  # which candidate
-        c_score[slot, rank] = score[order].to(torch.float64)
-        c_ids[slot, rank] = ids[order]
-        c_src[slot, rank] = order
-        all_score = torch.cat([self.score[uniq], c_score], 1)
-        all_ids = torch.cat([self.ids[uniq], c_ids], 1)
-        won = torch.zeros_like(all_ids, dtype=torch.bool)
-        won.scatter_(1, _rank_order(all_score, all_ids)[:, :k], True)
-        # Per row, the evicted slots and the winning candidates come out of nonzero in the same
-        # row order and in equal numbers, so they pair up one to one.
-        fr, fj = torch.nonzero(~won[:, :k], as_tuple=True)
-        wr, wc = torch.nonzero(won[:, k:], as_tuple=True)
-        if fr.numel() == 0:
-            return
-        rows = uniq[fr]
-        picked = c_src[wr, wc]
-        self.score[rows, fj] = c_score[wr, wc]
-        self.ids[rows, fj] = c_ids[wr, wc]
-        self.win[rows, fj] = windows[picked] if windows is not None else window_fn(picked)
-
-    def merge(self, other: _TopSet) -> None:
-        f, j = torch.nonzero(other.ids >= 0, as_tuple=True)
-        self.offer(f, other.score[f, j], other.ids[f, j], other.win[f, j])
 
 
 class FeatureStats:
@@ -184,8 +94,8 @@ class FeatureStats:
         F = spec.d_sae
         self.sum_act = torch.zeros(F, dtype=torch.float64, device=dev)
         self.hist = torch.zeros(F * (spec.hist_bins + 2), dtype=torch.int64, device=dev)
-        self.top = _TopSet(F, spec.n_top, spec.window, dev)
-        self.reservoir = _TopSet(F, spec.n_reservoir, spec.window, dev)
+        self.top = TopSet(F, spec.n_top, spec.window, dev)
+        self.reservoir = TopSet(F, spec.n_reservoir, spec.window, dev)
         self.n_tokens = 0
         # Reconstruction sums over the tokens update_recon saw: x is the SAE input, err = x - x_hat.
         self.n_recon = 0
@@ -235,76 +145,51 @@ class FeatureStats:
         excluded tokens are zeroed in `codes` itself, which spares a masked copy of the batch.
         `chosen`, for TopK SAEs: the (indices, values) [B, T, k] that hold every nonzero code, so
         the dense codes need not be scanned for them."""
-        spec = self.spec
         B, T, F = codes.shape
-        dev = codes.device
         flat = codes.reshape(B * T, F)
         valid = mask.reshape(-1)
         n_valid = int(valid.sum())
         self.n_tokens += n_valid
         if n_valid < B * T:
             flat.index_fill_(0, torch.nonzero(~valid).squeeze(1), 0)
-        flat1 = flat.reshape(-1)
-
-        # Everything per feature works on the nonzero entries only: codes are sparse.
-        small = B * T * F < 2**31  # int32 halves the cost of the index arithmetic below
         if chosen is None:
-            idx = torch.nonzero(flat1 > 0).squeeze(1)
-            if small:
-                idx = idx.to(torch.int32)
-            n_idx = idx // F
-            f_idx = (idx - n_idx * F).long()
-            vals = flat1[idx].float()
+            nz = _Nonzeros.scan(flat)
         else:
-            k = chosen[0].shape[-1]
-            c_idx, c_val = chosen[0].reshape(B * T, k), chosen[1].reshape(B * T, k)
-            rows = torch.arange(B * T, device=dev)
-            if n_valid < B * T:  # whole rows are dropped, which is cheaper than filtering entries
-                rows = torch.nonzero(valid).squeeze(1)
-                c_idx, c_val = c_idx[rows], c_val[rows]
-            n_idx = (rows.to(torch.int32) if small else rows)[:, None].expand(-1, k).reshape(-1)
-            f_idx, vals = c_idx.reshape(-1), c_val.reshape(-1).float()
-            keep = vals > 0
-            if not bool(keep.all()):  # a chosen pre-activation was negative, clipped to 0
-                sel = torch.nonzero(keep).squeeze(1)
-                n_idx, f_idx, vals = n_idx[sel], f_idx[sel], vals[sel]
-        self.sum_act += torch.bincount(f_idx, weights=vals.double(), minlength=F)
-        width = (spec.hist_hi - spec.hist_lo) / spec.hist_bins
-        b = torch.clamp(torch.floor((torch.log10(vals) - spec.hist_lo) / width).long() + 1, 0, spec.hist_bins + 1)
-        self.hist += torch.bincount(f_idx * (spec.hist_bins + 2) + b, minlength=self.hist.numel())
+            nz = _Nonzeros.from_choice(chosen, valid, n_valid, B * T, small=B * T * F < 2**31)
+        self._add_sums(nz)
+        row_tok = seq_ids.to(codes.device)[:, None] * self.spec.seq_len + torch.arange(T, device=codes.device)
+        self._offer_candidates(nz, row_tok.reshape(-1), _Windows(flat, nz, T, self.spec))
 
-        row_tok = (seq_ids.to(dev)[:, None] * spec.seq_len + torch.arange(T, device=dev)).reshape(-1)
-        offsets = torch.arange(-spec.left, spec.right + 1, device=dev, dtype=n_idx.dtype)
+    def _add_sums(self, nz: _Nonzeros) -> None:
+        spec, F = self.spec, self.spec.d_sae
+        self.sum_act += torch.bincount(nz.feature, weights=nz.value.double(), minlength=F)
+        width = activation_bin_width(spec.hist_lo, spec.hist_hi, spec.hist_bins)
+        b = torch.floor((torch.log10(nz.value) - spec.hist_lo) / width).long() + 1
+        b = torch.clamp(b, 0, spec.hist_bins + 1)
+        self.hist += torch.bincount(nz.feature * (spec.hist_bins + 2) + b, minlength=self.hist.numel())
 
-        def windows(sel: torch.Tensor) -> torch.Tensor:
-            """The feature's activation on each token from `left` before to `right` after the
-            candidates' tokens (0 outside the sequence), for the page to shade."""
-            n = n_idx[sel]
-            tt = (n % T)[:, None] + offsets
-            rows = (n[:, None] + offsets).clamp_(0, B * T - 1)
-            return torch.take(flat1, rows.long() * F + f_idx[sel][:, None]).float() * ((tt >= 0) & (tt < T))
-
-        def pend(name: str, sel: torch.Tensor, score: torch.Tensor) -> None:
-            f, ids = f_idx[sel], row_tok[n_idx[sel].long()]
-            if sel.numel() > self.FLUSH_CANDIDATES:
-                # While the sets fill up, most candidates lose within the batch itself: merge now
-                # and gather windows only for the winners.
-                getattr(self, name).offer(f, score, ids, None, lambda o: windows(sel[o]))
-                self._refresh_thresholds()
-                return
-            self._pending[name].append((f, score, ids, windows(sel)))
-            self._pending_n += sel.numel()
-
-        # Only candidates that beat the current k-th best can enter, which makes the per-batch
-        # work shrink as the sets fill.
-        sel = torch.nonzero(vals > self._top_min[f_idx]).squeeze(1)
-        pend("top", sel, vals[sel].double())
-        keys = token_keys(row_tok, spec.seed)[n_idx]
-        sel = torch.nonzero(keys < self._res_max_key[f_idx]).squeeze(1)
-        pend("reservoir", sel, -keys[sel].double())
+    def _offer_candidates(self, nz: _Nonzeros, row_tok: torch.Tensor, windows: _Windows) -> None:
+        """Pend the nonzeros that can enter a top set or a reservoir. Only candidates that beat
+        the current k-th best can enter, which makes the per-batch work shrink as sets fill."""
+        sel = torch.nonzero(nz.value > self._top_min[nz.feature]).squeeze(1)
+        self._pend("top", nz, sel, nz.value[sel].double(), row_tok, windows)
+        keys = token_keys(row_tok, self.spec.seed)[nz.row]
+        sel = torch.nonzero(keys < self._res_max_key[nz.feature]).squeeze(1)
+        self._pend("reservoir", nz, sel, -keys[sel].double(), row_tok, windows)
         self._pending_batches += 1
         if self._pending_n >= self.FLUSH_CANDIDATES or self._pending_batches >= self.FLUSH_BATCHES:
             self.flush()
+
+    def _pend(self, name: str, nz: _Nonzeros, sel, score, row_tok, windows: _Windows) -> None:
+        f, ids = nz.feature[sel], row_tok[nz.row[sel].long()]
+        if sel.numel() > self.FLUSH_CANDIDATES:
+            # While the sets fill up, most candidates lose within the batch itself: merge now
+            # and gather windows only for the winners.
+            getattr(self, name).offer(f, score, ids, None, lambda o: windows.gather(sel[o]))
+            self._refresh_thresholds()
+            return
+        self._pending[name].append((f, score, ids, windows.gather(sel)))
+        self._pending_n += sel.numel()
 
     @torch.no_grad()
     def update_recon(self, x: torch.Tensor, x_hat: torch.Tensor, mask: torch.Tensor) -> None:
@@ -342,8 +227,7 @@ class FeatureStats:
         self.flush()
         d = {name: getattr(self, name).cpu() for name in self._SUMS}
         for set_name in ("top", "reservoir"):
-            s = getattr(self, set_name)
-            d[set_name] = {"score": s.score.cpu(), "ids": s.ids.cpu(), "win": s.win.cpu()}
+            d[set_name] = getattr(self, set_name).state_dict()
         d["n_tokens"] = self.n_tokens
         d["n_recon"] = self.n_recon
         d["spec"] = asdict(self.spec)
@@ -357,30 +241,30 @@ class FeatureStats:
                 continue
             getattr(st, name).copy_(val)
         for set_name in ("top", "reservoir"):
-            s = getattr(st, set_name)
-            for k, v in d[set_name].items():
-                getattr(s, k).copy_(v)
+            getattr(st, set_name).load_state_dict(d[set_name])
         st.n_tokens = d["n_tokens"]
         st.n_recon = d["n_recon"]
         st._refresh_thresholds()
         return st
 
     # ---- final figures ----
-    def layer_metrics(self) -> dict:
+    def layer_metrics(self) -> LayerMetrics:
         n = max(self.n_tokens, 1)
         nr = self.n_recon
         mean = self.sum_x / max(nr, 1)
+        # explained variance = 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2, pooled over the
+        # tokens whose reconstruction was measured (see recon_every)
         total_var = float(self.sum_x2 - nr * mean.pow(2).sum())
         count = self.count
         density = count.double() / n
-        return {
-            "n_tokens": self.n_tokens,
-            "l0": float(count.sum()) / n,
-            "mse": float(self.sse) / nr if nr else float("nan"),
-            "explained_variance": 1.0 - float(self.sse) / total_var if total_var > 0 else float("nan"),
-            "n_dead": int((count == 0).sum()),
-            "n_dense": int((density > self.spec.dense_threshold).sum()),
-        }
+        return LayerMetrics(
+            n_tokens=self.n_tokens,
+            l0=float(count.sum()) / n,
+            mse=float(self.sse) / nr if nr else float("nan"),
+            explained_variance=1.0 - float(self.sse) / total_var if total_var > 0 else float("nan"),
+            n_dead=int((count == 0).sum()),
+            n_dense=int(is_dense(density).sum()),
+        )
 
     def feature_table(self) -> dict[str, np.ndarray]:
         self.flush()
@@ -398,17 +282,17 @@ class FeatureStats:
         }
 
     def examples(self) -> dict[str, np.ndarray]:
-        """Top examples (kind 0) ranked by activation, then reservoir examples (kind 1) sorted
-        by activation and cut into n_buckets equal-count quantile buckets (0 = lowest)."""
+        """Top examples ranked by activation, then reservoir examples sorted by activation and cut
+        into n_buckets equal-count activation-quantile buckets (`quantile` 0 = lowest)."""
         self.flush()
         spec = self.spec
-        out = {k: [] for k in ("feature", "kind", "rank", "bucket", "token", "value", "win")}
+        out = {k: [] for k in ("feature", "kind", "rank", "quantile", "token", "value", "win")}
         _, top_ids, top_win = (t.cpu().numpy() for t in self.top.ordered())
         f, j = np.nonzero(top_ids >= 0)
         out["feature"].append(f)
-        out["kind"].append(np.zeros_like(f))
+        out["kind"].append(np.full_like(f, ExampleKind.TOP))
         out["rank"].append(j)
-        out["bucket"].append(np.full_like(f, -1))
+        out["quantile"].append(np.full_like(f, -1))
         out["token"].append(top_ids[f, j])
         out["value"].append(top_win[f, j, spec.left])
         out["win"].append(top_win[f, j])
@@ -423,12 +307,85 @@ class FeatureStats:
         f, j = np.nonzero(ids_sorted >= 0)
         # Position from the bottom of the feature's sample decides the quantile bucket.
         from_bottom = n_have[f] - 1 - j
-        bucket = (from_bottom * spec.n_buckets) // np.maximum(n_have[f], 1)
+        quantile = (from_bottom * spec.n_buckets) // np.maximum(n_have[f], 1)
         out["feature"].append(f)
-        out["kind"].append(np.ones_like(f))
+        out["kind"].append(np.full_like(f, ExampleKind.QUANTILE))
         out["rank"].append(j)
-        out["bucket"].append(bucket)
+        out["quantile"].append(quantile)
         out["token"].append(ids_sorted[f, j])
         out["value"].append(win_sorted[f, j, spec.left])
         out["win"].append(win_sorted[f, j])
         return {k: np.concatenate(v) for k, v in out.items()}
+
+
+@dataclass(frozen=True)
+class LayerMetrics:
+    """Per-SAE figures from the pass; each field is a column of the `saes` table."""
+
+    n_tokens: int
+    """tokens that entered the statistics (special tokens excluded)"""
+    l0: float
+    """mean number of active features per token"""
+    mse: float
+    """mean ||x - x_hat||^2 over the tokens whose reconstruction was measured"""
+    explained_variance: float
+    """1 - sum ||x - x_hat||^2 / sum ||x - mean x||^2 on those tokens"""
+    n_dead: int
+    """features that never fired"""
+    n_dense: int
+    """features with density > backend.density.DENSE"""
+
+
+@dataclass
+class _Nonzeros:
+    """The nonzero codes of one batch: token row in the batch, feature, value (all 1-D)."""
+
+    row: torch.Tensor
+    feature: torch.Tensor
+    value: torch.Tensor
+
+    @classmethod
+    def scan(cls, flat: torch.Tensor) -> _Nonzeros:
+        """Find them in the dense codes [N, F] (ReLU, JumpReLU and other dense-output SAEs)."""
+        N, F = flat.shape
+        flat1 = flat.reshape(-1)
+        idx = torch.nonzero(flat1 > 0).squeeze(1)
+        if N * F < 2**31:  # int32 halves the cost of the index arithmetic
+            idx = idx.to(torch.int32)
+        row = idx // F
+        return cls(row, (idx - row * F).long(), flat1[idx].float())
+
+    @classmethod
+    def from_choice(cls, chosen, valid: torch.Tensor, n_valid: int, n_rows: int, small: bool) -> _Nonzeros:
+        """Read them from a TopK encoder's own (indices, values) choice: masked tokens drop out
+        as whole rows, and chosen values that ReLU clipped to 0 are filtered out."""
+        k = chosen[0].shape[-1]
+        idx, val = chosen[0].reshape(n_rows, k), chosen[1].reshape(n_rows, k)
+        rows = torch.arange(n_rows, device=idx.device)
+        if n_valid < n_rows:  # whole rows are dropped, which is cheaper than filtering entries
+            rows = torch.nonzero(valid).squeeze(1)
+            idx, val = idx[rows], val[rows]
+        row = (rows.to(torch.int32) if small else rows)[:, None].expand(-1, k).reshape(-1)
+        feature, value = idx.reshape(-1), val.reshape(-1).float()
+        keep = value > 0
+        if not bool(keep.all()):  # a chosen pre-activation was negative, clipped to 0
+            sel = torch.nonzero(keep).squeeze(1)
+            row, feature, value = row[sel], feature[sel], value[sel]
+        return cls(row, feature, value)
+
+
+class _Windows:
+    """Context windows of candidates: the feature's activation on each token from `left` before
+    to `right` after the candidate's token (0 outside the sequence), for the page to shade."""
+
+    def __init__(self, flat: torch.Tensor, nz: _Nonzeros, seq_len: int, spec: StatsSpec):
+        self.flat1, self.nz, self.T = flat.reshape(-1), nz, seq_len
+        self.N, self.F = flat.shape
+        self.offsets = torch.arange(-spec.left, spec.right + 1, device=flat.device, dtype=nz.row.dtype)
+
+    def gather(self, sel: torch.Tensor) -> torch.Tensor:
+        n = self.nz.row[sel]
+        tt = (n % self.T)[:, None] + self.offsets
+        rows = (n[:, None] + self.offsets).clamp_(0, self.N - 1)
+        inside = (tt >= 0) & (tt < self.T)
+        return torch.take(self.flat1, rows.long() * self.F + self.nz.feature[sel][:, None]).float() * inside

@@ -1,0 +1,92 @@
+"""Density rules, in one place: what counts as dense or ultralow, the density buckets, log10 with
+dead features, and the bin edges every histogram uses.
+
+A feature's density is the fraction of counted tokens on which it is nonzero; a dead feature
+(count 0) has density 0 and no log10 (NaN), and is counted apart wherever a log axis is drawn.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+DENSE = 0.1
+"""a feature active on more than this fraction of tokens is dense (strictly greater)"""
+ULTRALOW = 1e-5
+"""a live feature active on fewer than this fraction of tokens is ultralow (strictly less)"""
+LOG_BIN_WIDTH = 0.1
+"""width in decades of the bins of every log10-density histogram"""
+
+DENSITY_BUCKETS = [
+    (-math.inf, math.log10(ULTRALOW), "ultralow (<1e-5)"),
+    (-5.0, -4.0, "1e-5..1e-4"),
+    (-4.0, -3.0, "1e-4..1e-3"),
+    (-3.0, -2.0, "1e-3..1e-2"),
+    (-2.0, math.log10(DENSE), "1e-2..1e-1"),
+    (math.log10(DENSE), math.inf, "dense (>1e-1)"),
+]
+"""(lo, hi, name) over log10 density, lo inclusive: the buckets of the label queue, the
+interpretability statistics and the overview. A density of exactly 0.1 is in the last bucket's
+lower edge but not dense by `is_dense`; buckets are for sampling, `is_dense` is the rule."""
+
+DEAD = "dead"
+
+
+def is_dense(density):
+    """Works on floats, numpy arrays, pandas Series and torch tensors alike."""
+    return density > DENSE
+
+
+def is_ultralow(density, count):
+    return (count > 0) & (density < ULTRALOW)
+
+
+def log10_density(density):
+    """log10 of density, NaN for dead features (density 0): they have no place on a log axis."""
+    d = np.asarray(density, dtype=float)
+    with np.errstate(divide="ignore"):
+        out = np.where(d > 0, np.log10(np.where(d > 0, d, 1.0)), np.nan)
+    return float(out) if out.ndim == 0 else out
+
+
+def density_bucket(log10: float | None) -> str:
+    if log10 is None or not np.isfinite(log10):
+        return DEAD
+    for lo, hi, name in DENSITY_BUCKETS:
+        if lo <= log10 < hi:
+            return name
+    return DENSITY_BUCKETS[-1][2]
+
+
+def bucket_order() -> list[str]:
+    """Buckets from no density to dense: the order charts and queues use."""
+    return [DEAD] + [b[2] for b in DENSITY_BUCKETS]
+
+
+def log_density_edges(log10_values: np.ndarray, width: float = LOG_BIN_WIDTH) -> np.ndarray:
+    """Bin edges over log10 density from below the smallest live value up to 0 (density 1),
+    aligned to multiples of `width`, so histograms of different SAEs share bins."""
+    finite = np.asarray(log10_values, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    n_lo = min(math.floor((finite.min() if finite.size else -1.0) / width), -1)
+    return np.arange(n_lo, 1) * width  # integer steps: the last edge is exactly 0 (density 1)
+
+
+def log_density_histogram(density: np.ndarray, width: float = LOG_BIN_WIDTH) -> tuple[np.ndarray, np.ndarray]:
+    """(counts, edges) of log10 density over live features; dead ones are left out."""
+    logs = log10_density(np.asarray(density, dtype=float))
+    logs = np.atleast_1d(logs)[np.isfinite(np.atleast_1d(logs))]
+    edges = log_density_edges(logs, width)
+    counts, _ = np.histogram(logs, bins=edges)
+    return counts, edges
+
+
+def activation_bin_edges(log_lo: float, log_hi: float, bins: int) -> np.ndarray:
+    """log10 edges of the inner bins of a feature's activation histogram; the stored histogram
+    adds an underflow bin before them and an overflow bin after."""
+    return np.linspace(log_lo, log_hi, bins + 1)
+
+
+def activation_bin_width(log_lo: float, log_hi: float, bins: int) -> float:
+    return (log_hi - log_lo) / bins

@@ -1,0 +1,152 @@
+"""Turning a finished pass's statistics into the rows of the feature database's tables."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from backend.density import log_density_histogram
+from backend.engine.models import Downstream, hook_depth
+from backend.engine.saes import LoadedSAE
+from backend.engine.stats import FeatureStats, LayerMetrics
+
+
+def examples_table(name: str, st: FeatureStats) -> pa.Table:
+    """Examples as Arrow, the context activations a list column built from one flat buffer
+    (a pandas column of per-row arrays is what made this write slow)."""
+    spec = st.spec
+    ex = st.examples()
+    order = np.lexsort((ex["rank"], ex["quantile"], ex["kind"], ex["feature"]))
+    ex = {k: v[order] for k, v in ex.items()}
+    seq = ex["token"] // spec.seq_len
+    pos = ex["token"] % spec.seq_len
+    start = np.maximum(pos - spec.left, 0)
+    stop = np.minimum(pos + spec.right + 1, spec.seq_len)
+    # Window column j holds position pos - left + j; keep the columns inside the sequence.
+    lo = start - (pos - spec.left)
+    j = np.arange(spec.window)
+    inside = (j >= lo[:, None]) & (j < (lo + stop - start)[:, None])
+    offsets = np.concatenate([[0], np.cumsum(stop - start)]).astype(np.int32)
+    acts = pa.ListArray.from_arrays(pa.array(offsets), pa.array(ex["win"][inside].astype(np.float32)))
+    n = len(seq)
+    return pa.table(
+        {
+            "sae": pa.array([name] * n, pa.string()),
+            "feature": ex["feature"].astype(np.int32),
+            "kind": ex["kind"].astype(np.int8),
+            "rank": ex["rank"].astype(np.int16),
+            "quantile": ex["quantile"].astype(np.int8),
+            "seq": seq.astype(np.int32),
+            "pos": pos.astype(np.int16),
+            "ctx_start": start.astype(np.int16),
+            "value": ex["value"].astype(np.float32),
+            "acts": acts,
+        }
+    )
+
+
+def weighted_mean(ds: list[tuple[Downstream, int]], attr: str) -> float | None:
+    """Mean over the downstream samples, weighted by their number of sequences."""
+    if not ds:
+        return None
+    return float(np.average([getattr(d, attr) for d, _ in ds], weights=[n for _, n in ds]))
+
+
+@dataclass
+class SaeRow:
+    """One row of the `saes` table; the fields are its columns (see schema.sql)."""
+
+    run_id: str
+    sae: str
+    hook: str
+    depth: float
+    source: str
+    architecture: str
+    d_in: int
+    d_sae: int
+    sae_config: str
+    n_tokens: int
+    l0: float
+    mse: float
+    explained_variance: float
+    n_dead: int
+    n_dense: int
+    downstream_metric: str | None
+    downstream_value: float | None
+    downstream_clean: float | None
+    downstream_spliced: float | None
+    downstream_ablated: float | None
+    effect_kind: str
+    hist_lo: float
+    hist_hi: float
+    context_left: int
+    context_right: int
+
+
+def sae_row(run_id: str, name: str, s: LoadedSAE, st: FeatureStats, ds: list[tuple[Downstream, int]], effect_kind: str):
+    cfg = s.sae.cfg
+    m: LayerMetrics = st.layer_metrics()
+    mean = {attr: weighted_mean(ds, attr) for attr in ("value", "clean", "spliced", "ablated")}
+    return SaeRow(
+        run_id=run_id,
+        sae=name,
+        hook=s.hook,
+        depth=hook_depth(s.hook),
+        source=s.source,
+        architecture=cfg.architecture(),
+        d_in=cfg.d_in,
+        d_sae=cfg.d_sae,
+        sae_config=json.dumps(cfg.to_dict() if hasattr(cfg, "to_dict") else {}, default=str),
+        **asdict(m),
+        downstream_metric=ds[0][0].name if ds else None,
+        downstream_value=mean["value"],
+        downstream_clean=mean["clean"],
+        downstream_spliced=mean["spliced"],
+        downstream_ablated=mean["ablated"],
+        effect_kind=effect_kind,
+        hist_lo=st.spec.hist_lo,
+        hist_hi=st.spec.hist_hi,
+        context_left=st.spec.left,
+        context_right=st.spec.right,
+    )
+
+
+def features_frame(name: str, st: FeatureStats) -> pd.DataFrame:
+    ft = st.feature_table()
+    return pd.DataFrame(
+        {
+            "sae": name,
+            "feature": ft["feature"],
+            "count": ft["count"],
+            "density": ft["density"],
+            "mean_act": ft["mean_act"],
+            "max_act": ft["max_act"],
+            "hist": list(ft["hist"].astype(np.int32)),
+        }
+    )
+
+
+def position_error_frame(name: str, st: FeatureStats) -> pd.DataFrame:
+    n = st.pos_n.cpu().numpy()
+    keep = n > 0
+    sse, x2 = st.pos_sse.cpu().numpy()[keep], st.pos_x2.cpu().numpy()[keep]
+    return pd.DataFrame(
+        {
+            "sae": name,
+            "pos": np.nonzero(keep)[0].astype(np.int32),
+            "n": n[keep],
+            "mse": sse / n[keep],
+            "rel_error": sse / np.maximum(x2, 1e-30),
+        }
+    )
+
+
+def density_hist_frame(name: str, density: np.ndarray) -> pd.DataFrame:
+    if not (np.asarray(density) > 0).any():
+        return pd.DataFrame(columns=["sae", "bin_lo", "bin_hi", "n"])
+    counts, edges = log_density_histogram(density)
+    return pd.DataFrame({"sae": name, "bin_lo": edges[:-1], "bin_hi": edges[1:], "n": counts.astype(np.int32)})

@@ -1,0 +1,38 @@
+"""The blind label queue: which feature a labeler judges next."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from backend.density import bucket_order, density_bucket
+
+MODES = {"unlabeled": "only features nobody labeled", "agreement": "features others labeled, not yet by me"}
+
+
+def candidates(features: pd.DataFrame, current: pd.DataFrame, me: str, mode: str) -> pd.DataFrame:
+    """Live features this labeler may be shown in this mode, with their density bucket.
+    `features`: the SAE's feature table (feature, count, log10_density); `current`: the latest
+    verdicts on this SAE."""
+    if mode not in MODES:
+        raise ValueError(f"unknown queue mode {mode!r}")
+    live = features[features["count"] > 0].assign(bucket=lambda d: d["log10_density"].map(density_bucket))
+    labeled = set(current["feature"]) if not current.empty else set()
+    if mode == "unlabeled":
+        return live[~live["feature"].isin(labeled)]
+    mine = set(current[current["labeler"] == me]["feature"]) if not current.empty else set()
+    return live[live["feature"].isin(labeled - mine)]
+
+
+def next_feature(features: pd.DataFrame, current: pd.DataFrame, me: str, mode: str, step: int) -> int | None:
+    """Round-robin over density buckets by `step`; a seeded random feature inside the bucket."""
+    pool = candidates(features, current, me, mode)
+    buckets = [b for b in bucket_order() if b in set(pool["bucket"])]
+    if not buckets:
+        return None
+    bucket = buckets[step % len(buckets)]
+    return int(pool[pool["bucket"] == bucket].sample(1, random_state=step % 2**32)["feature"].iloc[0])
+
+
+def still_eligible(features: pd.DataFrame, current: pd.DataFrame, me: str, mode: str, feature: int) -> bool:
+    """Whether a feature already on screen still belongs in the queue (the mode may have changed)."""
+    return feature in set(candidates(features, current, me, mode)["feature"])

@@ -1,0 +1,68 @@
+"""The feature database's layout: schema.sql, its version, and the check every reader makes."""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+
+import duckdb
+
+from backend.errors import UserError
+
+SCHEMA = Path(__file__).with_name("schema.sql").read_text()
+VERSION = "2"
+"""Bumped whenever a table or column changes; files of another version are refused by name."""
+
+SAE_TABLES = ("examples", "features", "token_effects", "neighbours", "position_error", "density_hist")
+RUN_TABLES = ("sequences", "vocab")
+
+_REQUIRED = {
+    "runs": {"run_id", "status", "model", "corpus", "n_tokens"},
+    "saes": {"run_id", "sae", "hook", "depth", "d_sae", "explained_variance"},
+    "features": {"sae", "feature", "count", "density", "max_act", "hist"},
+    "examples": {"sae", "feature", "kind", "quantile", "seq", "pos", "ctx_start", "acts"},
+}
+
+
+class ExampleKind(enum.IntEnum):
+    """`examples.kind`: how an example was chosen."""
+
+    TOP = 0
+    """among the feature's top activations (rank 0 = highest)"""
+    QUANTILE = 1
+    """sampled uniformly from its activations, then cut into activation quantiles"""
+
+
+def problem(con: duckdb.DuckDBPyConnection) -> str | None:
+    """Why this open DuckDB file is not a feature database this version reads, or None."""
+    rows = con.execute(
+        "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'main'"
+    ).fetchall()
+    columns: dict[str, set[str]] = {}
+    for table, column in rows:
+        columns.setdefault(table, set()).add(column)
+    if not columns:
+        return "it is empty (no tables)"
+    if "runs" not in columns or "saes" not in columns:
+        return f"it has tables {', '.join(sorted(columns)[:6])} but no `runs` or `saes`: not a feature database"
+    version = None
+    if "meta" in columns:
+        row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        version = row[0] if row else None
+    if version != VERSION:
+        age = "an older" if version is None or version < VERSION else "a newer"
+        return (
+            f"it was written by {age} version of this tool "
+            f"(layout {version or '1'}, this one reads {VERSION}); rebuild it with the same precompute command"
+        )
+    for table, needed in _REQUIRED.items():
+        missing = needed - columns.get(table, set())
+        if missing:
+            return f"its table `{table}` lacks column(s) {', '.join(sorted(missing))}"
+    return None
+
+
+def check(con: duckdb.DuckDBPyConnection, path: str | Path) -> None:
+    why = problem(con)
+    if why:
+        raise UserError(f"{Path(path).name} is not a feature database this dashboard can read: {why}")

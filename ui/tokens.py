@@ -1,0 +1,55 @@
+"""Text for the page: token contexts as escaped HTML, and escaping for markdown. No Streamlit here.
+
+Corpus text, labeler names, descriptions and URL parameters are data, never markup: every
+place that shows them goes through `tokens_html`, `escape` or `md`.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+
+import numpy as np
+
+
+def _show(tok: str) -> str:
+    # Make whitespace visible without letting it break the layout.
+    return tok.replace("\n", "↵").replace("\t", "⇥").replace(" ", "\u00a0") or "\u2205"
+
+
+def tokens_html(tokens: list[str], acts: np.ndarray, scale: float, focus: int | None = None) -> str:
+    """One context as inline spans shaded by activation / scale; hovering shows the value.
+
+    Every token is HTML-escaped: corpus text is data, never markup.
+    """
+    scale = float(scale) if scale and scale > 0 else 1.0
+    parts = []
+    for i, (tok, a) in enumerate(zip(tokens, acts)):
+        alpha = min(max(float(a) / scale, 0.0), 1.0)
+        # inline-block: a long context wraps between tokens instead of running off the page
+        style = f"display: inline-block; background: rgba(255, 120, 0, {alpha:.2f});"
+        if i == focus:
+            style += " outline: 1px solid #444; font-weight: 600;"
+        parts.append(
+            f'<span class="tok" style="{style}" title="{html.escape(tok, quote=True)} : {float(a):.4g}">'
+            f"{html.escape(_show(tok))}</span>"
+        )
+    return (
+        '<div class="ctx" style="font-family: monospace; line-height: 1.9; margin: 2px 0;">' + "".join(parts) + "</div>"
+    )
+
+
+def escape(text: object) -> str:
+    return html.escape("" if text is None else str(text))
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+!|~$:])")
+_MD_LINE_START = re.compile(r"^(\s*)([-=.]|\d+[.)])")
+
+
+def md(text: object) -> str:
+    """`text` as literal characters inside Streamlit markdown (errors, captions, metric labels):
+    a link, an image, HTML, an emoji code or a heading in it shows as typed and never renders."""
+    s = "" if text is None else str(text).replace("\n", " ")
+    s = _MD_SPECIAL.sub(r"\\\1", s)
+    return _MD_LINE_START.sub(lambda m: m.group(1) + m.group(2)[:-1] + "\\" + m.group(2)[-1], s)
