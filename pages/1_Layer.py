@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from backend.density import DENSE, ULTRALOW
 from backend.errors import UserError
 from backend.labels.joins import layer_table
 from backend.store import queries
@@ -64,7 +65,7 @@ def layer() -> None:
         key="w_filter",
         on_change=common.to_url,
         args=("w_filter", "filter"),
-        help="dead: never active · ultralow: density < 1e-5 · dense: density > 0.1",
+        help=f"dead: never active · ultralow: density < {ULTRALOW:g} · dense: density > {DENSE:g}",
     )
     sort = common.param("sort") or "density ↓"
     if sort not in SORTS:

@@ -168,6 +168,29 @@ def build_tiny_db(sae_dirs, adapter, loaded_saes):
     return build
 
 
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server of the tests' own; skipped where none is installed, except in CI
+    (SAE_REQUIRE_POSTGRES=1), where a missing server fails the run."""
+    from tests.postgres import Server, binaries
+
+    if binaries() is None:
+        if os.environ.get("SAE_REQUIRE_POSTGRES"):
+            pytest.fail("PostgreSQL is required here (SAE_REQUIRE_POSTGRES) but not installed")
+        pytest.skip("no PostgreSQL server installed (apt-get install postgresql)")
+    server = Server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def labels_store(request, tmp_path):
+    """A fresh, empty labels store of each kind: an SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "labels.sqlite")
+    return request.getfixturevalue("postgres").new_database()
+
+
 @pytest.fixture(autouse=True)
 def _fresh_query_caches():
     from backend.store import queries

@@ -10,6 +10,8 @@ import torch
 from backend.demo import DemoConfig, build_demo
 from backend.engine.models import load_model
 
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
 
 @pytest.fixture(scope="module")
 def demo_db(tmp_path_factory):

@@ -9,6 +9,8 @@ from backend import labels
 from backend.store import queries
 from tests.conftest import repo_root
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory, corpus_file, build_tiny_db):

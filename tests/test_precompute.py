@@ -16,6 +16,8 @@ from backend.engine.pipeline import merge_states, precompute
 from backend.errors import UserError
 from tests.conftest import make_sae, repo_root, run_backend
 
+pytestmark = pytest.mark.integration
+
 
 def _dense_codes(db, adapter, loaded):
     """Recompute every SAE's codes on the stored sequences: [S, T, d_sae] per SAE, BOS masked.
@@ -237,6 +239,7 @@ def test_mismatched_sae_fails_fast(adapter, tmp_path):
         load_saes([SAESource(release="gpt2-small-res-jb", sae_id="blocks.8.hook_resid_pos")], adapter, "cpu", "float32")
 
 
+@pytest.mark.slow
 def test_cli_mismatch_is_one_line_not_a_traceback(tmp_path):
     make_sae("standard", "blocks.0.hook_resid_post", d_in=8).save_model(str(tmp_path / "narrow"))
     r = run_backend(
@@ -394,11 +397,21 @@ def test_local_corpus_formats(tmp_path, tokenizer_dir):
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\nnot json\n')
     with pytest.raises(UserError, match="bad.jsonl:2 is not valid JSON"):
         list(documents(str(tmp_path / "bad.jsonl")))
+    (tmp_path / "binary.jsonl").write_bytes(b'{"text": "ok"}\n' + bytes(range(128, 256)) * 4)
+    with pytest.raises(UserError, match="binary.jsonl is not UTF-8"):
+        list(documents(str(tmp_path / "binary.jsonl")))
+    (tmp_path / "binary.parquet").write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(UserError, match="not a readable Parquet file"):
+        list(documents(str(tmp_path / "binary.parquet")))
+    (tmp_path / "folder.jsonl").mkdir()
+    with pytest.raises(UserError, match="is a folder"):
+        list(documents(str(tmp_path / "folder.jsonl")))
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     chunks = list(token_contexts(iter(["hello world " * 20] * 3), tok, 10))
     assert all(len(c) == 10 for c in chunks) and len(chunks) >= 6
 
 
+@pytest.mark.slow
 def test_killed_precompute_leaves_database_readable_and_reruns_cleanly(tmp_path):
     """SIGKILL mid-harvest (no Python cleanup runs): the file opens, the run reads as unfinished,
     no partial rows exist, and the same run name then completes without duplicates."""
@@ -441,3 +454,20 @@ def test_killed_precompute_leaves_database_readable_and_reruns_cleanly(tmp_path)
     assert con.execute("SELECT count(*), count(DISTINCT seq) FROM sequences").fetchone() == (8, 8)
     assert con.execute("SELECT count(*) FROM features").fetchone() == (128,)
     con.close()
+
+
+def test_cli_bad_options_are_one_line_before_any_work(tmp_path, sae_dirs):
+    """Bad options fail at once with one line and exit code 2, and write nothing."""
+    (tmp_path / "afile").write_text("x")
+    sae = next(iter(sae_dirs.values()))
+    cases = [
+        (["--dtype", "int8"], "--dtype 'int8'"),
+        (["--db", str(tmp_path / "afile" / "x.duckdb")], "cannot create the folder"),
+        (["--db", str(tmp_path)], "is a folder"),
+        (["--n-tokens", "0"], "must be positive"),
+    ]
+    for extra, message in cases:
+        r = run_backend("precompute", "--sae", sae, "--db", str(tmp_path / "f.duckdb"), *extra, timeout=120)
+        assert r.returncode == 2, (extra, r.stderr)
+        assert "Traceback" not in r.stderr and message in r.stderr, (extra, r.stderr)
+    assert not (tmp_path / "f.duckdb").exists()

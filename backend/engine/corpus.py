@@ -76,6 +76,8 @@ def _stdlib_sources(root: Path) -> Iterator[Path]:
 
 def _local_documents(path: Path, text_field: str) -> Iterator[str]:
     suffix = path.suffix.lower()
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a corpus file")
     if suffix in (".txt", ".md"):
         # Blank-line separated paragraphs are documents; a file without them is one document.
         text = path.read_text(encoding="utf-8", errors="replace")
@@ -83,6 +85,16 @@ def _local_documents(path: Path, text_field: str) -> Iterator[str]:
             if para.strip():
                 yield para
     elif suffix in (".jsonl", ".json"):
+        yield from _jsonl_documents(path, text_field)
+    elif suffix == ".parquet":
+        yield from _parquet_documents(path, text_field)
+    else:
+        raise UserError(f"{path}: unsupported corpus file type {suffix!r} (use .txt, .jsonl or .parquet)")
+
+
+def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
+    lineno = 0
+    try:
         with path.open(encoding="utf-8") as fh:
             for lineno, line in enumerate(fh, 1):
                 if not line.strip():
@@ -94,16 +106,27 @@ def _local_documents(path: Path, text_field: str) -> Iterator[str]:
                 if not isinstance(row, dict) or text_field not in row:
                     raise UserError(f"{path}:{lineno} has no {text_field!r} field (set --text-field)")
                 yield str(row[text_field])
-    elif suffix == ".parquet":
-        import pyarrow.parquet as pq
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text (after line {lineno}): is it really a JSON-lines file?") from None
+    except IsADirectoryError:
+        raise UserError(f"{path} is a folder, not a corpus file") from None
 
+
+def _parquet_documents(path: Path, text_field: str) -> Iterator[str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
         pf = pq.ParquetFile(path)
-        if text_field not in pf.schema_arrow.names:
-            raise UserError(f"{path} has no column {text_field!r} (columns: {pf.schema_arrow.names})")
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(f"{path} is not a readable Parquet file ({str(e).splitlines()[0][:150]})") from None
+    if text_field not in pf.schema_arrow.names:
+        raise UserError(f"{path} has no column {text_field!r} (columns: {pf.schema_arrow.names})")
+    try:
         for batch in pf.iter_batches(columns=[text_field]):
             yield from (str(t) for t in batch.column(0).to_pylist() if t)
-    else:
-        raise UserError(f"{path}: unsupported corpus file type {suffix!r} (use .txt, .jsonl or .parquet)")
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(f"{path}: could not read column {text_field!r} ({str(e).splitlines()[0][:150]})") from None
 
 
 def _hf_documents(name: str, split: str, text_field: str) -> Iterator[str]:

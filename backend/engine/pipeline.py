@@ -100,6 +100,8 @@ def precompute(cfg: PrecomputeConfig, adapter: ModelAdapter | None = None, saes:
         raise UserError("no SAE given: pass --sae FOLDER or --release R --sae-id ID")
     if saes is None:
         expand_sources(cfg.saes)  # unknown releases / ids / folders fail before the model loads
+    if not cfg.shard:
+        writes.check_path(cfg.db)
     adapter = adapter or load_model(cfg.model, cfg.device, cfg.dtype)
     saes = saes if saes is not None else load_saes(cfg.saes, adapter, cfg.device, cfg.dtype)
     run_id = cfg.run_id()

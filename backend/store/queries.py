@@ -108,11 +108,18 @@ class _Pool:
                 entry[3] = time.monotonic()
 
     @staticmethod
-    def _connect(path: str) -> duckdb.DuckDBPyConnection:
-        try:
-            con = duckdb.connect(path, read_only=True)
-        except duckdb.Error as e:
-            raise UserError(f"cannot open {path} ({str(e).splitlines()[0]})") from None
+    def _connect(path: str, wait_s: float = 10.0) -> duckdb.DuckDBPyConnection:
+        """Open read-only; while a precompute holds the write lock (moments), wait for it."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                con = duckdb.connect(path, read_only=True)
+                break
+            except duckdb.Error as e:
+                first = str(e).splitlines()[0]
+                if "lock" not in first.lower() or time.monotonic() > deadline:
+                    raise UserError(f"cannot open {path} ({first})") from None
+                time.sleep(0.2)
         schema.check(con, path)
         return con
 

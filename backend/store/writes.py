@@ -46,9 +46,8 @@ def now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def connect_write(path: str | Path, wait_s: float = LOCK_WAIT_S) -> duckdb.DuckDBPyConnection:
-    """Open for writing, creating the file with our schema; waits while a reader (the dashboard)
-    holds it, since it lets go of idle files within seconds (queries.IDLE_CLOSE_S)."""
+def check_path(path: str | Path) -> Path:
+    """A database path we can write, its folder created: checked before any long work."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,6 +55,13 @@ def connect_write(path: str | Path, wait_s: float = LOCK_WAIT_S) -> duckdb.DuckD
         raise UserError(f"cannot create the folder for {path}: {e.strerror or e}") from None
     if path.is_dir():
         raise UserError(f"{path} is a folder; give a database file path such as data/features.duckdb")
+    return path
+
+
+def connect_write(path: str | Path, wait_s: float = LOCK_WAIT_S) -> duckdb.DuckDBPyConnection:
+    """Open for writing, creating the file with our schema; waits while a reader (the dashboard)
+    holds it, since it lets go of idle files within seconds (queries.IDLE_CLOSE_S)."""
+    path = check_path(path)
     deadline = time.monotonic() + wait_s
     told = False
     while True:

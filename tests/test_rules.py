@@ -1,0 +1,146 @@
+"""Unit tests of the rules everything else relies on: density, agreement statistics, the
+password check, markdown escaping. Pure functions, no files, no model."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from backend import labels
+
+pytestmark = pytest.mark.unit
+
+
+def test_agreement_and_intervals():
+    import pandas as pd
+
+    cur = pd.DataFrame(
+        {
+            "db": "d",
+            "sae": "s",
+            "feature": [1, 1, 2, 2, 3, 3, 4],
+            "labeler": ["a", "b", "a", "b", "a", "b", "a"],
+            "verdict": [
+                "interpretable",
+                "interpretable",
+                "not interpretable",
+                "interpretable",
+                "not interpretable",
+                "not interpretable",
+                "interpretable",
+            ],
+        }
+    )
+    ag = labels.agreement(cur)
+    assert ag["n_features"] == 3
+    assert ag["percent_agreement"] == pytest.approx(2 / 3)
+    # Cohen: po = 2/3; a says yes 1/3, b says yes 2/3 -> pe = 1/3*2/3 + 2/3*1/3 = 4/9
+    assert ag["cohen_kappa"] == pytest.approx((2 / 3 - 4 / 9) / (1 - 4 / 9))
+    assert list(labels.disagreements(cur)["feature"]) == [2]
+    lo, hi = labels.wilson(0, 10)
+    assert lo == 0 and 0.2 < hi < 0.35
+    lo, hi = labels.wilson(5, 10)
+    assert lo < 0.5 < hi
+    by = labels.interpretability_by_bucket(
+        cur.assign(log10_density=[-1.5] * 4 + [-6.0] * 3), lambda x: "low" if x < -5 else "high"
+    )
+    # features count once, by majority: high = feature 1 (yes, yes) and feature 2 (a tie, left
+    # out); low = feature 3 (no, no) and feature 4 (yes)
+    got = {r.bucket: (r.k, r.n) for r in by.itertuples()}
+    assert got == {"high": (1, 1), "low": (1, 2)}
+
+
+def test_fleiss_kappa_and_wilson_against_hand_computed_values():
+    import numpy as np
+
+    # Three items, three raters, categories (yes, no, unsure):
+    #   item 1: 3 yes -> P_1 = (3*2)/(3*2) = 1
+    #   item 2: 2 yes, 1 no -> P_2 = (2*1 + 0)/6 = 1/3
+    #   item 3: 1 yes, 1 no, 1 unsure -> P_3 = 0
+    # P-bar = 4/9; p_j = (6/9, 2/9, 1/9); P_e = (36 + 4 + 1)/81 = 41/81
+    # kappa = (4/9 - 41/81) / (1 - 41/81) = (36/81 - 41/81) / (40/81) = -5/40 = -0.125
+    from backend.labels.agreement import fleiss
+
+    got = fleiss(np.array([[3, 0, 0], [2, 1, 0], [1, 1, 1]], dtype=float))
+    assert got["percent_agreement"] == pytest.approx(4 / 9)
+    assert got["fleiss_kappa"] == pytest.approx(-0.125)
+    # Wilson 95% intervals, values as published (e.g. Newcombe 1998, table I): 81/263 -> 0.2553..0.3662
+    lo, hi = labels.wilson(81, 263)
+    assert (lo, hi) == (pytest.approx(0.2553, abs=1e-4), pytest.approx(0.3662, abs=1e-4))
+    lo, hi = labels.wilson(15, 148)
+    assert (lo, hi) == (pytest.approx(0.0624, abs=1e-4), pytest.approx(0.1605, abs=1e-4))
+    assert labels.wilson(0, 20) == (0.0, pytest.approx(0.1611, abs=1e-4))
+
+
+def test_password_check_compares_bytes_and_slows_guessing():
+    from backend.labels.access import Throttle, password_matches
+
+    assert password_matches("pässwört-密码", "pässwört-密码")
+    assert not password_matches("passwort", "pässwört-密码")
+    assert not password_matches("", "x")
+    t = Throttle(base=0.01, cap=0.04)
+    delays = []
+    for _ in range(5):
+        delays.append(t.delay())
+        assert not t.check("wrong", "right")
+    assert delays == [0.0, 0.01, 0.02, 0.04, 0.04]
+    assert t.check("right", "right") and t.delay() == 0.0
+
+
+def test_density_rules_have_one_meaning():
+    from backend.density import (
+        DENSE,
+        ULTRALOW,
+        bucket_order,
+        density_bucket,
+        is_dense,
+        is_ultralow,
+        log10_density,
+        log_density_edges,
+        log_density_histogram,
+    )
+
+    assert not is_dense(DENSE) and is_dense(np.nextafter(DENSE, 1))  # dense is strictly above 0.1
+    assert (
+        bool(is_ultralow(np.float64(9e-6), 3)) and not bool(is_ultralow(0.0, 0)) and not bool(is_ultralow(ULTRALOW, 1))
+    )
+    assert math.isnan(log10_density(0.0)) and log10_density(0.01) == pytest.approx(-2)
+    np.testing.assert_allclose(log10_density(np.array([0.0, 1.0, 1e-3])), [np.nan, 0.0, -3.0])
+    assert density_bucket(None) == density_bucket(float("nan")) == "dead"
+    assert density_bucket(-5.5) == "ultralow (<1e-5)" and density_bucket(-0.5) == "dense (>1e-1)"
+    assert bucket_order()[0] == "dead" and bucket_order()[-1] == "dense (>1e-1)"
+    edges = log_density_edges(np.array([-3.04, -0.2]))
+    assert edges[0] == pytest.approx(-3.1) and edges[-1] == 0.0
+    counts, edges = log_density_histogram(np.array([0.0, 1.0, 0.001, 0.5]))
+    assert counts.sum() == 3  # the dead feature is left out, density 1 lands in the last bin
+    assert counts[-1] >= 1
+
+
+def test_markdown_escaping_shows_text_as_typed():
+    from ui.tokens import md
+
+    assert md("![p](http://127.0.0.1:8699/p.png)") == r"\!\[p\]\(http\://127.0.0.1\:8699/p.png\)"
+    assert md("<img src=x>") == r"\<img src=x\>"
+    assert md("- item") == r"\- item" and md("3. item") == r"3\. item" and md("# h") == r"\# h"
+    assert md(":smile: $x$") == r"\:smile\: \$x\$"
+    assert md("a\nb") == "a b"
+    assert md("view='sideways'") == "view='sideways'"
+
+
+def test_interpretability_counts_features_sorted_by_density():
+    cur = pd.DataFrame(
+        {
+            "db": "d",
+            "sae": "s",
+            "feature": [1, 1, 2, 3],
+            "labeler": ["a", "b", "a", "a"],
+            "verdict": ["interpretable", "interpretable", "not interpretable", "interpretable"],
+            "log10_density": [-1.5, -1.5, -6.0, -3.5],
+        }
+    )
+    by = labels.interpretability_by_bucket(cur)
+    assert list(by["bucket"]) == ["ultralow (<1e-5)", "1e-4..1e-3", "1e-2..1e-1"]  # sparse to dense
+    assert list(by["n"]) == [1, 1, 1]  # feature 1 has two verdicts but counts once
