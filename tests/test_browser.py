@@ -179,3 +179,78 @@ def test_two_labelers_see_each_other(server, browser):
         assert "ann" in text and "bob" in text
         assert "not interpretable" in text
         ctx.close()
+
+
+EVIL = "![p](http://127.0.0.1:8699/p.png) [click](http://127.0.0.1:8699/x) <img src=x onerror=alert(1)> <a href=http://127.0.0.1:8699/y>y</a>"
+
+
+def _nothing_rendered(page) -> None:
+    """No image or link that user text could have made is in the DOM."""
+    page.wait_for_timeout(300)
+    assert page.locator("img[src*='8699'], img[src='x']").count() == 0
+    assert page.locator("a[href*='8699']").count() == 0
+    _no_traceback(page)
+
+
+def test_user_text_never_renders(server, browser):
+    """A markdown image, a link and HTML, in every URL parameter and every field a user writes:
+    shown as text, never rendered, on every page."""
+    from urllib.parse import quote
+
+    base, data = server
+    e = quote(EVIL)
+    ctx, page = _page(browser)
+    urls = [
+        f"/?db=tiny.duckdb&view={e}",
+        f"/?db={e}",
+        f"/Layer?db=tiny.duckdb&sae={e}",
+        f"/Layer?db=tiny.duckdb&sae=relu-b0&filter={e}",
+        f"/Layer?db=tiny.duckdb&sae=relu-b0&sort={e}",
+        f"/Layer?db=tiny.duckdb&sae=relu-b0&lo={e}",
+        f"/Layer?db=tiny.duckdb&sae=relu-b0&overlay={e}",
+        f"/Feature?db=tiny.duckdb&sae=relu-b0&feature={e}",
+        f"/Search?db=tiny.duckdb&q={e}",
+        f"/Search?db=tiny.duckdb&sae={e}",
+        f"/Label_queue?db=tiny.duckdb&sae=relu-b0&mode={e}",
+        f"/Label_queue?db=tiny.duckdb&sae=relu-b0&step={e}",
+        f"/Interpretability?db=tiny.duckdb&labeler={e}",
+    ]
+    for url in urls:
+        page.goto(base + url)
+        page.locator("[data-testid='stAppViewContainer']").wait_for()
+        page.wait_for_timeout(800)
+        _nothing_rendered(page)
+
+    # a labeler name and a description written by a hostile collaborator, then seen by others
+    f = _busy_feature(data, "topk-b1")
+    for who in (EVIL[:80], "ann"):
+        page.goto(base + f"/Feature?db=tiny.duckdb&sae=topk-b1&feature={f}")
+        page.get_by_role("heading", name=re.compile(f"Feature {f}")).wait_for()
+        name = page.get_by_label("Your name (for labels)")
+        name.fill(who)
+        name.press("Enter")
+        desc = page.get_by_label("Description (optional)")
+        desc.fill(EVIL)
+        desc.press("Enter")
+        page.get_by_role("button", name="not interpretable" if who == "ann" else "interpretable", exact=True).click()
+        page.get_by_text("Saved:").wait_for()
+        _nothing_rendered(page)
+    page.reload()
+    page.locator("table.labels").wait_for()
+    assert "![p](http://127.0.0.1:8699/p.png)" in page.locator("table.labels").inner_text()  # shown as typed
+    _nothing_rendered(page)
+    for url in ("/Interpretability?db=tiny.duckdb", "/?db=tiny.duckdb", "/Layer?db=tiny.duckdb&sae=topk-b1"):
+        page.goto(base + url)
+        page.locator("[data-testid='stAppViewContainer']").wait_for()
+        page.wait_for_timeout(1500)
+        _nothing_rendered(page)
+    page.goto(base + "/Interpretability?db=tiny.duckdb")
+    page.get_by_text("Fleiss' kappa").wait_for()
+    _nothing_rendered(page)
+    page.goto(base + "/Search?db=tiny.duckdb")
+    box = page.get_by_label("Token or phrase")
+    box.fill(EVIL)
+    box.press("Enter")
+    page.wait_for_timeout(1500)
+    _nothing_rendered(page)
+    ctx.close()

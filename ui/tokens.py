@@ -45,11 +45,14 @@ def escape(text: object) -> str:
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+!|~$:])")
 _MD_LINE_START = re.compile(r"^(\s*)([-=.]|\d+[.)])")
+_AUTOLINK = re.compile(r"(?i)(://|www\.|@)")
+_WORD_JOINER = "\u2060"  # invisible; GitHub-flavoured markdown stops linkifying URLs and emails at it
 
 
 def md(text: object) -> str:
     """`text` as literal characters inside Streamlit markdown (errors, captions, metric labels):
     a link, an image, HTML, an emoji code or a heading in it shows as typed and never renders."""
     s = "" if text is None else str(text).replace("\n", " ")
+    s = _AUTOLINK.sub(lambda m: m.group(1)[0] + _WORD_JOINER + m.group(1)[1:], s)
     s = _MD_SPECIAL.sub(r"\\\1", s)
     return _MD_LINE_START.sub(lambda m: m.group(1) + m.group(2)[:-1] + "\\" + m.group(2)[-1], s)
