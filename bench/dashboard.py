@@ -7,6 +7,13 @@ examples each (32-token windows), through the real schema, then times:
   - a feature drilldown's queries (feature, examples, token effects, neighbours) on random
     features with cold caches, p50/p95.
 Last line: feature_p95_ms=<x> layer_page_s=<y>
+
+With --browser it instead measures pages in a real browser: `streamlit run app.py` (the
+repository's .streamlit/config.toml, file watcher off unless --watcher auto) over a data folder,
+and N concurrent Chromium sessions (--sessions 1 5 20), each opening the Overview, a Layer page
+and three Feature pages in turn; time to content per page (navigation start to the page's own
+content visible), p50/p95 per N.
+Last line: s1_p50_ms=<a> s1_p95_ms=<b> s5_p50_ms=... s20_p95_ms=<z>
 """
 
 from __future__ import annotations
@@ -214,5 +221,126 @@ def main() -> None:
     print(f"feature_p95_ms={p95:.1f} layer_page_s={layer_s:.2f}")
 
 
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
+
+
+def _serve(data: Path, port: int, watcher: str):
+    import subprocess
+    import urllib.request
+
+    env = dict(os.environ, SAE_DASHBOARD_DATA=str(data.resolve()))
+    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)]
+    cmd += ["--server.address", "127.0.0.1", "--server.fileWatcherType", watcher]
+    proc = subprocess.Popen(
+        cmd, cwd=Path(__file__).resolve().parents[1], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    for _ in range(240):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1)
+            return proc
+        except OSError:
+            time.sleep(0.25)
+    proc.kill()
+    raise RuntimeError("streamlit did not start")
+
+
+async def _session(browser, base: str, db: str, sae: str, features: list[int], out: list) -> None:
+    ctx = await browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = await ctx.new_page()
+    page.set_default_timeout(180_000)
+    visits = [
+        (f"/?db={db}", "[data-testid='stPlotlyChart']", "overview"),
+        (f"/Layer?db={db}&sae={sae}", "[data-testid='stDataFrame']", "layer"),
+    ]
+    visits += [(f"/Feature?db={db}&sae={sae}&feature={f}", "span.tok", "feature") for f in features]
+    for url, ready, kind in visits:
+        t = time.perf_counter()
+        await page.goto(base + url)
+        await page.locator(ready).first.wait_for()
+        out.append((kind, (time.perf_counter() - t) * 1000))
+    await ctx.close()
+
+
+def browser_bench(data: Path, sessions: list[int], watcher: str, port: int = 8765) -> dict[int, list]:
+    import asyncio
+
+    import duckdb
+    from playwright.async_api import async_playwright
+
+    os.environ["SAE_DASHBOARD_DATA"] = str(data)
+    db = queries.list_databases()[0]
+    con = duckdb.connect(str(data / db), read_only=True)
+    sae = con.execute("SELECT sae FROM saes ORDER BY depth DESC LIMIT 1").fetchone()[0]
+    busy = [
+        r[0]
+        for r in con.execute(
+            "SELECT feature FROM features WHERE sae = ? AND count > 0 ORDER BY count DESC LIMIT 60", [sae]
+        ).fetchall()
+    ]
+    con.close()
+    proc = _serve(data, port, watcher)
+    results: dict[int, list] = {}
+
+    async def run() -> None:
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            warm: list = []
+            await _session(browser, f"http://127.0.0.1:{port}", db, sae, busy[:1], warm)  # first start, not timed
+            for n in sessions:
+                out: list = []
+                rng = np.random.default_rng(n)
+                await asyncio.gather(
+                    *(
+                        _session(
+                            browser, f"http://127.0.0.1:{port}", db, sae, [int(x) for x in rng.choice(busy, 3)], out
+                        )
+                        for _ in range(n)
+                    )
+                )
+                results[n] = out
+            await browser.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return results
+
+
+def browser_main(args) -> None:
+    data = Path(args.data)
+    watchers = ["none", "auto"] if args.watcher == "both" else [args.watcher]
+    figures = {}
+    for watcher in watchers:
+        res = browser_bench(data, args.sessions, watcher)
+        for n, out in res.items():
+            ms = np.array([m for _, m in out])
+            by_kind = {k: statistics.median([m for kk, m in out if kk == k]) for k in ("overview", "layer", "feature")}
+            p50, p95 = float(np.median(ms)), float(np.percentile(ms, 95))
+            print(
+                f"watcher={watcher} sessions={n}: time to content p50 {p50:.0f} ms, p95 {p95:.0f} ms "
+                f"over {len(ms)} pages; "
+                + ", ".join(f"{k} p50 {v:.0f} ms" for k, v in by_kind.items())
+            )
+            if watcher == watchers[0]:
+                figures[n] = (p50, p95)
+    print(" ".join(f"s{n}_p50_ms={p50:.0f} s{n}_p95_ms={p95:.0f}" for n, (p50, p95) in figures.items()))
+
+
 if __name__ == "__main__":
-    main()
+    if "--browser" in sys.argv:
+        ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        ap.add_argument("--browser", action="store_true")
+        ap.add_argument("--data", default="data", help="data folder; its newest database is measured")
+        ap.add_argument("--sessions", type=int, nargs="+", default=[1, 5, 20])
+        ap.add_argument("--watcher", choices=["none", "auto", "both"], default="none")
+        browser_main(ap.parse_args())
+    else:
+        main()
