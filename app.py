@@ -2,12 +2,19 @@
 
 import streamlit as st
 
+from backend.density import DENSE, ULTRALOW, resolution_floor
 from backend.errors import UserError
 from backend.store import queries
 from ui import common, figures, labeling
 from ui.tokens import md
 
 common.setup("Overview")
+DOWNSTREAM_HELP = (
+    "The SAE's reconstruction spliced into the model at its hook, on a fixed sample of sequences. "
+    "cosine_recovered (encoders): (cos(clean, spliced) − cos(clean, ablated)) / (1 − cos(clean, ablated)) "
+    "for the mean-pooled sentence embedding, where ablated zeroes the hook; 1 = nothing lost, 0 = as bad as "
+    "zeroing. ce_loss_recovered (causal LMs): (CE ablated − CE spliced) / (CE ablated − CE clean)."
+)
 
 
 @common.page
@@ -37,33 +44,27 @@ def overview() -> None:
             )
         )
 
-    table = saes[
-        [
-            "sae",
-            "hook",
-            "architecture",
-            "d_sae",
-            "l0",
-            "explained_variance",
-            "recon_tokens",
-            "downstream_metric",
-            "downstream_value",
-            "n_dead",
-            "n_dense",
-            "n_tokens",
-        ]
-    ].copy()
-    table = table.assign(open=[common.url("Layer", sae=s) for s in saes["sae"]])[["open", *table.columns]]
+    # key columns first, so they show without scrolling; a new frame, never the cached one
+    cols = ["sae", "l0", "explained_variance", "downstream_value", "n_dead", "n_dense", "hook", "architecture"]
+    cols += ["d_sae", "downstream_metric", "recon_tokens", "n_tokens"]
+    table = saes[cols].assign(open=[common.url("Layer", sae=s) for s in saes["sae"]])[["open", *cols]]
     st.dataframe(
         table,
         hide_index=True,
         column_config={
             "open": st.column_config.LinkColumn("layer page", display_text="open"),
-            "l0": st.column_config.NumberColumn("L0", format="%.1f"),
-            "explained_variance": st.column_config.NumberColumn("explained var.", format="%.3f"),
-            "downstream_value": st.column_config.NumberColumn("downstream", format="%.3f"),
-            "n_dead": "dead",
-            "n_dense": "dense (>10%)",
+            "l0": st.column_config.NumberColumn("L0", format="%.1f", help="mean number of active features per token"),
+            "explained_variance": st.column_config.NumberColumn(
+                "explained var.",
+                format="%.3f",
+                help="1 − Σ‖x − x̂‖² / Σ‖x − mean x‖²: the share of the residual stream's variance the SAE reconstructs",
+            ),
+            "downstream_value": st.column_config.NumberColumn("downstream", format="%.3f", help=DOWNSTREAM_HELP),
+            "downstream_metric": st.column_config.TextColumn("downstream metric", help=DOWNSTREAM_HELP),
+            "n_dead": st.column_config.NumberColumn("dead", help="features that never fired on the corpus"),
+            "n_dense": st.column_config.NumberColumn(
+                f"dense (>{DENSE:.0%})", help=f"features active on more than {DENSE:.0%} of tokens"
+            ),
             "n_tokens": "tokens",
             "recon_tokens": st.column_config.NumberColumn(
                 "explained var. on",
@@ -72,10 +73,6 @@ def overview() -> None:
             ),
         },
     )
-
-    links = st.columns(min(len(saes), 6))
-    for i, s in enumerate(saes["sae"]):
-        links[i % len(links)].page_link(common.LAYER, label=f"{md(s)} →", query_params=common.link_params(sae=s))
 
     st.subheader("Feature density per layer")
     common.seed("w_view", "view", common.param("view") or "facet")
@@ -89,13 +86,20 @@ def overview() -> None:
         on_change=common.to_url,
         args=("w_view", "view"),
     )
-    st.plotly_chart(figures.density_histograms(queries.density_hist(db), mode), key="dens")
-    st.caption("Dead features (never active) are not in the histograms; the table counts them.")
+    n_tok = int(saes["n_tokens"].max())
+    floor = resolution_floor(n_tok)
+    st.plotly_chart(figures.density_histograms(queries.density_hist(db), saes, mode, floor), key="dens")
+    st.caption(
+        f"{len(saes)} SAEs × their features, densities over {n_tok:,} tokens. Dead features (never active) are not "
+        f"in the histograms; the table counts them. Dotted lines: the dense cut ({DENSE:.0%}) and the resolution floor "
+        f"1 / {n_tok:,} tokens = {10**floor:.1e}: no nonzero density can be measured below it, so an empty "
+        f"ultralow (< {ULTRALOW:g}) region means nothing when the floor is above {ULTRALOW:g}."
+    )
 
     st.subheader("Quality across layers")
     st.plotly_chart(figures.metric_lines(saes), key="lines")
     st.subheader("Reconstruction error by token position")
-    st.plotly_chart(figures.position_error(queries.position_error(db)), key="pos")
+    st.plotly_chart(figures.position_error(queries.position_error(db), saes), key="pos")
 
     labeling.overview_panel(db)
 

@@ -90,3 +90,23 @@ def activation_bin_edges(log_lo: float, log_hi: float, bins: int) -> np.ndarray:
 
 def activation_bin_width(log_lo: float, log_hi: float, bins: int) -> float:
     return (log_hi - log_lo) / bins
+
+
+def resolution_floor(n_tokens: int) -> float:
+    """log10 of the smallest nonzero density a run of `n_tokens` can measure (one firing)."""
+    return -math.log10(max(int(n_tokens), 1))
+
+
+def below_floor(threshold: float, n_tokens: int) -> bool:
+    """Whether densities under `threshold` cannot be told apart from zero at this token count:
+    then an empty ultralow bucket says nothing about the SAE."""
+    return threshold <= 1.0 / max(int(n_tokens), 1)
+
+
+def format_density(d: float) -> str:
+    """One format for densities on screen: a percentage where that reads well, else scientific."""
+    if d <= 0:
+        return "0 (dead)"
+    if d >= 1e-3:
+        return f"{d:.2%}" if d < 0.1 else f"{d:.1%}"
+    return f"{d:.2e} ({d:.4%})" if d >= 1e-5 else f"{d:.2e}"

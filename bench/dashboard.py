@@ -326,8 +326,7 @@ def browser_main(args) -> None:
             p50, p95 = float(np.median(ms)), float(np.percentile(ms, 95))
             print(
                 f"watcher={watcher} sessions={n}: time to content p50 {p50:.0f} ms, p95 {p95:.0f} ms "
-                f"over {len(ms)} pages; "
-                + ", ".join(f"{k} p50 {v:.0f} ms" for k, v in by_kind.items())
+                f"over {len(ms)} pages; " + ", ".join(f"{k} p50 {v:.0f} ms" for k, v in by_kind.items())
             )
             if watcher == watchers[0]:
                 figures[n] = (p50, p95)

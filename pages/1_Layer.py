@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from backend.density import DENSE, ULTRALOW
+from backend.density import DENSE, ULTRALOW, below_floor, is_dense, resolution_floor
 from backend.errors import UserError
 from backend.labels.joins import layer_table
 from backend.store import queries
@@ -46,7 +46,8 @@ def layer() -> None:
     sel = (
         (lo if lo is not None else -10.0, hi if hi is not None else 0.0) if (lo is not None or hi is not None) else None
     )
-    fig = figures.layer_histogram(feats, other, names=(sae, overlay or ""), selected=sel)
+    floor = resolution_floor(row["n_tokens"])
+    fig = figures.layer_histogram(feats, other, names=(sae, overlay or ""), selected=sel, floor=floor)
     reset = st.session_state.setdefault("_hist_reset", 0)
     event = st.plotly_chart(fig, on_select="rerun", selection_mode="box", key=f"hist{reset}")
     box = (event.selection or {}).get("box") if event else None
@@ -81,10 +82,18 @@ def layer() -> None:
     shown = layer_table(
         db, sae, status, st.session_state["w_filter"] or "all", lo, hi, SORTS[st.session_state["w_sort"]]
     )
+    if st.session_state["w_filter"] == "ultralow" and below_floor(ULTRALOW, row["n_tokens"]):
+        st.warning(
+            f"This run read {int(row['n_tokens']):,} tokens, so the smallest density it can measure is "
+            f"1 / {int(row['n_tokens']):,} = {10**floor:.1e}, above the ultralow cut {ULTRALOW:g}: no feature can show "
+            "as ultralow here, and an empty list says nothing about the SAE. Precompute on more tokens to resolve it."
+        )
     rng = f" with log10 density in [{lo if lo is not None else '-∞'}, {hi if hi is not None else 0}]" if sel else ""
     st.markdown(f"**{len(shown):,}** of {len(feats):,} features{rng}. Click a row to open it.")
     picked = st.dataframe(
-        shown[["feature", "density", "log10_density", "count", "max_act", "mean_act", "top_tokens", "label"]],
+        shown.assign(dense=is_dense(shown["density"]))[
+            ["feature", "density", "log10_density", "dense", "count", "max_act", "mean_act", "top_tokens", "label"]
+        ],
         hide_index=True,
         on_select="rerun",
         selection_mode="single-row",
@@ -93,6 +102,7 @@ def layer() -> None:
         column_config={
             "density": st.column_config.NumberColumn(format="%.2e"),
             "log10_density": st.column_config.NumberColumn("log10", format="%.2f"),
+            "dense": st.column_config.CheckboxColumn(f"dense (>{DENSE:.0%})"),
             "max_act": st.column_config.NumberColumn("max act", format="%.3g"),
             "mean_act": st.column_config.NumberColumn("mean act", format="%.3g"),
         },

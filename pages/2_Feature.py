@@ -31,7 +31,7 @@ def feature() -> None:
     for col, label, target in (
         (nav[0], "← previous", (f - 1) % n),
         (nav[1], "next →", (f + 1) % n),
-        (nav[2], "🎲 random", None),
+        (nav[2], "random", None),
     ):
         if col.button(label, key=f"nav_{label}"):
             common.set_params(feature=target if target is not None else random.randrange(n))
@@ -48,11 +48,7 @@ def feature() -> None:
             + "</p>"
         )
 
-    st.dataframe(
-        feature_view.summary(row, n),
-        hide_index=True,
-        column_config={"density": st.column_config.NumberColumn(format="%.3e")},
-    )
+    st.dataframe(feature_view.summary(row, n), hide_index=True)
     c1, c2 = st.columns(2)
     with c1:
         bucket = density_bucket(log10_density(row["density"]))
@@ -60,9 +56,11 @@ def feature() -> None:
         feature_view.density_panel(db, sae, row)
     with c2:
         st.markdown("**Activation histogram** (nonzero activations, log-spaced bins)")
-        st.plotly_chart(
-            figures.activation_histogram(row["hist"], row_sae["hist_lo"], row_sae["hist_hi"]), key="act_hist"
-        )
+        fig = figures.activation_histogram(row["hist"], row_sae["hist_lo"], row_sae["hist_hi"])
+        if fig is None:
+            st.caption(f"This feature never fired on the {int(row_sae['n_tokens']):,} tokens read: no activations.")
+        else:
+            st.plotly_chart(fig, key="act_hist")
 
     feature_view.examples_panel(db, sae, f)
     c3, c4 = st.columns(2)

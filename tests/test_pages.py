@@ -221,3 +221,49 @@ def test_no_database_is_a_message(tmp_path, monkeypatch):
     at = AppTest.from_file(str(repo_root() / "app.py"), default_timeout=60).run()
     assert not at.exception
     assert "python -m backend demo" in at.error[0].value
+
+
+def test_search_twice_uses_the_cache_without_breaking_it(app):
+    """The same search from two sessions: the second gets the cached result; the page must not
+    change that shared frame (it did, and the second open failed with 'cannot insert open')."""
+    first = app("pages/3_Search.py", q="alert")
+    _ok(first)
+    second = app("pages/3_Search.py", q="alert")
+    _ok(second)
+    assert list(first.dataframe[0].value["feature"]) == list(second.dataframe[0].value["feature"])
+
+
+def test_agreement_queue_never_shows_a_feature_nobody_labeled(app, data_dir):
+    lp = str(data_dir / "labels.sqlite")
+    run_id = queries.saes(str(data_dir / "tiny.duckdb"))["run_id"].iloc[0]
+    feats = queries.features(str(data_dir / "tiny.duckdb"), "topk-b1")
+    live = [int(f) for f in feats[feats["count"] > 0]["feature"]]
+    labeled_by_bob = live[-3:]
+    for f in labeled_by_bob:
+        labels.add(
+            lp,
+            labels.Label(db="tiny.duckdb", run_id=run_id, sae="topk-b1", feature=f, verdict="unsure", labeler="bob"),
+        )
+    at = app("pages/4_Label_queue.py", sae="topk-b1", labeler="cat")
+    _ok(at)
+    at.radio(key="w_mode").set_value("agreement").run()
+    _ok(at)
+    qf = at.query_params["qf"]
+    qf = int(qf[0] if isinstance(qf, list) else qf)
+    assert qf in labeled_by_bob  # switched at once, without pressing Skip
+
+
+def test_links_never_carry_the_labeler(app):
+    from urllib.parse import parse_qs, urlsplit
+
+    at = app("pages/2_Feature.py", sae="relu-b0", feature="3", labeler="ann")
+    _ok(at)
+    assert "labeler" not in at.query_params
+    code = [c.value for c in at.code]
+    assert code and all("labeler" not in parse_qs(urlsplit(c).query) for c in code)
+    at2 = AppTest.from_file(str(repo_root() / "app.py"), default_timeout=60)
+    at2.switch_page("pages/2_Feature.py")
+    at2.query_params.update({"db": "tiny.duckdb", "sae": "relu-b0", "feature": "3", "labeler": "mallory"})
+    at2.run()
+    assert "labeler" not in at2.query_params  # an old link's name is dropped, never used
+    assert not at2.text_input(key="w_labeler").value

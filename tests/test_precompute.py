@@ -434,12 +434,17 @@ def test_killed_precompute_leaves_database_readable_and_reruns_cleanly(tmp_path)
         "--batch-size",
         "4",
     ]
+    import threading
+
     proc = subprocess.Popen(cmd + ["--n-tokens", "500000"], cwd=repo_root(), stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(180, proc.kill)  # a hung start ends the read below instead of the suite
+    watchdog.start()
     seen = ""
     while "harvest" not in seen:  # the run is registered and streaming
         ch = proc.stderr.read(1)
-        assert ch, "precompute ended before it started harvesting"
+        assert ch, f"precompute ended (or hung for 180 s) before it started harvesting: {seen[-500:]}"
         seen += ch
+    watchdog.cancel()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     con = duckdb.connect(db, read_only=True)
@@ -471,3 +476,16 @@ def test_cli_bad_options_are_one_line_before_any_work(tmp_path, sae_dirs):
         assert r.returncode == 2, (extra, r.stderr)
         assert "Traceback" not in r.stderr and message in r.stderr, (extra, r.stderr)
     assert not (tmp_path / "f.duckdb").exists()
+
+
+@pytest.mark.slow
+def test_wordpiece_display_keeps_the_space_before_brackets():
+    from backend.engine.models import load_model
+
+    adapter = load_model("embedded")
+    strings = adapter.token_strings()
+    vocab = adapter.tokenizer.get_vocab()
+    assert strings[vocab["["]] == " [" and strings[vocab["]"]] == " ]"  # word starts, like " the"
+    assert strings[vocab["[CLS]"]] == "[CLS]" and strings[vocab["[SEP]"]] == "[SEP]"
+    assert strings[vocab["[unused5]"]] == "[unused5]"
+    assert strings[vocab["##ing"]] == "ing" and strings[vocab["the"]] == " the"

@@ -23,13 +23,24 @@ OVERVIEW = "app.py"
 LAYER = "pages/1_Layer.py"
 FEATURE = "pages/2_Feature.py"
 QUEUE = "pages/4_Label_queue.py"
+NAV = [
+    (OVERVIEW, "Overview", ":material/dashboard:"),
+    (LAYER, "Layer", ":material/bar_chart:"),
+    (FEATURE, "Feature", ":material/insights:"),
+    ("pages/3_Search.py", "Search", ":material/search:"),
+    (QUEUE, "Label queue", ":material/checklist:"),
+    ("pages/5_Interpretability.py", "Interpretability", ":material/percent:"),
+]
+"""The sidebar's pages (Streamlit's own list is off in .streamlit/config.toml: it names the main
+script "app" and drops the database from links)."""
 MAX_PARAM_CHARS = 2000
 """URL parameters longer than this are refused before any work (no view needs more)"""
 MAX_INT = 2**31 - 1
 
 
 def setup(title: str) -> None:
-    st.set_page_config(page_title=f"{title} · SAE features", page_icon="🔬", layout="wide")
+    # Material icons come with Streamlit's own font: emoji render as empty boxes in Debian's Chromium
+    st.set_page_config(page_title=f"{title} · SAE features", page_icon=":material/biotech:", layout="wide")
 
 
 def page(fn):
@@ -40,6 +51,7 @@ def page(fn):
         st.session_state["_run"] = st.session_state.get("_run", 0) + 1
         try:
             check_param_sizes()
+            navigation()
             fn()
         except UserError as e:
             st.error(md(e))  # messages quote user input: shown as typed, never as markdown
@@ -52,6 +64,13 @@ def page(fn):
             )
 
     return run
+
+
+def navigation() -> None:
+    db = st.query_params.get("db")
+    keep = {"db": db} if db and db in queries.list_databases() else None
+    for path, label, icon in NAV:
+        st.sidebar.page_link(path, label=label, icon=icon, query_params=keep)
 
 
 def once_per_run(what: str) -> bool:
@@ -213,7 +232,7 @@ def copy_link() -> None:
         host = os.environ.get("SAE_DASHBOARD_URL", "http://localhost:8501")
         base = host.rstrip("/") + "/"
     query = urlencode({k: st.query_params.get(k) for k in st.query_params})
-    with st.sidebar.expander("🔗 Link to this view", expanded=False):
+    with st.sidebar.expander("Link to this view", expanded=False, icon=":material/link:"):
         st.code(f"{base}?{query}" if query else base, language=None)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from backend.density import log10_density
+from backend.density import format_density, log10_density, resolution_floor
 from backend.store import queries
 from backend.store.schema import ExampleKind
 from ui import common, figures
@@ -80,14 +80,17 @@ def density_panel(db: str, sae: str, row: dict) -> None:
     feats = queries.features(db, sae)
     marker = log10_density(row["density"])
     marker = None if np.isnan(marker) else marker
-    st.plotly_chart(figures.layer_histogram(feats, marker=marker), key="feat_density", config={"displayModeBar": False})
+    floor = resolution_floor(queries.sae_row(db, sae)["n_tokens"])
+    st.plotly_chart(
+        figures.layer_histogram(feats, marker=marker, floor=floor), key="feat_density", config={"displayModeBar": False}
+    )
 
 
 def summary(row: dict, n_features: int) -> pd.DataFrame:
     return pd.DataFrame(
         [
             {
-                "density": row["density"],
+                "density": format_density(row["density"]),
                 "count": row["count"],
                 "max activation": row["max_act"],
                 "mean when active": row["mean_act"],

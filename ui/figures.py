@@ -1,38 +1,126 @@
-"""Plotly figures the pages draw. No Streamlit here, so they are unit-tested."""
+"""Plotly figures the pages draw. No Streamlit here, so they are unit-tested.
+
+Conventions every chart keeps: an SAE's colour says its depth (one sequential scale, shallow to
+deep) and its line style its architecture; TopK and ReLU SAEs of the same hook sit side by side;
+density histograms mark the dense cut (10%) and the resolution floor (1 / tokens, below which no
+density can be measured); log axes carry full tick labels.
+"""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
-from backend.density import LOG_BIN_WIDTH, activation_bin_edges, bucket_order, log_density_edges
+from backend.density import DENSE, LOG_BIN_WIDTH, activation_bin_edges, bucket_order, log_density_edges
+
+DASHES = ["solid", "dash", "dot", "dashdot", "longdash"]
+DENSE_X = math.log10(DENSE)
 
 
-def density_histograms(df: pd.DataFrame, mode: str = "facet") -> go.Figure:
-    """log10-density histograms of several SAEs, one panel each ("facet") or overlaid."""
-    df = df.assign(x=(df["bin_lo"] + df["bin_hi"]) / 2)
-    labels = {"x": "log10 feature density", "n": "features"}
-    if mode == "overlay":
-        fig = px.line(df, x="x", y="n", color="sae", line_shape="hvh", labels=labels)
-    else:
-        n = df["sae"].nunique()
-        cols = min(3, max(n, 1))
-        fig = px.bar(
-            df,
-            x="x",
-            y="n",
-            facet_col="sae",
-            facet_col_wrap=cols,
-            labels=labels,
-            facet_row_spacing=0.08 if n > cols else 0.03,
-            height=max(300, 230 * ((n + cols - 1) // cols)),
+def depth_colours(saes: pd.DataFrame) -> dict[str, str]:
+    """sae -> colour on one sequential scale by depth (equal depths share a colour)."""
+    depths = sorted(saes["depth"].unique())
+    scale = px.colors.sample_colorscale("Viridis", [0.9 * i / max(len(depths) - 1, 1) for i in range(len(depths))])
+    by_depth = dict(zip(depths, scale))
+    return {r.sae: by_depth[r.depth] for r in saes.itertuples()}
+
+
+def arch_dashes(saes: pd.DataFrame) -> dict[str, str]:
+    return {a: DASHES[i % len(DASHES)] for i, a in enumerate(sorted(saes["architecture"].unique()))}
+
+
+def short_hook(hook: str) -> str:
+    """blocks.3.hook_resid_post -> 3.resid_post: enough to name a point on a depth axis."""
+    return hook.replace("blocks.", "").replace("hook_", "")
+
+
+def depth_axis(fig: go.Figure, saes: pd.DataFrame, **where) -> None:
+    """Name hooks on a depth axis instead of bare numbers."""
+    ticks = saes.drop_duplicates("depth").sort_values("depth")
+    fig.update_xaxes(tickvals=list(ticks["depth"]), ticktext=[short_hook(h) for h in ticks["hook"]], **where)
+
+
+def density_marks(fig: go.Figure, floor: float | None, **where) -> None:
+    """The dense cut and the resolution floor as vertical lines."""
+    fig.add_vline(x=DENSE_X, line_dash="dot", line_color="#b22", line_width=1, **where)
+    if floor is not None and np.isfinite(floor):
+        fig.add_vline(x=floor, line_dash="dot", line_color="#555", line_width=1, **where)
+
+
+def _mark_legend(fig: go.Figure, floor: float | None) -> None:
+    """Legend entries for the two lines (vlines have none of their own)."""
+    for name, colour in ((f"dense cut ({DENSE:.0%})", "#b22"), ("resolution floor (1 / tokens)", "#555")):
+        if "floor" in name and floor is None:
+            continue
+        fig.add_trace(
+            go.Scatter(
+                x=[None], y=[None], mode="lines", line=dict(dash="dot", color=colour), name=name, hoverinfo="skip"
+            )
         )
-        fig.update_traces(marker_line_width=0)
-        fig.for_each_annotation(lambda a: a.update(text=a.text.split("=", 1)[-1]))
-        fig.update_yaxes(matches=None, showticklabels=True)
-    fig.update_layout(bargap=0.02, margin=dict(t=40, l=10, r=10, b=10))
+
+
+def density_histograms(df: pd.DataFrame, saes: pd.DataFrame, mode: str = "facet", floor: float | None = None):
+    """log10-density histograms of all SAEs: one panel per hook (rows, by depth) and architecture
+    (columns), or overlaid with colour by depth and line style by architecture."""
+    df = df.assign(x=(df["bin_lo"] + df["bin_hi"]) / 2)
+    colours, dashes = depth_colours(saes), arch_dashes(saes)
+    order = saes.sort_values(["depth", "sae"])
+    if mode == "overlay":
+        fig = go.Figure()
+        for r in order.itertuples():
+            g = df[df["sae"] == r.sae]
+            fig.add_trace(
+                go.Scatter(
+                    x=g["x"],
+                    y=g["n"],
+                    mode="lines",
+                    line_shape="hvh",
+                    name=f"{short_hook(r.hook)} · {r.architecture}",
+                    line=dict(color=colours[r.sae], dash=dashes[r.architecture]),
+                    hovertemplate=f"{r.sae}<br>log10 density %{{x:.2f}}: %{{y}} features<extra></extra>",
+                )
+            )
+        density_marks(fig, floor)
+        _mark_legend(fig, floor)
+        fig.update_layout(height=420, xaxis_title="log10 feature density", yaxis_title="features")
+    else:
+        hooks = list(order.drop_duplicates("hook")["hook"])
+        archs = sorted(saes["architecture"].unique())
+        fig = make_subplots(
+            rows=len(hooks),
+            cols=len(archs),
+            shared_xaxes=True,
+            column_titles=archs,
+            row_titles=[short_hook(h) for h in hooks],
+            vertical_spacing=0.02 if len(hooks) > 4 else 0.06,
+            horizontal_spacing=0.04,
+        )
+        for r in order.itertuples():
+            g = df[df["sae"] == r.sae]
+            fig.add_trace(
+                go.Bar(
+                    x=g["x"],
+                    y=g["n"],
+                    width=LOG_BIN_WIDTH,
+                    marker_color=colours[r.sae],
+                    marker_line_width=0,
+                    name=r.sae,
+                    showlegend=False,
+                    hovertemplate=f"{r.sae}<br>log10 density %{{x:.2f}}: %{{y}} features<extra></extra>",
+                ),
+                row=hooks.index(r.hook) + 1,
+                col=archs.index(r.architecture) + 1,
+            )
+        density_marks(fig, floor, row="all", col="all")
+        _mark_legend(fig, floor)
+        fig.update_xaxes(title_text="log10 feature density", row=len(hooks))
+        fig.update_layout(height=max(320, 150 * len(hooks)), bargap=0)
+    fig.update_layout(margin=dict(t=40, l=10, r=10, b=10), legend=dict(orientation="h", y=-0.08))
     return fig
 
 
@@ -43,6 +131,7 @@ def layer_histogram(
     selected: tuple[float, float] | None = None,
     marker: float | None = None,
     bin_width: float = LOG_BIN_WIDTH,
+    floor: float | None = None,
 ) -> go.Figure:
     """One SAE's log10-density histogram; select a range with the box tool to filter the table.
 
@@ -52,6 +141,8 @@ def layer_histogram(
     frames = [(d, n, c) for d, n, c in ((feats, names[0], "#1f77b4"), (overlay, names[1], "#ff7f0e")) if d is not None]
     logs = [d["log10_density"].dropna().to_numpy() for d, _, _ in frames]
     edges = log_density_edges(np.concatenate(logs) if logs else np.array([]), bin_width)
+    if floor is not None and np.isfinite(floor) and floor < edges[0]:
+        edges = log_density_edges(np.array([floor]), bin_width)
     for (_, name, color), x in zip(frames, logs):
         counts, _ = np.histogram(x, bins=edges)
         fig.add_trace(
@@ -73,9 +164,21 @@ def layer_histogram(
         dragmode="select",
         selectdirection="h",
         height=320,
-        margin=dict(t=20, l=10, r=10, b=10),
+        margin=dict(t=30, l=10, r=10, b=10),
         showlegend=overlay is not None,
     )
+    fig.add_vline(
+        x=DENSE_X, line_dash="dot", line_color="#b22", line_width=1, annotation_text="dense", annotation_position="top"
+    )
+    if floor is not None and np.isfinite(floor):
+        fig.add_vline(
+            x=floor,
+            line_dash="dot",
+            line_color="#555",
+            line_width=1,
+            annotation_text="floor (1 / tokens)",
+            annotation_position="top right",
+        )
     if selected is not None:
         fig.add_vrect(x0=selected[0], x1=selected[1], fillcolor="gray", opacity=0.15, line_width=0)
     if marker is not None:
@@ -84,19 +187,17 @@ def layer_histogram(
 
 
 def metric_lines(saes: pd.DataFrame) -> go.Figure:
-    """Per-SAE metrics against depth, one line per architecture."""
-    from plotly.subplots import make_subplots
-
+    """Per-SAE metrics against depth (hooks named on the axis), one line style per architecture."""
     metrics = [
         ("explained_variance", "explained variance"),
         ("l0", "L0"),
         ("downstream_value", "downstream recovered"),
         ("dead_frac", "dead fraction"),
-        ("dense_frac", "dense fraction (>10%)"),
+        ("dense_frac", f"dense fraction (>{DENSE:.0%})"),
     ]
     fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[m[1] for m in metrics], horizontal_spacing=0.05)
-    colors = px.colors.qualitative.Plotly
-    for i, (arch, g) in enumerate(saes.sort_values("depth").groupby("architecture", sort=True)):
+    dashes = arch_dashes(saes)
+    for arch, g in saes.sort_values("depth").groupby("architecture", sort=True):
         for j, (col, _) in enumerate(metrics):
             fig.add_trace(
                 go.Scatter(
@@ -106,60 +207,90 @@ def metric_lines(saes: pd.DataFrame) -> go.Figure:
                     name=arch,
                     legendgroup=arch,
                     showlegend=j == 0,
-                    line_color=colors[i % len(colors)],
+                    line=dict(color="#333", dash=dashes[arch]),
+                    marker=dict(color=[depth_colours(saes)[s] for s in g["sae"]], size=8),
                     hovertext=g["sae"],
                 ),
                 row=1,
                 col=j + 1,
             )
-    fig.update_xaxes(title_text="depth (block; resid_pre of block L at L - 0.5)")
-    fig.update_layout(height=300, margin=dict(t=40, l=10, r=10, b=10))
+    depth_axis(fig, saes)
+    fig.update_xaxes(tickangle=-60, tickfont=dict(size=9))
+    fig.update_layout(height=330, margin=dict(t=40, l=10, r=10, b=10))
     return fig
 
 
-def position_error(df: pd.DataFrame) -> go.Figure:
-    fig = px.line(
-        df, x="pos", y="rel_error", color="sae", labels={"pos": "token position", "rel_error": "||x - x̂||² / ||x||²"}
-    )
-    fig.update_layout(height=320, margin=dict(t=20, l=10, r=10, b=10))
+def position_error(df: pd.DataFrame, saes: pd.DataFrame) -> go.Figure:
+    """Relative reconstruction error by token position: one panel per architecture, one line per
+    hook coloured by depth."""
+    colours = depth_colours(saes)
+    archs = sorted(saes["architecture"].unique())
+    fig = make_subplots(rows=1, cols=len(archs), subplot_titles=archs, shared_yaxes=True, horizontal_spacing=0.03)
+    for r in saes.sort_values(["depth", "sae"]).itertuples():
+        g = df[df["sae"] == r.sae]
+        fig.add_trace(
+            go.Scatter(
+                x=g["pos"],
+                y=g["rel_error"],
+                mode="lines",
+                name=short_hook(r.hook),
+                legendgroup=r.hook,
+                showlegend=r.architecture == archs[0],
+                line=dict(color=colours[r.sae], width=1.5),
+                hovertemplate=f"{r.sae}<br>position %{{x}}: %{{y:.3f}}<extra></extra>",
+            ),
+            row=1,
+            col=archs.index(r.architecture) + 1,
+        )
+    fig.update_xaxes(title_text="token position")
+    fig.update_yaxes(title_text="Σ‖x − x̂‖² / Σ‖x‖²", col=1)
+    fig.update_layout(height=340, margin=dict(t=30, l=10, r=10, b=10), legend_title_text="hook (by depth)")
     return fig
 
 
-def activation_histogram(hist: np.ndarray, lo: float, hi: float) -> go.Figure:
-    """A feature's nonzero activations on log-spaced bins (under/overflow bins at the ends)."""
+def log_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
+    """Tick values and full labels at 1, 2, 5 per decade between 10**lo and 10**hi."""
+    vals = [m * 10.0**e for e in range(math.floor(lo), math.ceil(hi) + 1) for m in (1, 2, 5)]
+    vals = [v for v in vals if 10**lo <= v <= 10**hi]
+    return vals, [f"{v:g}" for v in vals]
+
+
+def activation_histogram(hist: np.ndarray, lo: float, hi: float) -> go.Figure | None:
+    """A feature's nonzero activations on log-spaced bins (under/overflow bins at the ends);
+    None for a feature that never fired (there is nothing to draw)."""
     inner = hist[1:-1]
+    nz = np.nonzero(inner)[0]
+    if nz.size == 0:
+        return None
     edges = activation_bin_edges(lo, hi, len(inner))
     centers = 10 ** ((edges[:-1] + edges[1:]) / 2)
-    nz = np.nonzero(inner)[0]
-    fig = go.Figure()
-    if nz.size:
-        a, b = max(nz[0] - 1, 0), min(nz[-1] + 2, len(inner))
-        fig.add_trace(
-            go.Bar(
-                x=centers[a:b], y=inner[a:b], marker_color="#ff7800", marker_line_width=0, width=np.diff(10**edges)[a:b]
-            )
-        )
-    fig.update_xaxes(type="log", title="activation")
+    a, b = max(nz[0] - 1, 0), min(nz[-1] + 2, len(inner))
+    fig = go.Figure(
+        go.Bar(x=centers[a:b], y=inner[a:b], marker_color="#ff7800", marker_line_width=0, width=np.diff(10**edges)[a:b])
+    )
+    vals, text = log_ticks(edges[a], edges[b])
+    fig.update_xaxes(type="log", title="activation", tickvals=vals, ticktext=text)
     fig.update_layout(yaxis_title="tokens", height=260, margin=dict(t=10, l=10, r=10, b=10), bargap=0)
     return fig
 
 
 def interpretability_chart(df: pd.DataFrame) -> go.Figure:
-    """Fraction interpretable per density bucket with binomial (Wilson) intervals, one line per SAE."""
+    """Fraction of features judged interpretable per density bucket with Wilson intervals, one
+    marker series per SAE, buckets from sparse to dense; no lines: buckets are categories."""
     fig = go.Figure()
     for sae, g in df.groupby("sae", sort=False):
         fig.add_trace(
             go.Scatter(
                 x=g["bucket"],
                 y=g["frac"],
-                mode="markers",  # buckets are categories: no line between them
+                mode="markers",
                 name=sae,
                 error_y=dict(type="data", symmetric=False, array=g["hi"] - g["frac"], arrayminus=g["frac"] - g["lo"]),
                 hovertext=[f"{k} of {n} features interpretable" for k, n in zip(g["k"], g["n"])],
             )
         )
     fig.update_layout(
-        yaxis=dict(title="fraction interpretable", range=[0, 1.05]),
+        yaxis=dict(title="fraction of features interpretable", range=[0, 1.05]),
         xaxis_title="density bucket",
         height=340,
         margin=dict(t=20, l=10, r=10, b=10),

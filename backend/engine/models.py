@@ -90,12 +90,26 @@ class ModelAdapter:
             raise UserError(f"hook {hook!r} does not exist in {self.name}{hint}")
 
 
+_UNUSED = re.compile(r"^\[unused\d+\]$")
+
+
 def token_strings(tokenizer) -> list[str]:
-    """Display text of every token id; WordPiece continuations lose '##', word starts get a space."""
+    """Display text of every token id; WordPiece continuations lose '##', word starts get a space,
+    special tokens ([CLS], [SEP], [unused7] ...) stay as they are. Only those: a word that merely
+    starts with '[' (the bracket itself, '[0') is a word start like any other."""
     vocab_size = len(tokenizer)
     toks = tokenizer.convert_ids_to_tokens(list(range(vocab_size)))
     if any(t is not None and t.startswith("##") for t in toks[:5000]):
-        return [(t[2:] if t.startswith("##") else (t if t.startswith("[") else " " + t)) if t else "" for t in toks]
+        special = set(tokenizer.all_special_tokens)
+
+        def show(t: str | None) -> str:
+            if not t:
+                return ""
+            if t.startswith("##"):
+                return t[2:]
+            return t if t in special or _UNUSED.match(t) else " " + t
+
+        return [show(t) for t in toks]
     return [tokenizer.decode([i]) for i in range(vocab_size)]
 
 
