@@ -267,3 +267,27 @@ def test_links_never_carry_the_labeler(app):
     at2.run()
     assert "labeler" not in at2.query_params  # an old link's name is dropped, never used
     assert not at2.text_input(key="w_labeler").value
+
+
+def test_examples_show_value_position_and_uncounted_tokens(app, data_dir):
+    import duckdb
+
+    con = duckdb.connect(str(data_dir / "tiny.duckdb"), read_only=True)
+    f = con.execute(
+        """SELECT e.feature FROM examples e JOIN sequences s ON s.seq = e.seq
+           JOIN vocab v ON v.run_id = s.run_id AND v.special
+           WHERE e.sae = 'relu-b0' AND e.kind = 0
+             AND list_contains(list_slice(s.tokens, e.ctx_start + 1, e.ctx_start + len(e.acts)), v.token_id)
+           LIMIT 1"""
+    ).fetchone()[0]
+    con.close()
+    at = app("pages/2_Feature.py", sae="relu-b0", feature=str(f))
+    _ok(at)
+    html = "".join(h.proto.body for h in at.get("html"))
+    assert 'class="tok excluded"' in html and "not counted" in html
+    assert " at position " in html and 'class="ex"' in html
+    at = app("pages/2_Feature.py", sae="relu-b0", feature=str(f), qmode="width")
+    _ok(at)
+    assert any("of all activations" in c.value for c in at.caption)
+    at = app("pages/2_Feature.py", sae="relu-b0", feature=str(f), qmode="sideways")
+    assert "qmode='sideways'" in at.error[0].value

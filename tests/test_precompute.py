@@ -20,22 +20,26 @@ pytestmark = pytest.mark.integration
 
 
 def _dense_codes(db, adapter, loaded):
-    """Recompute every SAE's codes on the stored sequences: [S, T, d_sae] per SAE, BOS masked.
-    The SAEs are loaded afresh by sae_lens, so the precompute's TopK shortcut is not involved."""
+    """Recompute every SAE's codes on the stored sequences: [S, T, d_sae] per SAE, with the
+    positions of special tokens (BOS, and the EOS separators between documents) zeroed, and the
+    [S, T] mask of counted positions. The SAEs are loaded afresh by sae_lens, so the
+    precompute's TopK shortcut is not involved."""
     from sae_lens import SAE
 
     con = duckdb.connect(db, read_only=True)
     seqs = con.execute("SELECT seq, tokens FROM sequences ORDER BY seq").df()
     con.close()
     tokens = torch.tensor(np.stack(seqs["tokens"].to_numpy()), dtype=torch.long)
+    valid = ~torch.isin(tokens, torch.tensor(adapter.tokenizer.all_special_ids))
+    assert (~valid[:, 1:]).any(), "no separator inside a sequence: the test would not check their exclusion"
     out = {}
     with torch.no_grad():
         acts = adapter.activations(tokens, sorted({s.hook for s in loaded}))
         for s in loaded:
             codes = SAE.load_from_disk(s.source).encode(acts[s.hook])
-            codes[:, 0] = 0  # BOS is excluded from statistics
+            codes[~valid] = 0  # special positions are excluded from statistics
             out[s.name] = (codes, acts[s.hook])
-    return seqs["seq"].to_numpy(), out
+    return seqs["seq"].to_numpy(), out, valid
 
 
 @pytest.mark.parametrize("recon_every", [1, 4])
@@ -44,10 +48,10 @@ def test_matches_brute_force(small_cfg, adapter, loaded_saes, recon_every):
     `recon_every` selects (all of them, or those of every 4th batch)."""
     cfg = small_cfg(recon_every=recon_every)
     precompute(cfg, adapter, loaded_saes)
-    seq_ids, dense = _dense_codes(cfg.db, adapter, loaded_saes)
+    seq_ids, dense, counted = _dense_codes(cfg.db, adapter, loaded_saes)
     assert list(seq_ids) == list(range(len(seq_ids)))
     con = duckdb.connect(cfg.db, read_only=True)
-    n_valid = len(seq_ids) * (cfg.context_len - 1)
+    n_valid = int(counted.sum())
     assert con.execute("SELECT status, n_tokens FROM runs").fetchone() == ("complete", n_valid)
     for s in loaded_saes:
         codes, x = dense[s.name]
@@ -86,8 +90,7 @@ def test_matches_brute_force(small_cfg, adapter, loaded_saes, recon_every):
             assert row.ctx_start <= row.pos < row.ctx_start + len(row.acts)
 
         m = con.execute("SELECT * FROM saes WHERE sae = ?", [s.name]).df().iloc[0]
-        valid = torch.ones(codes.shape[:2], dtype=torch.bool)
-        valid[:, 0] = False
+        valid = counted.clone()
         assert m.l0 == pytest.approx(float((codes[valid] > 0).sum(-1).double().mean()), rel=1e-6)
         measured = torch.as_tensor((seq_ids // cfg.batch_size) % recon_every == 0)
         assert 0 < int(measured.sum()) < len(seq_ids) or recon_every == 1
@@ -99,10 +102,14 @@ def test_matches_brute_force(small_cfg, adapter, loaded_saes, recon_every):
         ev = 1 - err.sum() / (xv - xv.mean(0)).pow(2).sum()
         assert m.explained_variance == pytest.approx(float(ev), rel=1e-5, abs=1e-6)
         pe = con.execute("SELECT pos, n, mse FROM position_error WHERE sae = ? ORDER BY pos", [s.name]).df()
-        assert pe.n.tolist() == [int(measured.sum())] * (cfg.context_len - 1)
+        n_by_pos = valid.sum(0)
+        assert pe.pos.tolist() == torch.nonzero(n_by_pos).squeeze(1).tolist()
+        assert pe.n.tolist() == n_by_pos[n_by_pos > 0].tolist()
         with torch.no_grad():
-            err_by_pos = (x[measured, 1:].double() - s.sae.decode(codes[measured, 1:]).double()).pow(2).sum(-1)
-        np.testing.assert_allclose(pe.mse.to_numpy(), err_by_pos.mean(0).numpy(), rtol=1e-5)
+            err_tok = (x.double() - s.sae.decode(codes).double()).pow(2).sum(-1) * valid
+        np.testing.assert_allclose(
+            pe.mse.to_numpy(), (err_tok.sum(0)[n_by_pos > 0] / n_by_pos[n_by_pos > 0]).numpy(), rtol=1e-5
+        )
         assert m.n_dead == int((count == 0).sum())
         assert m.downstream_metric == "ce_loss_recovered" and np.isfinite(m.downstream_value)
         assert m.effect_kind == "unembed"

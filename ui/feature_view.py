@@ -7,15 +7,20 @@ import pandas as pd
 import streamlit as st
 
 from backend.density import format_density, log10_density, resolution_floor
+from backend.errors import UserError
+from backend.examples import activation_share, dedupe_windows, equal_width_groups
 from backend.store import queries
 from backend.store.schema import ExampleKind
 from ui import common, figures
-from ui.tokens import tokens_html
+from ui.tokens import example_rows_html
 
 CSS = """<style>
 .ctx .tok { border-radius: 2px; padding: 0 1px; }
 table.labels td, table.labels th { padding: 2px 8px; text-align: left; vertical-align: top; }
 </style>"""
+
+
+QUANTILE_MODES = {"count": "equal-count quantiles", "width": "equal-width intervals"}
 
 
 def examples_panel(db: str, sae: str, f: int, n_top: int | None = None, quantiles: bool = True) -> None:
@@ -25,24 +30,52 @@ def examples_panel(db: str, sae: str, f: int, n_top: int | None = None, quantile
         st.info("This feature never fired on the corpus: no examples.")
         return
     scale = float(ex["value"].max())
-    top = ex[ex["kind"] == ExampleKind.TOP]
+    top = dedupe_windows(ex[ex["kind"] == ExampleKind.TOP])
     if n_top is not None:
         top = top.head(n_top)
     st.markdown(f"**Top activations** (shading relative to the max, {scale:.3g}; hover a token for its value)")
-    st.html("".join(tokens_html(r.tokens, r.acts, scale, r.pos - r.ctx_start) for r in top.itertuples()))
-    if not quantiles:
-        return
-    q = ex[ex["kind"] == ExampleKind.QUANTILE]
+    st.html(example_rows_html(top, lambda r: scale))
+    if quantiles:
+        sampled_panel(db, sae, f, ex[ex["kind"] == ExampleKind.QUANTILE])
+
+
+def sampled_panel(db: str, sae: str, f: int, q: pd.DataFrame) -> None:
+    """Examples sampled uniformly from all activations, grouped two ways (choice in the URL)."""
     if q.empty:
         return
-    st.markdown(
-        "**Sampled across activation quantiles** (a uniform sample of all activations, cut into equal-count buckets)"
+    mode = common.param("qmode") or "count"
+    if mode not in QUANTILE_MODES:
+        raise UserError(f"URL parameter qmode={mode!r}: use {' or '.join(QUANTILE_MODES)}")
+    common.seed("w_qmode", "qmode", mode)
+    st.markdown("**Sampled across the activation range** (a uniform sample of all this feature's activations)")
+    st.radio(
+        "Group by",
+        list(QUANTILE_MODES),
+        key="w_qmode",
+        format_func=QUANTILE_MODES.get,
+        horizontal=True,
+        on_change=common.to_url,
+        args=("w_qmode", "qmode"),
+        label_visibility="collapsed",
     )
-    n_b = int(q["quantile"].max()) + 1
-    for b in sorted(q["quantile"].unique(), reverse=True):
-        g = q[q["quantile"] == b]
-        st.caption(f"quantile bucket {b + 1}/{n_b}: activations {g['value'].min():.3g} – {g['value'].max():.3g}")
-        st.html("".join(tokens_html(r.tokens, r.acts, scale, r.pos - r.ctx_start) for r in g.itertuples()))
+    row, s = queries.feature(db, sae, f), queries.sae_row(db, sae)
+    q = dedupe_windows(q)
+    if st.session_state["w_qmode"] == "count":
+        n_b = int(q["quantile"].max()) + 1
+        for b in sorted(q["quantile"].unique(), reverse=True):
+            g = q[q["quantile"] == b]
+            st.caption(
+                f"quantile {b + 1} of {n_b} (about {1 / n_b:.0%} of activations): "
+                f"{g['value'].min():.3g} – {g['value'].max():.3g}; shaded relative to this group's max"
+            )
+            st.html(example_rows_html(g, lambda r, top=float(g["value"].max()): top))
+        return
+    groups = equal_width_groups(q, row["max_act"], int(q["quantile"].max()) + 1)
+    for lo, hi, g in groups:
+        share = activation_share(row["hist"], s["hist_lo"], s["hist_hi"], lo if lo > 0 else 1e-30, hi * (1 + 1e-9))
+        st.caption(f"activations {lo:.3g} – {hi:.3g}: about {share:.1%} of all activations, {len(g)} sampled")
+        if len(g):
+            st.html(example_rows_html(g, lambda r, top=hi: top))
 
 
 def effects_panel(db: str, sae: str, f: int) -> None:

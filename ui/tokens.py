@@ -17,14 +17,23 @@ def _show(tok: str) -> str:
     return tok.replace("\n", "↵").replace("\t", "⇥").replace(" ", "\u00a0") or "\u2205"
 
 
-def tokens_html(tokens: list[str], acts: np.ndarray, scale: float, focus: int | None = None) -> str:
+def tokens_html(
+    tokens: list[str], acts: np.ndarray, scale: float, focus: int | None = None, counted: np.ndarray | None = None
+) -> str:
     """One context as inline spans shaded by activation / scale; hovering shows the value.
+    Positions left out of the statistics (special tokens) show as "not counted", not as 0.
 
     Every token is HTML-escaped: corpus text is data, never markup.
     """
     scale = float(scale) if scale and scale > 0 else 1.0
     parts = []
     for i, (tok, a) in enumerate(zip(tokens, acts)):
+        if counted is not None and not counted[i]:
+            parts.append(
+                f'<span class="tok excluded" style="display: inline-block; color: #888; border: 1px dashed #bbb;" '
+                f'title="{html.escape(tok, quote=True)} : not counted (special token)">{html.escape(_show(tok))}</span>'
+            )
+            continue
         alpha = min(max(float(a) / scale, 0.0), 1.0)
         # inline-block: a long context wraps between tokens instead of running off the page
         style = f"display: inline-block; background: rgba(255, 120, 0, {alpha:.2f});"
@@ -37,6 +46,23 @@ def tokens_html(tokens: list[str], acts: np.ndarray, scale: float, focus: int | 
     return (
         '<div class="ctx" style="font-family: monospace; line-height: 1.9; margin: 2px 0;">' + "".join(parts) + "</div>"
     )
+
+
+def example_rows_html(rows, scale_of=None) -> str:
+    """Examples one per row, separated, each headed by its value and the token's position; the
+    shading scale is `scale_of(row)` (default: the row's own value)."""
+    out = []
+    for r in rows.itertuples():
+        scale = scale_of(r) if scale_of else r.value
+        counted = getattr(r, "counted", None)
+        out.append(
+            '<div class="ex" style="border-bottom: 1px solid #e3e3e3; padding: 3px 0;">'
+            f'<div class="meta" style="font-size: 0.78em; color: #666;">{float(r.value):.3g} at position {int(r.pos)}'
+            f" (sequence {int(r.seq)})</div>"
+            + tokens_html(r.tokens, r.acts, scale, r.pos - r.ctx_start, counted)
+            + "</div>"
+        )
+    return "".join(out)
 
 
 def escape(text: object) -> str:

@@ -32,6 +32,15 @@ from backend.errors import UserError
 log = logging.getLogger(__name__)
 
 
+def special_mask(tokenizer) -> torch.Tensor:
+    """True at the ids of the tokenizer's special tokens (BOS/EOS/CLS/SEP/PAD ...): positions
+    holding them are not counted in any statistic, wherever they sit in a sequence."""
+    ids = [i for i in tokenizer.all_special_ids if i is not None]
+    out = torch.zeros(max(len(tokenizer), max(ids, default=0) + 1), dtype=torch.bool)
+    out[ids] = True
+    return out
+
+
 def n_special(adapter: ModelAdapter) -> int:
     tokens, _ = adapter.wrap(np.zeros((1, 1), dtype=np.int32))
     return tokens.shape[1] - 1
@@ -120,6 +129,7 @@ class Harvest:
         self._downstream_left = cfg.downstream_seqs
         self.token_file = token_file
         self._writer: pq.ParquetWriter | None = None
+        self._special = special_mask(adapter.tokenizer).to(self.device)
 
     def spec(self, s: LoadedSAE) -> StatsSpec:
         c = self.cfg
@@ -140,6 +150,8 @@ class Harvest:
         tokens, mask = self.adapter.wrap(content)
         if self.cfg.include_special:
             mask = torch.ones_like(mask)
+        else:  # separators the corpus reader put between documents, and any other special token
+            mask = mask & ~self._special[tokens.to(self._special.device)].to(mask.device)
         acts = self.adapter.activations(tokens, self.hooks)
         seq_t = torch.as_tensor(seq_ids, device=self.device)
         mask = mask.to(self.device)

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from backend.config import PrecomputeConfig, SAESource
 from backend.engine import tables, weights
-from backend.engine.harvest import Harvest
+from backend.engine.harvest import Harvest, special_mask
 from backend.engine.models import ModelAdapter, load_model
 from backend.engine.saes import LoadedSAE, expand_sources, load_saes
 from backend.errors import UserError
@@ -71,8 +71,16 @@ def finalize(h: Harvest, token_files: list[str]) -> str:
     frames = {t: pd.concat(v, ignore_index=True) for t, v in parts.items() if t != "examples"}
     frames["examples"] = pa.concat_tables(parts["examples"])
     strings = adapter.token_strings()
+    special = special_mask(adapter.tokenizer).numpy()
     frames["vocab"] = pd.DataFrame(
-        {"run_id": run_id, "token_id": np.arange(len(strings), dtype=np.int32), "token": strings}
+        {
+            "run_id": run_id,
+            "token_id": np.arange(len(strings), dtype=np.int32),
+            "token": strings,
+            "special": special[: len(strings)]
+            if len(special) >= len(strings)
+            else np.isin(np.arange(len(strings)), np.flatnonzero(special)),
+        }
     )
     n_tokens = h.stats[h.saes[0].name].n_tokens
     token_glob = token_files[0] if len(token_files) == 1 else token_files

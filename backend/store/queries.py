@@ -229,6 +229,19 @@ def vocab(path: str, run_id: str) -> np.ndarray:
 
 
 @cached
+def uncounted(path: str, run_id: str) -> np.ndarray:
+    """Per token id: True where positions holding it were left out of the statistics."""
+    df = _df(
+        path,
+        """SELECT v.special AND NOT coalesce(TRY_CAST(json_extract(r.config, '$.include_special') AS BOOLEAN), false)
+                  AS uncounted
+           FROM vocab v JOIN runs r USING (run_id) WHERE v.run_id = ? ORDER BY v.token_id""",
+        [run_id],
+    )
+    return df["uncounted"].to_numpy(dtype=bool)
+
+
+@cached
 def density_hist(path: str) -> pd.DataFrame:
     return _df(
         path,
@@ -297,7 +310,8 @@ def feature(path: str, sae: str, f: int) -> dict:
 
 @cached
 def examples(path: str, sae: str, f: int) -> pd.DataFrame:
-    """Examples with their context decoded: `tokens` (display strings) and `acts` align."""
+    """Examples with their context decoded: `tokens` (display strings), `acts` and `counted`
+    (False where the position was left out of the statistics: special tokens) align."""
     s = sae_row(path, sae)
     df = _df(
         path,
@@ -308,8 +322,9 @@ def examples(path: str, sae: str, f: int) -> pd.DataFrame:
         WHERE e.sae = ? AND e.feature = ? ORDER BY e.kind, e.quantile DESC, e.rank""",
         [s["run_id"], sae, f],
     )
-    strings = vocab(path, s["run_id"])
+    strings, skip = vocab(path, s["run_id"]), uncounted(path, s["run_id"])
     df["tokens"] = [list(strings[np.asarray(ids, dtype=np.int64)]) for ids in df["token_ids"]]
+    df["counted"] = [~skip[np.asarray(ids, dtype=np.int64)] for ids in df["token_ids"]]
     df["acts"] = [np.asarray(a, dtype=np.float32) for a in df["acts"]]
     return df
 

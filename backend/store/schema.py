@@ -10,7 +10,7 @@ import duckdb
 from backend.errors import UserError
 
 SCHEMA = Path(__file__).with_name("schema.sql").read_text()
-VERSION = "2"
+VERSION = "3"
 """Bumped whenever a table or column changes; files of another version are refused by name."""
 
 SAE_TABLES = ("examples", "features", "token_effects", "neighbours", "position_error", "density_hist")

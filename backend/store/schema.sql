@@ -101,11 +101,14 @@ CREATE TABLE IF NOT EXISTS sequences (
     tokens INTEGER[] NOT NULL
 );
 
--- Display text of every token id of the run's tokenizer.
+-- Display text of every token id of the run's tokenizer. Positions holding a special token
+-- (BOS/EOS/CLS/SEP, and the separators the corpus reader puts between documents) are not
+-- counted in any statistic unless the run's config says include_special.
 CREATE TABLE IF NOT EXISTS vocab (
     run_id   VARCHAR NOT NULL,
     token_id INTEGER NOT NULL,
-    token    VARCHAR NOT NULL
+    token    VARCHAR NOT NULL,
+    special  BOOLEAN NOT NULL
 );
 
 -- direction +1: the tokens the feature's decoder direction promotes most; -1: suppresses most

@@ -1,0 +1,47 @@
+"""How a feature's stored examples are grouped for reading: duplicates out, sampled examples cut
+into equal-count quantiles or equal-width activation intervals, with the share of all the
+feature's activations each group stands for."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from backend.density import activation_bin_edges
+
+
+def dedupe_windows(ex: pd.DataFrame) -> pd.DataFrame:
+    """One row per shown window: the same sequence and position range appear once (the row
+    with the highest value is kept, in the frame's order otherwise)."""
+    if ex.empty:
+        return ex
+    key = ex.assign(_n=[len(a) for a in ex["acts"]])
+    order = key.sort_values("value", ascending=False, kind="stable")
+    kept = set(order.index[~order.duplicated(["seq", "ctx_start", "_n"]).to_numpy()])
+    return ex[ex.index.isin(kept)]
+
+
+def activation_share(hist: np.ndarray, log_lo: float, log_hi: float, lo: float, hi: float) -> float:
+    """Share of a feature's nonzero activations with value in [lo, hi), from its stored log-binned
+    histogram (underflow bin first, overflow last); a bin counts where its centre falls."""
+    hist = np.asarray(hist, dtype=float)
+    total = hist.sum()
+    if total == 0:
+        return 0.0
+    edges = activation_bin_edges(log_lo, log_hi, len(hist) - 2)
+    centres = np.concatenate([[edges[0] - 1], (edges[:-1] + edges[1:]) / 2, [edges[-1] + 1]])
+    values = 10.0**centres
+    inside = (values >= lo) & (values < hi)
+    return float(hist[inside].sum() / total)
+
+
+def equal_width_groups(q: pd.DataFrame, max_act: float, n: int) -> list[tuple[float, float, pd.DataFrame]]:
+    """Sampled examples cut into n equal-width activation intervals over (0, max_act], highest
+    first (SAEDashboard's choice); an interval may hold no sampled example."""
+    edges = np.linspace(0.0, float(max_act), n + 1)
+    edges[-1] = np.nextafter(edges[-1], np.inf)  # the max itself belongs to the top interval
+    out = []
+    for i in reversed(range(n)):
+        lo, hi = edges[i], edges[i + 1]
+        out.append((lo, min(hi, float(max_act)), q[(q["value"] >= lo) & (q["value"] < hi)]))
+    return out
