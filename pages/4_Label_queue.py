@@ -10,6 +10,8 @@ from backend.store import queries
 from ui import common, feature_view, labeling
 
 common.setup("Label queue")
+QUEUE_EXAMPLES = 12
+"""top examples shown per feature, padded with empty rows, so their number does not hint at density"""
 
 
 @common.page
@@ -59,13 +61,17 @@ def queue() -> None:
         common.set_params(qf=f, step=step)
         saved_key = f"_queue_saved_{sae}_{f}"
 
-    st.markdown(f"### Feature {f}")
-    st.caption("Density is hidden until you give a verdict, so it cannot sway you.")
+    saved = st.session_state.get(saved_key)
+    st.markdown(f"### Feature {f}" if saved else "### Next feature")
+    st.caption(
+        "Its id, density and number of examples stay hidden until you give a verdict, so they cannot sway you. "
+        "Keys 1, 2, 3 choose a verdict."
+    )
 
     def advance():
         common.set_params(qf=None, step=step + 1)
 
-    if st.session_state.get(saved_key):
+    if saved:
         row = queries.feature(db, sae, f)
         st.success(
             f"Saved “{st.session_state[saved_key]}”. Density was {row['density']:.2e} "
@@ -73,12 +79,17 @@ def queue() -> None:
         )
         st.button("Next →", on_click=advance, type="primary", key="next")
     else:
-        verdict = labeling.verdict_form(db, sae, f, key=f"queue_{f}", who=me)
+        verdict = labeling.verdict_form(db, sae, f, key=f"queue_{f}", who=me, shortcuts=True)
         if verdict:
             st.session_state[saved_key] = verdict
             st.rerun()
         st.button("Skip", on_click=advance, key="skip")
-    feature_view.examples_panel(db, sae, f, n_top=12)
+    feature_view.examples_panel(db, sae, f, n_top=QUEUE_EXAMPLES, quantiles=False, pad=not saved)
+    if not saved:  # the verdict within reach after reading the examples
+        verdict = labeling.verdict_buttons(db, sae, f, key=f"queue_{f}", who=me, suffix="_below")
+        if verdict:
+            st.session_state[saved_key] = verdict
+            st.rerun()
     feature_view.effects_panel(db, sae, f)
 
 

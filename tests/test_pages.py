@@ -291,3 +291,21 @@ def test_examples_show_value_position_and_uncounted_tokens(app, data_dir):
     assert any("of all activations" in c.value for c in at.caption)
     at = app("pages/2_Feature.py", sae="relu-b0", feature=str(f), qmode="sideways")
     assert "qmode='sideways'" in at.error[0].value
+
+
+def test_queue_hides_the_id_pads_examples_and_keeps_verdicts_in_reach(app, data_dir):
+    at = app("pages/4_Label_queue.py", sae="relu-b0", labeler="ann")
+    _ok(at)
+    qf = at.query_params["qf"]
+    qf = str(qf[0] if isinstance(qf, list) else qf)
+    shown = " ".join(m.value for m in at.markdown)
+    assert f"Feature {qf}" not in shown and "Next feature" in shown
+    keys = [b.key for b in at.button if b.key and b.key.startswith(f"queue_{qf}_")]
+    assert sorted(keys) == sorted(f"queue_{qf}_{v}{s}" for v in labels.VERDICTS for s in ("", "_below"))
+    html = "".join(h.proto.body for h in at.get("html"))
+    assert html.count('class="ex"') == 12  # padded: the number of rows says nothing about density
+    assert sum("Labeling is open" in c.value for c in at.caption) == 1  # the notice once
+    at.button(key=f"queue_{qf}_not interpretable_below").click().run()
+    _ok(at)
+    assert any("Density was" in s.value for s in at.success)
+    assert any(f"Feature {qf}" in m.value for m in at.markdown)

@@ -23,7 +23,11 @@ table.labels td, table.labels th { padding: 2px 8px; text-align: left; vertical-
 QUANTILE_MODES = {"count": "equal-count quantiles", "width": "equal-width intervals"}
 
 
-def examples_panel(db: str, sae: str, f: int, n_top: int | None = None, quantiles: bool = True) -> None:
+def examples_panel(
+    db: str, sae: str, f: int, n_top: int | None = None, quantiles: bool = True, pad: bool = False
+) -> None:
+    """Top examples (and sampled ones); `pad` fills up to n_top rows with empty ones, so a blind
+    labeler cannot read a rare feature's density off a short list."""
     ex = queries.examples(db, sae, f)
     st.html(CSS)
     if ex.empty:
@@ -34,7 +38,8 @@ def examples_panel(db: str, sae: str, f: int, n_top: int | None = None, quantile
     if n_top is not None:
         top = top.head(n_top)
     st.markdown(f"**Top activations** (shading relative to the max, {scale:.3g}; hover a token for its value)")
-    st.html(example_rows_html(top, lambda r: scale))
+    blank = '<div class="ex" style="border-bottom: 1px solid #e3e3e3; padding: 3px 0; height: 3.2em;"></div>'
+    st.html(example_rows_html(top, lambda r: scale) + (blank * (n_top - len(top)) if pad and n_top else ""))
     if quantiles:
         sampled_panel(db, sae, f, ex[ex["kind"] == ExampleKind.QUANTILE])
 

@@ -82,46 +82,65 @@ def store_warning(e: UserError) -> None:
         st.warning(md(f"Labels are unavailable: {e}"))
 
 
-def verdict_form(db_path: str, sae: str, feature: int, key: str, who: str | None) -> str | None:
-    """One click per verdict, optional description and confidence. Returns the verdict saved;
-    a failed save says why and keeps what was typed."""
+def verdict_form(
+    db_path: str, sae: str, feature: int, key: str, who: str | None, shortcuts: bool = False
+) -> str | None:
+    """One click per verdict (keys 1, 2, 3 with `shortcuts`), optional description and
+    confidence. Returns the verdict saved; a failed save says why and keeps what was typed."""
     if not who:
         st.info("Enter your name in the sidebar to label.")
         return None
     if not write_allowed():
         return None
-    run_id = queries.sae_row(db_path, sae)["run_id"]
-    desc = st.text_input(
+    st.text_input(
         "Description (optional)",
         key=f"{key}_desc",
         max_chars=2000,
         placeholder="e.g. fires on closing brackets in code",
     )
-    conf = st.segmented_control("Confidence", [1, 2, 3], key=f"{key}_conf", format_func=CONFIDENCE.get)
+    st.segmented_control("Confidence", [1, 2, 3], key=f"{key}_conf", format_func=CONFIDENCE.get)
+    return verdict_buttons(db_path, sae, feature, key, who, shortcuts=shortcuts)
+
+
+def verdict_buttons(
+    db_path: str, sae: str, feature: int, key: str, who: str, suffix: str = "", shortcuts: bool = False
+) -> str | None:
+    """The three verdict buttons, saving with the description and confidence of `verdict_form`
+    under the same key; `suffix` places a second row of them (below long examples)."""
     cols = st.columns(3)
-    for col, verdict in zip(cols, labels.VERDICTS):
-        if col.button(verdict, key=f"{key}_{verdict}", use_container_width=True):
-            try:
-                labels.add(
-                    labels_location(),
-                    labels.Label(
-                        db=db_name(db_path),
-                        run_id=run_id,
-                        sae=sae,
-                        feature=feature,
-                        verdict=verdict,
-                        labeler=who,
-                        description=desc or None,
-                        confidence=conf,
-                    ),
-                )
-            except UserError as e:
-                st.error(md(f"Not saved: {e}"))
-                return None
-            st.session_state.pop(f"{key}_desc", None)
-            st.session_state.pop(f"{key}_conf", None)
-            return verdict
+    for i, (col, verdict) in enumerate(zip(cols, labels.VERDICTS), start=1):
+        label = f"{verdict} ({i})" if shortcuts else verdict
+        if col.button(
+            label, key=f"{key}_{verdict}{suffix}", use_container_width=True, shortcut=str(i) if shortcuts else None
+        ):
+            return _save(db_path, sae, feature, key, who, verdict)
     return None
+
+
+def _save(db_path: str, sae: str, feature: int, key: str, who: str, verdict: str) -> str | None:
+    if not write_allowed():  # every write path asks, even a second row of buttons
+        return None
+    desc, conf = st.session_state.get(f"{key}_desc"), st.session_state.get(f"{key}_conf")
+    try:
+        labels.add(
+            labels_location(),
+            labels.Label(
+                db=db_name(db_path),
+                run_id=queries.sae_row(db_path, sae)["run_id"],
+                sae=sae,
+                feature=feature,
+                verdict=verdict,
+                labeler=who,
+                description=desc or None,
+                confidence=conf,
+            ),
+        )
+    except UserError as e:
+        st.error(md(f"Not saved: {e}"))
+        return None
+    st.session_state.pop(f"{key}_desc", None)
+    st.session_state.pop(f"{key}_conf", None)
+    return verdict
 
 
 def history_panel(db_path: str, sae: str, feature: int) -> None:
