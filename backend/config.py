@@ -46,7 +46,7 @@ class InputConfig:
     text_field: str = "text"
     """field/column holding the text in .jsonl/.parquet/HF corpora"""
     n_tokens: int = 100_000
-    """tokens to read (sequences x context length)"""
+    """tokens to read (sequences x context length); precompute also takes 0: the whole corpus"""
     context_len: int = 128
     """tokens per sequence fed to the model, special tokens included"""
     batch_size: int = 32
@@ -99,7 +99,9 @@ class PrecomputeConfig(InputConfig):
     """'I/N': process every N-th sequence starting at I and save a partial state to merge later"""
 
     def __post_init__(self):
-        self._check_positive("n_tokens", "context_len", "batch_size", "n_top", "n_buckets", "per_bucket", "recon_every")
+        self._check_positive("context_len", "batch_size", "n_top", "n_buckets", "per_bucket", "recon_every")
+        if self.n_tokens < 0:
+            raise UserError(f"--n-tokens must be positive, or 0 for the whole corpus; got {self.n_tokens}")
         if self.dtype not in DTYPES:
             raise UserError(f"--dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
         if self.left < 0 or self.right < 0:

@@ -6,6 +6,7 @@ precompute on its held-out split) and serves the dashboard; later starts reuse b
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from backend.config import PrecomputeConfig, SAESource, TrainConfig
+from backend.engine.corpus import HELDOUT_FRACTION
 from backend.errors import UserError
 from backend.paths import REPO
 
@@ -32,7 +34,7 @@ class DemoConfig:
     )
     precompute: PrecomputeConfig = field(
         default_factory=lambda: PrecomputeConfig(
-            model="embedded", corpus="embedded:heldout", n_tokens=64_000, context_len=128, run_name="demo"
+            model="embedded", corpus="embedded:heldout", n_tokens=0, context_len=128, run_name="demo"
         )
     )
 
@@ -81,7 +83,13 @@ def build_demo(
         log.warning("rebuilding %s: %s", cfg.db, why)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg.train.out = cfg.saes
+    split = Path(cfg.saes) / "split.json"
+    want = json.dumps({"heldout_fraction": HELDOUT_FRACTION})
+    if not split.exists() or split.read_text() != want:
+        # SAEs trained on another train/held-out split would have seen some of the held-out text
+        cfg.train.force = cfg.train.force or any(Path(cfg.saes).glob("*/cfg.json"))
     results = train_saes(cfg.train)
+    split.write_text(want)
     # Build beside the target and move into place when complete: readers never see half a file.
     tmp = Path(cfg.db).with_name(f".building-{Path(cfg.db).name}")
     for leftover in (tmp, Path(str(tmp) + ".wal")):

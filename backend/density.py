@@ -110,3 +110,23 @@ def format_density(d: float) -> str:
     if d >= 1e-3:
         return f"{d:.2%}" if d < 0.1 else f"{d:.1%}"
     return f"{d:.2e} ({d:.4%})" if d >= 1e-5 else f"{d:.2e}"
+
+
+FIRING_THRESHOLDS = {"any": 0.0, "1pct": 0.01, "10pct": 0.1}
+"""What counts as firing, relative to the feature's max activation. ReLU SAEs fire with tiny
+activations (down to 1e-4 of the max) that inflate their density; these thresholds are applied
+at precompute time to the stored activation histogram (features.count_ge_1pct, count_ge_10pct)."""
+
+
+def counts_at_least(hist: np.ndarray, max_act: np.ndarray, rel: float, log_lo: float, log_hi: float) -> np.ndarray:
+    """Per feature, its activations of at least rel x its max, read off its log-binned histogram
+    [F, bins + 2] (underflow first, overflow last): the bin holding the threshold counts whole,
+    so the cut is exact to within one bin (a factor 10**bin_width)."""
+    hist = np.asarray(hist)
+    bins = hist.shape[1] - 2
+    width = activation_bin_width(log_lo, log_hi, bins)
+    with np.errstate(divide="ignore"):
+        v = np.log10(np.maximum(np.asarray(max_act, dtype=float) * rel, 1e-300))
+    first = np.clip(np.floor((v - log_lo) / width).astype(np.int64) + 1, 0, bins + 1)
+    tail = np.cumsum(hist[:, ::-1], axis=1)[:, ::-1]  # tail[:, b] = sum of bins b..end
+    return tail[np.arange(hist.shape[0]), first]

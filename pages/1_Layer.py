@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from backend.density import DENSE, ULTRALOW, below_floor, is_dense, resolution_floor
+from backend.density import DENSE, FIRING_THRESHOLDS, ULTRALOW, below_floor, is_dense, resolution_floor
 from backend.errors import UserError
 from backend.labels.joins import layer_table
 from backend.store import queries
@@ -11,6 +11,7 @@ from ui.tokens import md
 
 common.setup("Layer")
 PRESETS = ["all", "dead", "ultralow", "dense"]
+FIRING_LABELS = {"any": "any nonzero activation", "1pct": "≥ 1% of its max", "10pct": "≥ 10% of its max"}
 SORTS = {
     "density ↓": ("density", False),
     "density ↑": ("density", True),
@@ -41,8 +42,23 @@ def layer() -> None:
     lo, hi = common.float_param("lo"), common.float_param("hi")
     if lo is not None and hi is not None and lo > hi:
         raise UserError(f"URL parameters lo={lo} > hi={hi}: the density range is empty")
-    feats = queries.features(db, sae)
-    other = queries.features(db, overlay) if overlay else None
+    firing = common.param("fire") or "any"
+    if firing not in FIRING_THRESHOLDS:
+        raise UserError(f"URL parameter fire={firing!r}: use one of {', '.join(FIRING_THRESHOLDS)}")
+    common.seed("w_fire", "fire", firing)
+    st.selectbox(
+        "Counts as firing",
+        list(FIRING_THRESHOLDS),
+        key="w_fire",
+        format_func=FIRING_LABELS.get,
+        on_change=common.to_url,
+        args=("w_fire", "fire"),
+        help="ReLU SAEs fire with tiny activations that inflate density; a threshold relative to each feature's "
+        "max activation leaves them out (applied to its stored activation histogram, exact to within one bin).",
+    )
+    firing = st.session_state["w_fire"]
+    feats = queries.features(db, sae, firing)
+    other = queries.features(db, overlay, firing) if overlay else None
     sel = (
         (lo if lo is not None else -10.0, hi if hi is not None else 0.0) if (lo is not None or hi is not None) else None
     )
@@ -79,9 +95,8 @@ def layer() -> None:
         st.rerun()
 
     status = labeling.status_table(db, sae)  # empty, with a warning, if the labels store is unreadable
-    shown = layer_table(
-        db, sae, status, st.session_state["w_filter"] or "all", lo, hi, SORTS[st.session_state["w_sort"]]
-    )
+    preset = st.session_state["w_filter"] or "all"
+    shown = layer_table(db, sae, status, preset, lo, hi, SORTS[st.session_state["w_sort"]], firing)
     if st.session_state["w_filter"] == "ultralow" and below_floor(ULTRALOW, row["n_tokens"]):
         st.warning(
             f"This run read {int(row['n_tokens']):,} tokens, so the smallest density it can measure is "
@@ -89,7 +104,10 @@ def layer() -> None:
             "as ultralow here, and an empty list says nothing about the SAE. Precompute on more tokens to resolve it."
         )
     rng = f" with log10 density in [{lo if lo is not None else '-∞'}, {hi if hi is not None else 0}]" if sel else ""
-    st.markdown(f"**{len(shown):,}** of {len(feats):,} features{rng}. Click a row to open it.")
+    st.markdown(
+        f"**{len(shown):,}** of {len(feats):,} features{rng}, over {int(row['n_tokens']):,} tokens; "
+        f"firing counts {FIRING_LABELS[firing]}. Click a row to open it."
+    )
     picked = st.dataframe(
         shown.assign(dense=is_dense(shown["density"]))[
             ["feature", "density", "log10_density", "dense", "count", "max_act", "mean_act", "top_tokens", "label"]

@@ -309,3 +309,15 @@ def test_queue_hides_the_id_pads_examples_and_keeps_verdicts_in_reach(app, data_
     _ok(at)
     assert any("Density was" in s.value for s in at.success)
     assert any(f"Feature {qf}" in m.value for m in at.markdown)
+
+
+def test_layer_firing_threshold(app):
+    at = app("pages/1_Layer.py", sae="relu-b0")
+    any_counts = at.dataframe[0].value.set_index("feature")["count"]
+    at = app("pages/1_Layer.py", sae="relu-b0", fire="10pct")
+    _ok(at)
+    strict = at.dataframe[0].value.set_index("feature")["count"]
+    assert (strict <= any_counts.loc[strict.index]).all() and (strict < any_counts.loc[strict.index]).any()
+    assert any("≥ 10% of its max" in m.value for m in at.markdown)
+    at = app("pages/1_Layer.py", sae="relu-b0", fire="lots")
+    assert "fire='lots'" in at.error[0].value

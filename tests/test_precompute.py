@@ -61,6 +61,13 @@ def test_matches_brute_force(small_cfg, adapter, loaded_saes, recon_every):
         np.testing.assert_allclose(feats["density"].to_numpy(), count / n_valid)
         np.testing.assert_allclose(feats["max_act"].to_numpy(), codes.amax((0, 1)).numpy(), rtol=1e-5)
         assert (feats["hist"].map(sum).to_numpy() == count).all()
+        # firing at >= 10% of the max: exact to within the histogram bin holding the threshold
+        mx = codes.amax((0, 1))
+        strict = (codes >= 0.1 * mx).sum((0, 1)).numpy() * (count > 0)
+        loose = (codes >= 0.1 * mx / 10**0.125).sum((0, 1)).numpy() * (count > 0)
+        ge10 = feats["count_ge_10pct"].to_numpy()
+        assert ((strict <= ge10) & (ge10 <= loose)).all()
+        assert (ge10 < count).any(), "some feature has activations below 10% of its max"
         # a sparse SAE has dead, rare and common features here, or the test proves little
         assert (count == 0).any() or s.sae.cfg.architecture() == "topk"
         assert 0 < (count > 0).sum()
@@ -476,7 +483,7 @@ def test_cli_bad_options_are_one_line_before_any_work(tmp_path, sae_dirs):
         (["--dtype", "int8"], "--dtype 'int8'"),
         (["--db", str(tmp_path / "afile" / "x.duckdb")], "cannot create the folder"),
         (["--db", str(tmp_path)], "is a folder"),
-        (["--n-tokens", "0"], "must be positive"),
+        (["--n-tokens", "-5"], "must be positive"),
     ]
     for extra, message in cases:
         r = run_backend("precompute", "--sae", sae, "--db", str(tmp_path / "f.duckdb"), *extra, timeout=120)

@@ -225,3 +225,17 @@ def test_examples_dedupe_and_groups():
     hist[1 + 24] = 1  # bin [0.1, 0.13)
     assert activation_share(hist, -4, 4, 0.5, 2.0) == pytest.approx(0.75)
     assert activation_share(hist, -4, 4, 0.0, 0.5) == pytest.approx(0.25)
+
+
+def test_firing_thresholds_read_off_the_histogram():
+    from backend.density import counts_at_least
+
+    hist = np.zeros((2, 66), dtype=int)
+    # bins of width 0.125 decades from 1e-4: value v lands in bin floor((log10 v + 4) / 0.125) + 1
+    hist[0, 1 + 32] = 5  # ~1.0 (the max)
+    hist[0, 1 + 8] = 7  # ~1e-3: a micro-activation, < 1% of the max
+    hist[1, 0] = 2  # underflow only
+    max_act = np.array([1.2, 1e-5])
+    assert list(counts_at_least(hist, max_act, 0.0, -4, 4)) == [12, 2]
+    assert list(counts_at_least(hist, max_act, 0.01, -4, 4)) == [5, 2]
+    assert list(counts_at_least(hist, max_act, 0.1, -4, 4)) == [5, 2]

@@ -47,13 +47,15 @@ def n_special(adapter: ModelAdapter) -> int:
 
 
 def _batches(cfg: PrecomputeConfig, adapter: ModelAdapter):
-    """(seq_ids, content chunks) batches of this shard's sequences, at most n_tokens in all."""
+    """(seq_ids, content chunks) batches of this shard's sequences, at most n_tokens in all
+    (n_tokens 0: the whole corpus)."""
     content_len = cfg.context_len - n_special(adapter)
     if content_len < 1:
         raise UserError(f"--context-len {cfg.context_len} leaves no room for text after special tokens")
-    n_seqs = max(1, math.ceil(cfg.n_tokens / cfg.context_len))
     docs = documents(cfg.corpus, cfg.corpus_split, cfg.text_field)
-    chunks = itertools.islice(token_contexts(docs, adapter.tokenizer, content_len), n_seqs)
+    chunks = token_contexts(docs, adapter.tokenizer, content_len)
+    if cfg.n_tokens:
+        chunks = itertools.islice(chunks, max(1, math.ceil(cfg.n_tokens / cfg.context_len)))
     shard = cfg.shard_index() or (0, 1)
     ids, rows = [], []
     for seq, chunk in enumerate(chunks):
@@ -189,11 +191,17 @@ class Harvest:
             self._writer = None
 
     def run(self) -> None:
-        total = max(1, math.ceil(self.cfg.n_tokens / self.cfg.context_len))
-        if self.cfg.shard_index():
+        total = max(1, math.ceil(self.cfg.n_tokens / self.cfg.context_len)) if self.cfg.n_tokens else None
+        if total and self.cfg.shard_index():
             i, n = self.cfg.shard_index()
             total = len(range(i, total, n))  # this shard's share of the sequences
-        bar = tqdm(total=total * self.cfg.context_len, unit="tok", desc="harvest", unit_scale=True, file=sys.stderr)
+        bar = tqdm(
+            total=total * self.cfg.context_len if total else None,
+            unit="tok",
+            desc="harvest",
+            unit_scale=True,
+            file=sys.stderr,
+        )
         try:
             for seq_ids, content in _prefetch(_batches(self.cfg, self.adapter)):
                 self.step(seq_ids, content)
@@ -205,7 +213,7 @@ class Harvest:
             raise UserError(
                 f"corpus {self.cfg.corpus!r} is too short: it gave no sequence of {self.cfg.context_len} tokens"
             )
-        if self.n_seqs < total:
+        if total and self.n_seqs < total:
             log.warning(
                 "corpus %r ran out after %s of the %s tokens asked for; the run uses what there is",
                 self.cfg.corpus,

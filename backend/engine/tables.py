@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from backend.density import log_density_histogram
+from backend.density import FIRING_THRESHOLDS, counts_at_least, log_density_histogram
 from backend.engine.models import Downstream, hook_depth
 from backend.engine.saes import LoadedSAE
 from backend.engine.stats import FeatureStats, LayerMetrics
@@ -117,6 +117,12 @@ def sae_row(run_id: str, name: str, s: LoadedSAE, st: FeatureStats, ds: list[tup
 
 def features_frame(name: str, st: FeatureStats) -> pd.DataFrame:
     ft = st.feature_table()
+    spec = st.spec
+    at_least = {
+        f"count_ge_{key}": counts_at_least(ft["hist"], ft["max_act"], rel, spec.hist_lo, spec.hist_hi)
+        for key, rel in FIRING_THRESHOLDS.items()
+        if rel > 0
+    }
     return pd.DataFrame(
         {
             "sae": name,
@@ -126,6 +132,7 @@ def features_frame(name: str, st: FeatureStats) -> pd.DataFrame:
             "mean_act": ft["mean_act"],
             "max_act": ft["max_act"],
             "hist": list(ft["hist"].astype(np.int32)),
+            **at_least,
         }
     )
 

@@ -33,10 +33,12 @@ def layer_table(
     lo: float | None = None,
     hi: float | None = None,
     sort: tuple[str, bool] = ("density", False),
+    firing: str = "any",
 ) -> pd.DataFrame:
     """The Layer page's table: the SAE's features in a preset and log10-density range, sorted
-    (ties by feature id), each with its consensus label from `status` (feature_status's frame)."""
-    shown = queries.filter_features(queries.features(db_path, sae), preset, lo, hi)
+    (ties by feature id), each with its consensus label from `status` (feature_status's frame);
+    densities count activations per `firing` (queries.features)."""
+    shown = queries.filter_features(queries.features(db_path, sae, firing), preset, lo, hi)
     col, ascending = sort
     shown = shown.sort_values([col, "feature"], ascending=[ascending, True])
     if status is None or status.empty:

@@ -18,7 +18,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from backend.density import DENSE, ULTRALOW, log10_density
+from backend.density import DENSE, FIRING_THRESHOLDS, ULTRALOW, log10_density
 from backend.errors import UserError
 from backend.paths import data_dir
 from backend.store import schema
@@ -265,17 +265,23 @@ def position_error(path: str) -> pd.DataFrame:
 
 
 @cached
-def features(path: str, sae: str) -> pd.DataFrame:
-    """Every feature of an SAE (without histograms), for the layer table and its filters."""
-    sae_row(path, sae)
+def features(path: str, sae: str, firing: str = "any") -> pd.DataFrame:
+    """Every feature of an SAE (without histograms), for the layer table and its filters.
+    `firing`: what counts as active (density.FIRING_THRESHOLDS): any nonzero activation, or
+    one of at least 1% / 10% of the feature's max; count and density follow it."""
+    s = sae_row(path, sae)
+    if firing not in FIRING_THRESHOLDS:
+        raise UserError(f"firing threshold {firing!r}: use one of {', '.join(FIRING_THRESHOLDS)}")
+    count = "count" if firing == "any" else f"count_ge_{firing}"
     df = _df(
         path,
-        """SELECT feature, count, density, mean_act, max_act, top_tokens FROM features
-                      WHERE sae = ? ORDER BY feature""",
+        f"""SELECT feature, {count} AS count, mean_act, max_act, top_tokens FROM features
+            WHERE sae = ? ORDER BY feature""",
         [sae],
     )
+    df["density"] = df["count"] / max(int(s["n_tokens"]), 1)
     df["log10_density"] = log10_density(df["density"].to_numpy())
-    return df
+    return df[["feature", "count", "density", "mean_act", "max_act", "top_tokens", "log10_density"]]
 
 
 def filter_features(

@@ -73,6 +73,8 @@ CREATE TABLE IF NOT EXISTS features (
     mean_act DOUBLE NOT NULL,              -- mean activation when active
     max_act  DOUBLE NOT NULL,
     hist     INTEGER[] NOT NULL,
+    count_ge_1pct  BIGINT NOT NULL,        -- activations >= 1% / 10% of max_act, from hist (density.counts_at_least):
+    count_ge_10pct BIGINT NOT NULL,        -- "firing" without the micro-activations of ReLU SAEs
     top_tokens VARCHAR                     -- most frequent activating tokens among top examples (writes.TOP_TOKENS,
                                            -- computed from `examples`, `sequences` and `vocab`, so written after them)
 );

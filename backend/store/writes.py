@@ -202,7 +202,7 @@ def _insert_features(con, run_id: str, saes: list[str], features: pd.DataFrame) 
     con.register("tmp_df", features)
     con.execute(
         f"""INSERT INTO features SELECT f.sae, f.feature, f.count, f.density, f.mean_act, f.max_act, f.hist,
-                   t.top_tokens
+                   f.count_ge_1pct, f.count_ge_10pct, t.top_tokens
             FROM tmp_df f LEFT JOIN ({TOP_TOKENS}) t ON t.sae = f.sae AND t.feature = f.feature
             ORDER BY f.sae, f.feature""",
         {"run": run_id, "saes": saes},
