@@ -321,3 +321,37 @@ def test_layer_firing_threshold(app):
     assert any("≥ 10% of its max" in m.value for m in at.markdown)
     at = app("pages/1_Layer.py", sae="relu-b0", fire="lots")
     assert "fire='lots'" in at.error[0].value
+
+
+def test_ultralow_below_the_resolution_floor_is_explained(app):
+    at = app("pages/1_Layer.py", sae="relu-b0", filter="ultralow")
+    _ok(at)
+    assert any("smallest density it can measure" in w.value for w in at.warning)  # 1,240 tokens: floor 8e-4
+    table = at.dataframe[0].value
+    assert "dense" in table.columns
+    at = app("pages/1_Layer.py", sae="relu-b0", filter="dense")
+    assert at.dataframe[0].value["dense"].all()
+
+
+def test_overview_names_itself_and_has_no_duplicate_links(app):
+    at = app()
+    _ok(at)
+    links = [el.proto for el in at.sidebar if type(el).__name__ == "PageLink"]
+    assert [p.label for p in links][:1] == ["Overview"]
+    assert all("tiny.duckdb" in p.query_string for p in links)  # the database travels with every page
+    main_links = [el.proto.label for el in at.main if type(el).__name__ == "PageLink"]
+    assert not [x for x in main_links if "relu-b0" in x or "topk-b1" in x]  # no row of one button per SAE
+
+
+def test_no_emoji_in_the_interface():
+    """Debian's Chromium draws emoji as empty boxes; the interface uses text and Material icons."""
+    import re
+
+    emoji = re.compile("[\U0001f300-\U0001faff\u2600-\u27bf]")
+    for path in [
+        repo_root() / "app.py",
+        *sorted((repo_root() / "pages").glob("*.py")),
+        *sorted((repo_root() / "ui").glob("*.py")),
+    ]:
+        found = emoji.findall(path.read_text())
+        assert not found, f"{path.name}: {found}"

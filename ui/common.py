@@ -67,8 +67,9 @@ def page(fn):
 
 
 def navigation() -> None:
-    db = st.query_params.get("db")
-    keep = {"db": db} if db and db in queries.list_databases() else None
+    names = queries.list_databases()
+    db = st.query_params.get("db") or (names[0] if names else None)  # the default database is shown
+    keep = {"db": db} if db and db in names else None
     for path, label, icon in NAV:
         st.sidebar.page_link(path, label=label, icon=icon, query_params=keep)
 
