@@ -3,7 +3,6 @@
 import streamlit as st
 
 from backend.density import DENSE, ULTRALOW, resolution_floor
-from backend.errors import UserError
 from backend.store import queries
 from ui import common, figures, labeling
 from ui.tokens import md
@@ -75,17 +74,7 @@ def overview() -> None:
     )
 
     st.subheader("Feature density per layer")
-    common.seed("w_view", "view", common.param("view") or "facet")
-    if st.session_state["w_view"] not in ("facet", "overlay"):
-        raise UserError(f"URL parameter view={st.session_state['w_view']!r}: use facet or overlay")
-    mode = st.radio(
-        "Histograms",
-        ["facet", "overlay"],
-        key="w_view",
-        horizontal=True,
-        on_change=common.to_url,
-        args=("w_view", "view"),
-    )
+    mode = common.choice("view", {"facet": "one panel per SAE", "overlay": "overlaid"}, "Histograms", "facet")
     n_tok = int(saes["n_tokens"].max())
     floor = resolution_floor(n_tok)
     st.plotly_chart(figures.density_histograms(queries.density_hist(db), saes, mode, floor), key="dens")

@@ -14,6 +14,10 @@ and N concurrent Chromium sessions (--sessions 1 5 20), each opening the Overvie
 and three Feature pages in turn; time to content per page (navigation start to the page's own
 content visible), p50/p95 per N.
 Last line: s1_p50_ms=<a> s1_p95_ms=<b> s5_p50_ms=... s20_p95_ms=<z>
+
+With --pages it measures each page's own work (the script run through AppTest, cold and warm
+query caches) on the newest database of --data.
+Last line: overview_cold_ms=<a> overview_warm_ms=<b> layer_cold_ms=... interpretability_warm_ms=<z>
 """
 
 from __future__ import annotations
@@ -267,7 +271,7 @@ async def _session(browser, base: str, db: str, sae: str, features: list[int], o
     await ctx.close()
 
 
-def browser_bench(data: Path, sessions: list[int], watcher: str, port: int = 8765) -> dict[int, list]:
+def browser_bench(data: Path, sessions: list[int], watcher: str, port: int = 8765) -> dict:
     import asyncio
 
     import duckdb
@@ -285,13 +289,16 @@ def browser_bench(data: Path, sessions: list[int], watcher: str, port: int = 876
     ]
     con.close()
     proc = _serve(data, port, watcher)
-    results: dict[int, list] = {}
+    results: dict = {}
 
     async def run() -> None:
         async with async_playwright() as p:
             browser = await p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            cold: list = []
+            await _session(browser, f"http://127.0.0.1:{port}", db, sae, busy[:1], cold)  # first visits after start
             warm: list = []
-            await _session(browser, f"http://127.0.0.1:{port}", db, sae, busy[:1], warm)  # first start, not timed
+            await _session(browser, f"http://127.0.0.1:{port}", db, sae, busy[:1], warm)  # the same pages again
+            results["cold"], results["warm"] = cold, warm
             for n in sessions:
                 out: list = []
                 rng = np.random.default_rng(n)
@@ -320,6 +327,8 @@ def browser_main(args) -> None:
     figures = {}
     for watcher in watchers:
         res = browser_bench(data, args.sessions, watcher)
+        for when in ("cold", "warm"):
+            print(f"watcher={watcher} one session, {when}: " + ", ".join(f"{k} {m:.0f} ms" for k, m in res.pop(when)))
         for n, out in res.items():
             ms = np.array([m for _, m in out])
             by_kind = {k: statistics.median([m for kk, m in out if kk == k]) for k in ("overview", "layer", "feature")}
@@ -333,8 +342,58 @@ def browser_main(args) -> None:
     print(" ".join(f"s{n}_p50_ms={p50:.0f} s{n}_p95_ms={p95:.0f}" for n, (p50, p95) in figures.items()))
 
 
+def pages_main(args) -> None:
+    """Each page's own work: the script run of every page through AppTest on a database, with
+    cold query caches (first view after a change of file) and warm ones; median of --repeat."""
+    from streamlit.testing.v1 import AppTest
+
+    data = Path(args.data)
+    os.environ["SAE_DASHBOARD_DATA"] = str(data.resolve())
+    db = queries.list_databases()[0]
+    path = str(data / db)
+    saes = queries.saes(path)
+    sae = saes.sort_values("depth")["sae"].iloc[-1]
+    feats = queries.features(path, sae)
+    f = int(feats.sort_values("count")["feature"].iloc[-1])
+    pages = [
+        ("overview", "app.py", {}),
+        ("layer", "pages/1_Layer.py", {"sae": sae}),
+        ("feature", "pages/2_Feature.py", {"sae": sae, "feature": str(f)}),
+        ("search", "pages/3_Search.py", {"q": "return"}),
+        ("queue", "pages/4_Label_queue.py", {"sae": sae}),
+        ("interpretability", "pages/5_Interpretability.py", {}),
+    ]
+    root = Path(__file__).resolve().parents[1]
+    out = {}
+    for name, page, params in pages:
+        times = {"cold": [], "warm": []}
+        for _ in range(args.repeat):
+            at = AppTest.from_file(str(root / "app.py"), default_timeout=300)
+            if page != "app.py":
+                at.switch_page(page)
+            for k, v in {"db": db, **params}.items():
+                at.query_params[k] = v
+            if name == "queue":
+                at.session_state["_labeler"] = "bench"
+            queries.clear_caches()
+            for when in ("cold", "warm"):
+                t = time.perf_counter()
+                at.run()
+                times[when].append(time.perf_counter() - t)
+                assert not at.exception, [e.value for e in at.exception]
+        out[name] = {k: statistics.median(v) * 1000 for k, v in times.items()}
+        print(f"{name}: cold {out[name]['cold']:.0f} ms, warm {out[name]['warm']:.0f} ms (median of {args.repeat})")
+    print(" ".join(f"{k}_cold_ms={v['cold']:.0f} {k}_warm_ms={v['warm']:.0f}" for k, v in out.items()))
+
+
 if __name__ == "__main__":
-    if "--browser" in sys.argv:
+    if "--pages" in sys.argv:
+        ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        ap.add_argument("--pages", action="store_true")
+        ap.add_argument("--data", default="data", help="data folder; its newest database is measured")
+        ap.add_argument("--repeat", type=int, default=5)
+        pages_main(ap.parse_args())
+    elif "--browser" in sys.argv:
         ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
         ap.add_argument("--browser", action="store_true")
         ap.add_argument("--data", default="data", help="data folder; its newest database is measured")

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from backend.density import DENSE, FIRING_THRESHOLDS, ULTRALOW, below_floor, is_dense, resolution_floor
+from backend.density import DENSE, ULTRALOW, below_floor, is_dense, resolution_floor
 from backend.errors import UserError
 from backend.labels.joins import layer_table
 from backend.store import queries
@@ -42,21 +42,15 @@ def layer() -> None:
     lo, hi = common.float_param("lo"), common.float_param("hi")
     if lo is not None and hi is not None and lo > hi:
         raise UserError(f"URL parameters lo={lo} > hi={hi}: the density range is empty")
-    firing = common.param("fire") or "any"
-    if firing not in FIRING_THRESHOLDS:
-        raise UserError(f"URL parameter fire={firing!r}: use one of {', '.join(FIRING_THRESHOLDS)}")
-    common.seed("w_fire", "fire", firing)
-    st.selectbox(
+    firing = common.choice(
+        "fire",
+        FIRING_LABELS,
         "Counts as firing",
-        list(FIRING_THRESHOLDS),
-        key="w_fire",
-        format_func=FIRING_LABELS.get,
-        on_change=common.to_url,
-        args=("w_fire", "fire"),
+        "any",
+        widget="selectbox",
         help="ReLU SAEs fire with tiny activations that inflate density; a threshold relative to each feature's "
         "max activation leaves them out (applied to its stored activation histogram, exact to within one bin).",
     )
-    firing = st.session_state["w_fire"]
     feats = queries.features(db, sae, firing)
     other = queries.features(db, overlay, firing) if overlay else None
     sel = (
@@ -84,11 +78,7 @@ def layer() -> None:
         args=("w_filter", "filter"),
         help=f"dead: never active · ultralow: density < {ULTRALOW:g} · dense: density > {DENSE:g}",
     )
-    sort = common.param("sort") or "density ↓"
-    if sort not in SORTS:
-        raise UserError(f"URL parameter sort={sort!r}: use one of {', '.join(SORTS)}")
-    common.seed("w_sort", "sort", sort)
-    c2.selectbox("Sort", list(SORTS), key="w_sort", on_change=common.to_url, args=("w_sort", "sort"))
+    sort = common.choice("sort", list(SORTS), "Sort", "density ↓", widget="selectbox", container=c2)
     if c3.button("Clear range", disabled=lo is None and hi is None):
         common.set_params(lo=None, hi=None)
         st.session_state["_hist_reset"] = reset + 1
@@ -96,7 +86,7 @@ def layer() -> None:
 
     status = labeling.status_table(db, sae)  # empty, with a warning, if the labels store is unreadable
     preset = st.session_state["w_filter"] or "all"
-    shown = layer_table(db, sae, status, preset, lo, hi, SORTS[st.session_state["w_sort"]], firing)
+    shown = layer_table(db, sae, status, preset, lo, hi, SORTS[sort], firing)
     if st.session_state["w_filter"] == "ultralow" and below_floor(ULTRALOW, row["n_tokens"]):
         st.warning(
             f"This run read {int(row['n_tokens']):,} tokens, so the smallest density it can measure is "

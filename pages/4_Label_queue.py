@@ -21,25 +21,12 @@ def queue() -> None:
     sae = common.choose_sae(db)
     common.copy_link()
     st.title("Label queue")
-    mode = common.param("mode") or "unlabeled"
-    if mode not in MODES:
-        raise UserError(f"URL parameter mode={mode!r}: use {' or '.join(MODES)}")
-    common.seed("w_mode", "mode", mode)
-    st.radio(
-        "Queue",
-        list(MODES),
-        key="w_mode",
-        format_func=MODES.get,
-        horizontal=True,
-        on_change=common.to_url,
-        args=("w_mode", "mode"),
-    )
+    mode = common.choice("mode", MODES, "Queue", "unlabeled")
     if not me:
         st.info("Enter your name in the sidebar to start labeling.")
         return
     if not labeling.write_allowed():
         return
-    mode = st.session_state["w_mode"]
     step = common.int_param("step", 0) or 0
     feats = queries.features(db, sae)
     try:

@@ -209,3 +209,29 @@ def run_backend(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "backend", *args], cwd=repo_root(), capture_output=True, text=True, timeout=timeout
     )
+
+
+def app_runner(data_dir, monkeypatch):
+    """AppTest of the dashboard over `data_dir`, as a fresh browser session would open a URL:
+    `make(page, labeler=None, **url_params)`; `labeler` stands for a name typed earlier in the
+    session's sidebar (names never travel in URLs)."""
+    from streamlit.testing.v1 import AppTest
+
+    from backend.store import queries
+
+    monkeypatch.setenv("SAE_DASHBOARD_DATA", str(data_dir))
+    monkeypatch.delenv("SAE_DASHBOARD_PASSWORD", raising=False)
+    monkeypatch.delenv("SAE_DASHBOARD_LABELS", raising=False)
+    queries.clear_caches()
+
+    def make(page: str = "app.py", labeler: str | None = None, **params) -> AppTest:
+        at = AppTest.from_file(str(repo_root() / "app.py"), default_timeout=60)
+        if page != "app.py":
+            at.switch_page(page)
+        for k, v in params.items():
+            at.query_params[k] = v
+        if labeler is not None:
+            at.session_state["_labeler"] = labeler
+        return at.run()
+
+    return make

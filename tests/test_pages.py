@@ -7,7 +7,7 @@ from streamlit.testing.v1 import AppTest
 
 from backend import labels
 from backend.store import queries
-from tests.conftest import repo_root
+from tests.conftest import app_runner, repo_root
 
 pytestmark = pytest.mark.integration
 
@@ -26,21 +26,7 @@ def data_dir(tmp_path_factory, corpus_file, build_tiny_db):
 
 @pytest.fixture()
 def app(data_dir, monkeypatch):
-    monkeypatch.setenv("SAE_DASHBOARD_DATA", str(data_dir))
-    monkeypatch.delenv("SAE_DASHBOARD_PASSWORD", raising=False)
-    queries.clear_caches()
-
-    def make(page: str = "app.py", labeler: str | None = None, **params) -> AppTest:
-        at = AppTest.from_file(str(repo_root() / "app.py"), default_timeout=60)
-        if page != "app.py":
-            at.switch_page(page)
-        for k, v in params.items():
-            at.query_params[k] = v
-        if labeler is not None:  # typed into the sidebar earlier in this browser session
-            at.session_state["_labeler"] = labeler
-        return at.run()
-
-    return make
+    return app_runner(data_dir, monkeypatch)
 
 
 def _ok(at: AppTest) -> None:

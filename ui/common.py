@@ -148,6 +148,22 @@ def seed(key: str, name: str, value) -> None:
         st.session_state[key] = value
 
 
+def choice(name: str, options, label: str, default: str, widget: str = "radio", container=None, **kw) -> str:
+    """A widget choosing among `options` (a dict of value -> shown text, or a list), bound to the
+    URL parameter `name` both ways; a value the URL gives that is not an option is a message."""
+    value = param(name) or default
+    if value not in options:
+        raise UserError(f"URL parameter {name}={value!r}: use one of {', '.join(options)}")
+    key = f"w_{name}"
+    seed(key, name, value)
+    shown = options.get if isinstance(options, dict) else str
+    draw = getattr(container or st, widget)
+    if widget == "radio":
+        kw.setdefault("horizontal", True)
+    draw(label, list(options), key=key, format_func=shown, on_change=to_url, args=(key, name), **kw)
+    return st.session_state[key]
+
+
 def to_url(key: str, name: str, fmt=str) -> None:
     """on_change callback: the widget's new value goes into the URL."""
     v = st.session_state[key]

@@ -7,7 +7,6 @@ import pandas as pd
 import streamlit as st
 
 from backend.density import format_density, log10_density, resolution_floor
-from backend.errors import UserError
 from backend.examples import activation_share, dedupe_windows, equal_width_groups
 from backend.store import queries
 from backend.store.schema import ExampleKind
@@ -48,24 +47,11 @@ def sampled_panel(db: str, sae: str, f: int, q: pd.DataFrame) -> None:
     """Examples sampled uniformly from all activations, grouped two ways (choice in the URL)."""
     if q.empty:
         return
-    mode = common.param("qmode") or "count"
-    if mode not in QUANTILE_MODES:
-        raise UserError(f"URL parameter qmode={mode!r}: use {' or '.join(QUANTILE_MODES)}")
-    common.seed("w_qmode", "qmode", mode)
     st.markdown("**Sampled across the activation range** (a uniform sample of all this feature's activations)")
-    st.radio(
-        "Group by",
-        list(QUANTILE_MODES),
-        key="w_qmode",
-        format_func=QUANTILE_MODES.get,
-        horizontal=True,
-        on_change=common.to_url,
-        args=("w_qmode", "qmode"),
-        label_visibility="collapsed",
-    )
+    mode = common.choice("qmode", QUANTILE_MODES, "Group by", "count", label_visibility="collapsed")
     row, s = queries.feature(db, sae, f), queries.sae_row(db, sae)
     q = dedupe_windows(q)
-    if st.session_state["w_qmode"] == "count":
+    if mode == "count":
         n_b = int(q["quantile"].max()) + 1
         for b in sorted(q["quantile"].unique(), reverse=True):
             g = q[q["quantile"] == b]

@@ -56,9 +56,10 @@ def weighted_mean(ds: list[tuple[Downstream, int]], attr: str) -> float | None:
     return float(np.average([getattr(d, attr) for d, _ in ds], weights=[n for _, n in ds]))
 
 
-@dataclass
-class SaeRow:
-    """One row of the `saes` table; the fields are its columns (see schema.sql)."""
+@dataclass(frozen=True)
+class SaeRow(LayerMetrics):
+    """One row of the `saes` table; the fields are its columns (see schema.sql), the quality
+    figures among them inherited from stats.LayerMetrics, where they are computed."""
 
     run_id: str
     sae: str
@@ -69,12 +70,6 @@ class SaeRow:
     d_in: int
     d_sae: int
     sae_config: str
-    n_tokens: int
-    l0: float
-    mse: float
-    explained_variance: float
-    n_dead: int
-    n_dense: int
     downstream_metric: str | None
     downstream_value: float | None
     downstream_clean: float | None

@@ -241,24 +241,25 @@ def uncounted(path: str, run_id: str) -> np.ndarray:
     return df["uncounted"].to_numpy(dtype=bool)
 
 
-@cached
-def density_hist(path: str) -> pd.DataFrame:
+def _per_sae_rows(path: str, table: str, within: str) -> pd.DataFrame:
+    """All rows of a per-SAE table for the complete SAEs, with each SAE's hook, depth and
+    architecture, shallow SAEs first."""
     return _df(
         path,
-        """
-        SELECT d.*, s.hook, s.depth, s.architecture FROM density_hist d JOIN saes s USING (sae)
-        JOIN runs r USING (run_id) WHERE r.status = 'complete' ORDER BY s.depth, d.sae, d.bin_lo""",
+        f"""
+        SELECT t.*, s.hook, s.depth, s.architecture FROM {table} t JOIN saes s USING (sae)
+        JOIN runs r USING (run_id) WHERE r.status = 'complete' ORDER BY s.depth, t.sae, t.{within}""",
     )
+
+
+@cached
+def density_hist(path: str) -> pd.DataFrame:
+    return _per_sae_rows(path, "density_hist", "bin_lo")
 
 
 @cached
 def position_error(path: str) -> pd.DataFrame:
-    return _df(
-        path,
-        """
-        SELECT p.*, s.hook, s.depth, s.architecture FROM position_error p JOIN saes s USING (sae)
-        JOIN runs r USING (run_id) WHERE r.status = 'complete' ORDER BY s.depth, p.sae, p.pos""",
-    )
+    return _per_sae_rows(path, "position_error", "pos")
 
 
 # ---- one SAE ----
