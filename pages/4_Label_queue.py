@@ -10,8 +10,7 @@ from backend.store import queries
 from ui import common, feature_view, labeling
 
 common.setup("Label queue")
-QUEUE_EXAMPLES = 12
-"""top examples shown per feature, padded with empty rows, so their number does not hint at density"""
+QUEUE_EXAMPLES = 12  # top examples shown, padded with empty rows: their number must not hint at density
 
 
 @common.page

@@ -254,3 +254,22 @@ def test_user_text_never_renders(server, browser):
     page.wait_for_timeout(1500)
     _nothing_rendered(page)
     ctx.close()
+
+
+def test_queue_takes_a_verdict_from_the_keyboard(server, browser):
+    base, data = server
+    ctx, page = _page(browser)
+    page.goto(base + "/Label_queue?db=tiny.duckdb&sae=relu-b0")
+    name = page.get_by_label("Your name (for labels)")
+    name.fill("kim")
+    name.press("Enter")
+    page.get_by_role("heading", name="Next feature").wait_for()
+    page.get_by_role("heading", name="Label queue").click()  # focus out of the text field
+    page.keyboard.press("3")
+    page.get_by_text("Density was").wait_for()
+    _no_traceback(page)
+    from backend import labels
+
+    mine = labels.all_labels(data / "labels.sqlite")
+    assert list(mine[mine["labeler"] == "kim"]["verdict"]) == ["unsure"]
+    ctx.close()

@@ -153,6 +153,15 @@ def test_order_is_insertion_not_client_time(labels_store, tmp_path):
     ]
 
 
+def _cli(capsys, *args: str) -> tuple[int, str]:
+    """The CLI in this process (its exit code and stderr); test_labels_cli runs it as a process."""
+    from backend.__main__ import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    return code, capsys.readouterr().err
+
+
 BAD_IMPORTS = {
     "feature abc": "d,r,s,abc,interpretable,,,ann,",
     "huge feature": "d,r,s,99999999999,interpretable,,,ann,",
@@ -164,7 +173,7 @@ BAD_IMPORTS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_IMPORTS))
-def test_cli_refuses_bad_imports_whole(tmp_path, case):
+def test_cli_refuses_bad_imports_whole(tmp_path, case, capsys):
     store = tmp_path / "labels.sqlite"
     labels.add(store, _label())
     f = tmp_path / "in.csv"
@@ -172,14 +181,14 @@ def test_cli_refuses_bad_imports_whole(tmp_path, case):
         "db,run_id,sae,feature,verdict,description,confidence,labeler,created_at\n"
         "d,r,s,7,unsure,,,ann,\n" + BAD_IMPORTS[case] + "\n"
     )
-    r = run_backend("labels", "import", str(f), "--labels", str(store))
-    assert r.returncode == 2, r.stderr
-    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert "row 3" in r.stderr
+    code, err = _cli(capsys, "labels", "import", str(f), "--labels", str(store))
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "row 3" in err
     assert len(labels.all_labels(store)) == 1  # the good first row was not written either
 
 
-def test_cli_file_faults_are_one_line(tmp_path):
+def test_cli_file_faults_are_one_line(tmp_path, capsys):
     store = tmp_path / "labels.sqlite"
     labels.add(store, _label())
     dup = tmp_path / "dup.json"
@@ -198,9 +207,9 @@ def test_cli_file_faults_are_one_line(tmp_path):
         (("export", str(tmp_path / "out.txt")), ".csv, .json or .parquet"),
     ]
     for args, message in cases:
-        r = run_backend("labels", *args, "--labels", str(store))
-        assert r.returncode == 2 and "Traceback" not in r.stderr, (args, r.stderr)
-        assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+        code, err = _cli(capsys, "labels", *args, "--labels", str(store))
+        assert code == 2 and "Traceback" not in err, (args, err)
+        assert message in err and len(err.strip().splitlines()) == 1, (args, err)
     assert len(labels.all_labels(store)) == 1
     assert not (tmp_path / "missing").exists()
 

@@ -341,3 +341,14 @@ def test_no_emoji_in_the_interface():
     ]:
         found = emoji.findall(path.read_text())
         assert not found, f"{path.name}: {found}"
+
+
+def test_pages_have_no_stray_strings():
+    """Streamlit writes every bare string statement of a page script onto the page ("magic"):
+    a docstring under a constant would show up as text."""
+    import ast
+
+    for path in [repo_root() / "app.py", *sorted((repo_root() / "pages").glob("*.py"))]:
+        body = ast.parse(path.read_text()).body
+        stray = [n.lineno for n in body[1:] if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)]
+        assert not stray, f"{path.name}: bare strings at lines {stray}"

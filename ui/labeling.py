@@ -109,9 +109,9 @@ def verdict_buttons(
     under the same key; `suffix` places a second row of them (below long examples)."""
     cols = st.columns(3)
     for i, (col, verdict) in enumerate(zip(cols, labels.VERDICTS), start=1):
-        label = f"{verdict} ({i})" if shortcuts else verdict
+        # with a shortcut, Streamlit shows its key on the button itself
         if col.button(
-            label, key=f"{key}_{verdict}{suffix}", use_container_width=True, shortcut=str(i) if shortcuts else None
+            verdict, key=f"{key}_{verdict}{suffix}", use_container_width=True, shortcut=str(i) if shortcuts else None
         ):
             return _save(db_path, sae, feature, key, who, verdict)
     return None

@@ -42,5 +42,5 @@ def layer_table(
     col, ascending = sort
     shown = shown.sort_values([col, "feature"], ascending=[ascending, True])
     if status is None or status.empty:
-        return shown.assign(label=None)
+        return shown.assign(label="")
     return shown.merge(status[["feature", "label"]], on="feature", how="left")
