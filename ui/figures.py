@@ -45,11 +45,28 @@ def depth_axis(fig: go.Figure, saes: pd.DataFrame, **where) -> None:
     fig.update_xaxes(tickvals=list(ticks["depth"]), ticktext=[short_hook(h) for h in ticks["hook"]], **where)
 
 
-def density_marks(fig: go.Figure, floor: float | None, **where) -> None:
-    """The dense cut and the resolution floor as vertical lines."""
-    fig.add_vline(x=DENSE_X, line_dash="dot", line_color="#b22", line_width=1, **where)
-    if floor is not None and np.isfinite(floor):
-        fig.add_vline(x=floor, line_dash="dot", line_color="#555", line_width=1, **where)
+def density_marks(fig: go.Figure, floor: float | None) -> None:
+    """The dense cut and the resolution floor as vertical lines in every panel. Shapes are set
+    in one go: add_vline(row="all") costs 80 ms a line on a 14-panel figure."""
+    marks = [(DENSE_X, "#b22")] + ([(floor, "#555")] if floor is not None and np.isfinite(floor) else [])
+    axes = sorted(
+        (k[len("xaxis") :] for k in fig.layout.to_plotly_json() if k.startswith("xaxis")), key=lambda n: int(n or 1)
+    ) or [""]
+    shapes = [
+        dict(
+            type="line",
+            xref=f"x{n}",
+            yref=f"y{n} domain",
+            x0=x,
+            x1=x,
+            y0=0,
+            y1=1,
+            line=dict(dash="dot", color=colour, width=1),
+        )
+        for n in axes
+        for x, colour in marks
+    ]
+    fig.update_layout(shapes=[*fig.layout.shapes, *shapes])
 
 
 def _mark_legend(fig: go.Figure, floor: float | None) -> None:
@@ -116,7 +133,7 @@ def density_histograms(df: pd.DataFrame, saes: pd.DataFrame, mode: str = "facet"
                 row=hooks.index(r.hook) + 1,
                 col=archs.index(r.architecture) + 1,
             )
-        density_marks(fig, floor, row="all", col="all")
+        density_marks(fig, floor)
         _mark_legend(fig, floor)
         fig.update_xaxes(title_text="log10 feature density", row=len(hooks))
         fig.update_layout(height=max(320, 150 * len(hooks)), bargap=0)
@@ -196,7 +213,7 @@ def metric_lines(saes: pd.DataFrame) -> go.Figure:
         ("dense_frac", f"dense fraction (>{DENSE:.0%})"),
     ]
     fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[m[1] for m in metrics], horizontal_spacing=0.05)
-    dashes = arch_dashes(saes)
+    dashes, colours = arch_dashes(saes), depth_colours(saes)
     for arch, g in saes.sort_values("depth").groupby("architecture", sort=True):
         for j, (col, _) in enumerate(metrics):
             fig.add_trace(
@@ -208,7 +225,7 @@ def metric_lines(saes: pd.DataFrame) -> go.Figure:
                     legendgroup=arch,
                     showlegend=j == 0,
                     line=dict(color="#333", dash=dashes[arch]),
-                    marker=dict(color=[depth_colours(saes)[s] for s in g["sae"]], size=8),
+                    marker=dict(color=[colours[s] for s in g["sae"]], size=8),
                     hovertext=g["sae"],
                 ),
                 row=1,
