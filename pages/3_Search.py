@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from backend.density import DENSE, is_dense
 from backend.store import queries
 from ui import common
 
@@ -31,7 +32,9 @@ def search() -> None:
     hits = queries.search(db, q, sae)
     st.markdown(f"**{len(hits)}** features" + (" (first 200)" if len(hits) == 200 else ""))
     # a new frame: `hits` is the cached result itself, shared by every session
-    hits = hits.assign(open=[common.feature_url(s, f) for s, f in zip(hits["sae"], hits["feature"])])
+    hits = hits.assign(
+        open=[common.feature_url(s, f) for s, f in zip(hits["sae"], hits["feature"])], dense=is_dense(hits["density"])
+    )
     hits = hits[["open", *[c for c in hits.columns if c != "open"]]]
     st.dataframe(
         hits,
@@ -40,6 +43,7 @@ def search() -> None:
             "open": st.column_config.LinkColumn("", display_text="open"),
             "hits": st.column_config.NumberColumn("matching top examples"),
             "density": st.column_config.NumberColumn(format="%.2e"),
+            "dense": st.column_config.CheckboxColumn(f"dense (>{DENSE:.0%})"),
         },
     )
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from backend.density import format_density, log10_density, resolution_floor
+from backend.density import DENSE, format_density, is_dense, log10_density, resolution_floor
 from backend.examples import activation_share, dedupe_windows, equal_width_groups
 from backend.store import queries
 from backend.store.schema import ExampleKind
@@ -88,13 +88,14 @@ def effects_panel(db: str, sae: str, f: int) -> None:
 def neighbours_panel(db: str, sae: str, f: int) -> None:
     nb = queries.neighbours(db, sae, f)
     st.markdown("**Nearest features** by decoder cosine similarity")
-    nb = nb.assign(open=[common.feature_url(sae, x) for x in nb["feature"]])
+    nb = nb.assign(open=[common.feature_url(sae, x) for x in nb["feature"]], dense=is_dense(nb["density"]))
     st.dataframe(
-        nb[["open", "feature", "cosine", "density", "max_act", "top_tokens"]],
+        nb[["open", "feature", "cosine", "density", "dense", "max_act", "top_tokens"]],
         hide_index=True,
         column_config={
             "open": st.column_config.LinkColumn("", display_text="open"),
             "density": st.column_config.NumberColumn(format="%.2e"),
+            "dense": st.column_config.CheckboxColumn(f"dense (>{DENSE:.0%})"),
             "cosine": st.column_config.NumberColumn(format="%.3f"),
         },
     )
