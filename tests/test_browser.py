@@ -116,7 +116,7 @@ def test_overview_to_layer_to_feature_and_shared_link(server, browser):
     page.goto(base + "/?db=tiny.duckdb")
     page.get_by_role("heading", name="SAE features: overview").wait_for()
     _no_traceback(page)
-    page.get_by_role("link", name="relu-b0 →").click()
+    page.get_by_role("link", name="Layer").first.click()  # the sidebar's page list keeps the database
     page.get_by_role("heading", name=re.compile("Layer · relu-b0")).wait_for()
     assert "/Layer" in page.url and "sae=relu-b0" in page.url
     _no_traceback(page)
