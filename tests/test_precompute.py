@@ -475,8 +475,11 @@ def test_killed_precompute_leaves_database_readable_and_reruns_cleanly(tmp_path)
     con.close()
 
 
-def test_cli_bad_options_are_one_line_before_any_work(tmp_path, sae_dirs):
-    """Bad options fail at once with one line and exit code 2, and write nothing."""
+def test_cli_bad_options_are_one_line_before_any_work(tmp_path, sae_dirs, capsys):
+    """Bad options fail at once with one line and exit code 2, and write nothing (the CLI runs in
+    this process; test_cli_mismatch_is_one_line_not_a_traceback runs it as a process)."""
+    from backend.__main__ import main
+
     (tmp_path / "afile").write_text("x")
     sae = next(iter(sae_dirs.values()))
     cases = [
@@ -486,9 +489,11 @@ def test_cli_bad_options_are_one_line_before_any_work(tmp_path, sae_dirs):
         (["--n-tokens", "-5"], "must be positive"),
     ]
     for extra, message in cases:
-        r = run_backend("precompute", "--sae", sae, "--db", str(tmp_path / "f.duckdb"), *extra, timeout=120)
-        assert r.returncode == 2, (extra, r.stderr)
-        assert "Traceback" not in r.stderr and message in r.stderr, (extra, r.stderr)
+        capsys.readouterr()
+        code = main(["precompute", "--sae", sae, "--db", str(tmp_path / "f.duckdb"), *extra])
+        err = capsys.readouterr().err
+        assert code == 2, (extra, err)
+        assert "Traceback" not in err and message in err and len(err.strip().splitlines()) == 1, (extra, err)
     assert not (tmp_path / "f.duckdb").exists()
 
 
