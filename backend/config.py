@@ -84,7 +84,8 @@ class PrecomputeConfig(InputConfig):
     """measure reconstruction error (MSE, explained variance, by position) on every N-th batch of sequences;
     1 = all (the decoder pass costs as much as the encoder; density, L0 and examples always use every token)"""
     downstream_seqs: int = 16
-    """first sequences on which each SAE is spliced into the model (CE loss / cosine recovered)"""
+    """sequences numbered below this are the sample on which each SAE is spliced into the model
+    (CE loss / cosine recovered); a global rule, so shards splice the same sequences as one pass"""
     n_effects: int = 10
     """top and bottom tokens per feature by W_dec . W_U (or W_E)"""
     n_neighbours: int = 10

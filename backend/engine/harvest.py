@@ -128,7 +128,6 @@ class Harvest:
         self.downstream: dict[str, list[tuple[Downstream, int]]] = {s.name: [] for s in saes}
         self.hooks = sorted({s.hook for s in saes})
         self.n_seqs = 0
-        self._downstream_left = cfg.downstream_seqs
         self.token_file = token_file
         self._writer: pq.ParquetWriter | None = None
         self._special = special_mask(adapter.tokenizer).to(self.device)
@@ -166,11 +165,11 @@ class Harvest:
                 rows = None if chosen is None else (chosen[0][recon], chosen[1][recon])
                 st.update_recon(x[recon], s.decode(codes[recon], rows), mask[recon])
             st.update(codes, seq_t, mask, chosen)
-        if self._downstream_left > 0:
-            sub = tokens[: self._downstream_left]
+        spliced = np.flatnonzero(np.asarray(seq_ids) < self.cfg.downstream_seqs)
+        if spliced.size:  # a global rule, so one pass and any set of shards splice the same sequences
+            sub = tokens[torch.as_tensor(spliced, device=tokens.device)]
             for s, d in zip(self.saes, self.adapter.downstream_all(sub, [(s.hook, s.sae) for s in self.saes])):
                 self.downstream[s.name].append((d, len(sub)))
-            self._downstream_left -= len(sub)
         self._write_tokens(seq_ids, tokens.cpu().numpy())
         self.n_seqs += len(seq_ids)
 

@@ -45,6 +45,15 @@ class Downstream:
     ablated: float
 
 
+def recovered(name: str, clean: float, spliced: float, ablated: float) -> float:
+    """How much of the clean model the spliced one keeps, relative to zero-ablating the hook
+    (1 = all, 0 = no better than ablation). Computed from means over all sampled sequences, so
+    shards and batches that split the sample differently give the same figure."""
+    if name == "ce_loss_recovered":
+        return (ablated - spliced) / (ablated - clean) if ablated != clean else float("nan")
+    return (spliced - ablated) / (clean - ablated) if clean != ablated else float("nan")
+
+
 class ModelAdapter:
     """What the harvest needs from a model. Subclasses wrap one library each."""
 
@@ -206,8 +215,7 @@ class EncoderAdapter(ModelAdapter):
             ablated = ablated_at[hook]
             cs = float(torch.nn.functional.cosine_similarity(clean, spliced, dim=-1).mean())
             ca = float(torch.nn.functional.cosine_similarity(clean, ablated, dim=-1).mean())
-            value = (cs - ca) / (1 - ca) if ca < 1 else float("nan")
-            results.append(Downstream("cosine_recovered", value, 1.0, cs, ca))
+            results.append(Downstream("cosine_recovered", recovered("cosine_recovered", 1.0, cs, ca), 1.0, cs, ca))
         return results
 
     def token_effect_matrix(self):
@@ -277,8 +285,9 @@ class HookedAdapter(ModelAdapter):
         )
         clean, spliced = float(r["ce_loss_without_sae"].mean()), float(r["ce_loss_with_sae"].mean())
         ablated = float(r["ce_loss_with_ablation"].mean())
-        value = (ablated - spliced) / (ablated - clean) if ablated != clean else float("nan")
-        return Downstream("ce_loss_recovered", value, clean, spliced, ablated)
+        return Downstream(
+            "ce_loss_recovered", recovered("ce_loss_recovered", clean, spliced, ablated), clean, spliced, ablated
+        )
 
     def token_effect_matrix(self):
         return "unembed", self.model.W_U.detach()

@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 
 from backend.density import FIRING_THRESHOLDS, counts_at_least, log_density_histogram
-from backend.engine.models import Downstream, hook_depth
+from backend.engine.models import Downstream, hook_depth, recovered
 from backend.engine.saes import LoadedSAE
 from backend.engine.stats import FeatureStats, LayerMetrics
 
@@ -85,7 +85,8 @@ class SaeRow(LayerMetrics):
 def sae_row(run_id: str, name: str, s: LoadedSAE, st: FeatureStats, ds: list[tuple[Downstream, int]], effect_kind: str):
     cfg = s.sae.cfg
     m: LayerMetrics = st.layer_metrics()
-    mean = {attr: weighted_mean(ds, attr) for attr in ("value", "clean", "spliced", "ablated")}
+    mean = {attr: weighted_mean(ds, attr) for attr in ("clean", "spliced", "ablated")}
+    mean["value"] = recovered(ds[0][0].name, mean["clean"], mean["spliced"], mean["ablated"]) if ds else None
     return SaeRow(
         run_id=run_id,
         sae=name,
