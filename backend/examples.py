@@ -23,16 +23,22 @@ def dedupe_windows(ex: pd.DataFrame) -> pd.DataFrame:
 
 def activation_share(hist: np.ndarray, log_lo: float, log_hi: float, lo: float, hi: float) -> float:
     """Share of a feature's nonzero activations with value in [lo, hi), from its stored log-binned
-    histogram (underflow bin first, overflow last); a bin counts where its centre falls."""
+    histogram (underflow bin first, overflow last). Within a bin, activations are taken as spread
+    evenly in log10, so an interval that cuts a bin gets its share of that bin."""
     hist = np.asarray(hist, dtype=float)
     total = hist.sum()
-    if total == 0:
+    if total == 0 or hi <= lo:
         return 0.0
     edges = activation_bin_edges(log_lo, log_hi, len(hist) - 2)
-    centres = np.concatenate([[edges[0] - 1], (edges[:-1] + edges[1:]) / 2, [edges[-1] + 1]])
-    values = 10.0**centres
-    inside = (values >= lo) & (values < hi)
-    return float(hist[inside].sum() / total)
+    a = np.log10(lo) if lo > 0 else -np.inf
+    b = np.log10(hi)
+    overlap = np.clip(np.minimum(edges[1:], b) - np.maximum(edges[:-1], a), 0, None) / np.diff(edges)
+    inside = float((hist[1:-1] * overlap).sum())
+    if a <= edges[0]:
+        inside += hist[0]  # the underflow bin lies below the first edge
+    if b > edges[-1]:
+        inside += hist[-1]
+    return inside / total
 
 
 def equal_width_groups(q: pd.DataFrame, max_act: float, n: int) -> list[tuple[float, float, pd.DataFrame]]:

@@ -225,6 +225,8 @@ def test_examples_dedupe_and_groups():
     hist[1 + 24] = 1  # bin [0.1, 0.13)
     assert activation_share(hist, -4, 4, 0.5, 2.0) == pytest.approx(0.75)
     assert activation_share(hist, -4, 4, 0.0, 0.5) == pytest.approx(0.25)
+    # an interval cutting a bin gets the part of it that it covers, in log10
+    assert activation_share(hist, -4, 4, 1.0, 10**0.0625) == pytest.approx(0.75 / 2)
 
 
 def test_firing_thresholds_read_off_the_histogram():

@@ -63,7 +63,7 @@ def sampled_panel(db: str, sae: str, f: int, q: pd.DataFrame) -> None:
         return
     groups = equal_width_groups(q, row["max_act"], int(q["quantile"].max()) + 1)
     for lo, hi, g in groups:
-        share = activation_share(row["hist"], s["hist_lo"], s["hist_hi"], lo if lo > 0 else 1e-30, hi * (1 + 1e-9))
+        share = activation_share(row["hist"], s["hist_lo"], s["hist_hi"], lo, hi * (1 + 1e-9))
         st.caption(f"activations {lo:.3g} – {hi:.3g}: about {share:.1%} of all activations, {len(g)} sampled")
         if len(g):
             st.html(example_rows_html(g, lambda r, top=hi: top))
