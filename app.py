@@ -44,8 +44,8 @@ def overview() -> None:
         )
 
     # key columns first, so they show without scrolling; a new frame, never the cached one
-    cols = ["sae", "l0", "explained_variance", "downstream_value", "n_dead", "n_dense", "hook", "architecture"]
-    cols += ["d_sae", "downstream_metric", "recon_tokens", "n_tokens"]
+    cols = ["sae", "l0", "explained_variance", "ev_inside", "ev_beyond", "downstream_value", "n_dead", "n_dense"]
+    cols += ["hook", "architecture", "train_context", "d_sae", "downstream_metric", "recon_tokens", "n_tokens"]
     table = saes[cols].assign(open=[common.url("Layer", sae=s) for s in saes["sae"]])[["open", *cols]]
     st.dataframe(
         table,
@@ -58,6 +58,18 @@ def overview() -> None:
                 format="%.3f",
                 help="1 − Σ‖x − x̂‖² / Σ‖x − mean x‖²: the share of the residual stream's variance the SAE reconstructs",
             ),
+            "ev_inside": st.column_config.NumberColumn(
+                "EV in training context",
+                format="%.3f",
+                help="explained variance on token positions the SAE saw in training (position < its training context)",
+            ),
+            "ev_beyond": st.column_config.NumberColumn(
+                "EV beyond it",
+                format="%.3f",
+                help="explained variance on positions at or past the SAE's training context; empty when this run "
+                "never read that far or the context is unknown (precompute --sae-context)",
+            ),
+            "train_context": st.column_config.NumberColumn("trained on (tokens)"),
             "downstream_value": st.column_config.NumberColumn("downstream", format="%.3f", help=DOWNSTREAM_HELP),
             "downstream_metric": st.column_config.TextColumn("downstream metric", help=DOWNSTREAM_HELP),
             "n_dead": st.column_config.NumberColumn("dead", help="features that never fired on the corpus"),
@@ -89,6 +101,11 @@ def overview() -> None:
     st.plotly_chart(figures.metric_lines(saes), key="lines")
     st.subheader("Reconstruction error by token position")
     st.plotly_chart(figures.position_error(queries.position_error(db), saes), key="pos")
+    st.caption(
+        "Relative error Σ‖x − x̂‖² / Σ‖x‖² at each position, on the tokens whose reconstruction was measured; the "
+        "dashed line is where the SAEs' training context ends: positions right of it are longer than any sequence "
+        "the SAE was trained on."
+    )
 
     labeling.overview_panel(db)
 

@@ -83,6 +83,9 @@ class PrecomputeConfig(InputConfig):
     recon_every: int = 4
     """measure reconstruction error (MSE, explained variance, by position) on every N-th batch of sequences;
     1 = all (the decoder pass costs as much as the encoder; density, L0 and examples always use every token)"""
+    sae_context: int | None = None
+    """context length the SAEs were trained on, for SAEs whose sae_lens config does not record one
+    (cfg.metadata.context_size): reconstruction is then reported inside and beyond it"""
     downstream_seqs: int = 16
     """sequences numbered below this are the sample on which each SAE is spliced into the model
     (CE loss / cosine recovered); a global rule, so shards splice the same sequences as one pass"""

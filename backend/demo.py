@@ -29,14 +29,16 @@ class DemoConfig:
     """where the trained SAEs live (reused when present)"""
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            model="embedded", corpus="embedded:train", n_tokens=150_000, expansion=4, k=64, epochs=3
+            model="embedded", corpus="embedded:train", n_tokens=150_000, context_len=64, expansion=4, k=64, epochs=3
         )
     )
+    """the SAEs are trained on 64-token contexts"""
     precompute: PrecomputeConfig = field(
         default_factory=lambda: PrecomputeConfig(
-            model="embedded", corpus="embedded:heldout", n_tokens=0, context_len=128, run_name="demo"
+            model="embedded", corpus="embedded:heldout", n_tokens=0, context_len=256, batch_size=16, run_name="demo"
         )
     )
+    """and read at 256 tokens (MiniLM takes 512): reconstruction is measured inside and past their training context"""
 
     @classmethod
     def quick(cls, db: str) -> DemoConfig:
@@ -59,7 +61,7 @@ class DemoConfig:
                 model="embedded",
                 corpus="embedded:heldout",
                 n_tokens=3_000,
-                context_len=64,
+                context_len=96,
                 batch_size=16,
                 run_name="demo-quick",
             ),
@@ -84,9 +86,10 @@ def build_demo(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg.train.out = cfg.saes
     split = Path(cfg.saes) / "split.json"
-    want = json.dumps({"heldout_fraction": HELDOUT_FRACTION})
+    want = json.dumps({"heldout_fraction": HELDOUT_FRACTION, "context_len": cfg.train.context_len})
     if not split.exists() or split.read_text() != want:
-        # SAEs trained on another train/held-out split would have seen some of the held-out text
+        # SAEs trained on another train/held-out split would have seen some of the held-out text,
+        # and SAEs trained on another context length would misstate where "beyond" begins
         cfg.train.force = cfg.train.force or any(Path(cfg.saes).glob("*/cfg.json"))
     results = train_saes(cfg.train)
     split.write_text(want)

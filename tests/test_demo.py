@@ -22,7 +22,12 @@ def demo_db(tmp_path_factory):
 def test_demo_database_has_every_layer(demo_db):
     con = duckdb.connect(demo_db, read_only=True)
     assert con.execute("SELECT status, model FROM runs").fetchall() == [("complete", "all-MiniLM-L6-v2")]
-    saes = con.execute("SELECT sae, hook, architecture, d_sae, explained_variance, downstream_metric FROM saes").df()
+    saes = con.execute(
+        "SELECT sae, hook, architecture, d_sae, explained_variance, downstream_metric, train_context, ev_inside, "
+        "ev_beyond FROM saes"
+    ).df()
+    # the SAEs were trained on 64-token contexts and read at 96: both sides of the context measured
+    assert (saes["train_context"] == 64).all() and saes["ev_inside"].notna().all() and saes["ev_beyond"].notna().all()
     hooks = ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.hook_resid_post" for i in range(6)]
     assert sorted(saes["hook"].unique()) == sorted(hooks)
     assert set(saes["architecture"]) == {"topk", "standard"} and len(saes) == 14

@@ -46,7 +46,7 @@ def _dense_codes(db, adapter, loaded):
 def test_matches_brute_force(small_cfg, adapter, loaded_saes, recon_every):
     """Everything equals a dense recomputation; reconstruction figures on exactly the sequences
     `recon_every` selects (all of them, or those of every 4th batch)."""
-    cfg = small_cfg(recon_every=recon_every)
+    cfg = small_cfg(recon_every=recon_every, sae_context=16)  # the tiny SAEs record no context of their own
     precompute(cfg, adapter, loaded_saes)
     seq_ids, dense, counted = _dense_codes(cfg.db, adapter, loaded_saes)
     assert list(seq_ids) == list(range(len(seq_ids)))
@@ -108,6 +108,19 @@ def test_matches_brute_force(small_cfg, adapter, loaded_saes, recon_every):
         assert m.mse == pytest.approx(float(err.mean()), rel=1e-5)
         ev = 1 - err.sum() / (xv - xv.mean(0)).pow(2).sum()
         assert m.explained_variance == pytest.approx(float(ev), rel=1e-5, abs=1e-6)
+        # inside (positions < 16) and beyond the training context
+        assert m.train_context == 16
+        for region, ev_col, rel_col in (
+            (slice(0, 16), "ev_inside", "rel_error_inside"),
+            (slice(16, None), "ev_beyond", "rel_error_beyond"),
+        ):
+            sel = torch.zeros_like(valid)
+            sel[:, region] = valid[:, region]
+            xr = x[sel].double()
+            with torch.no_grad():
+                er = (xr - s.sae.decode(codes[sel]).double()).pow(2).sum(-1)
+            assert m[ev_col] == pytest.approx(float(1 - er.sum() / (xr - xr.mean(0)).pow(2).sum()), rel=1e-5)
+            assert m[rel_col] == pytest.approx(float(er.sum() / xr.pow(2).sum()), rel=1e-5)
         pe = con.execute("SELECT pos, n, mse FROM position_error WHERE sae = ? ORDER BY pos", [s.name]).df()
         n_by_pos = valid.sum(0)
         assert pe.pos.tolist() == torch.nonzero(n_by_pos).squeeze(1).tolist()
@@ -517,3 +530,20 @@ def test_wordpiece_display_keeps_the_space_before_brackets():
     assert strings[vocab["[CLS]"]] == "[CLS]" and strings[vocab["[SEP]"]] == "[SEP]"
     assert strings[vocab["[unused5]"]] == "[unused5]"
     assert strings[vocab["##ing"]] == "ing" and strings[vocab["the"]] == " the"
+
+
+def test_context_metrics_are_null_where_they_do_not_apply(small_cfg, adapter, loaded_saes):
+    unknown = small_cfg()
+    precompute(unknown, adapter, loaded_saes)
+    within = small_cfg(db=unknown.db.replace("f.duckdb", "g.duckdb"), sae_context=64, recon_every=1)
+    precompute(within, adapter, loaded_saes)
+    for cfg, want_inside in ((unknown, False), (within, True)):
+        con = duckdb.connect(cfg.db, read_only=True)
+        rows = con.execute("SELECT train_context, explained_variance, ev_inside, ev_beyond FROM saes").fetchall()
+        con.close()
+        for context, ev, inside, beyond in rows:
+            assert beyond is None  # never read past the context (or the context is unknown)
+            if want_inside:
+                assert context == 64 and inside == pytest.approx(ev, rel=1e-9)  # every position is inside
+            else:
+                assert context is None and inside is None

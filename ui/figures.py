@@ -259,6 +259,13 @@ def position_error(df: pd.DataFrame, saes: pd.DataFrame) -> go.Figure:
             row=1,
             col=archs.index(r.architecture) + 1,
         )
+    contexts = sorted({int(c) for c in saes.get("train_context", pd.Series(dtype=float)).dropna()})
+    for c in contexts:  # where each SAE's training context ends
+        fig.add_vline(x=c - 0.5, line_dash="dash", line_color="#b22", line_width=1)
+    if contexts:
+        fig.add_annotation(
+            x=contexts[0] - 0.5, y=1, yref="paper", text="training context ends", showarrow=False, xanchor="left"
+        )
     fig.update_xaxes(title_text="token position")
     fig.update_yaxes(title_text="Σ‖x − x̂‖² / Σ‖x‖²", col=1)
     fig.update_layout(height=340, margin=dict(t=30, l=10, r=10, b=10), legend_title_text="hook (by depth)")

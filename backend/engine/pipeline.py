@@ -60,7 +60,8 @@ def finalize(h: Harvest, token_files: list[str]) -> str:
     )
     for s, name in tqdm(list(zip(h.saes, names)), desc="finalize", unit="sae", file=sys.stderr):
         st = h.stats[s.name]
-        rows.append(tables.sae_row(run_id, name, s, st, h.downstream[s.name], effect_kind))
+        context = tables.train_context(s, cfg.sae_context)
+        rows.append(tables.sae_row(run_id, name, s, st, h.downstream[s.name], effect_kind, context))
         feats = tables.features_frame(name, st)
         parts["features"].append(feats)
         parts["examples"].append(tables.examples_table(name, st))

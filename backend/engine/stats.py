@@ -85,7 +85,7 @@ class FeatureStats:
 
     FLUSH_CANDIDATES = 32_768
     FLUSH_BATCHES = 8
-    _SUMS = ("sum_act", "hist", "sum_x", "sum_x2", "sse", "pos_sse", "pos_x2", "pos_n")
+    _SUMS = ("sum_act", "hist", "sum_x2", "sse", "pos_sum_x", "pos_sse", "pos_x2", "pos_n")
     """tensors that merge by addition (and are saved as they are)"""
 
     def __init__(self, spec: StatsSpec, device: torch.device | str = "cpu"):
@@ -99,8 +99,9 @@ class FeatureStats:
         self.n_tokens = 0
         # Reconstruction sums over the tokens update_recon saw: x is the SAE input, err = x - x_hat.
         self.n_recon = 0
-        self.sum_x = torch.zeros(spec.d_in, dtype=torch.float64, device=dev)
         self.sum_x2 = torch.zeros((), dtype=torch.float64, device=dev)
+        # per position, so explained variance can be told inside and beyond an SAE's training context
+        self.pos_sum_x = torch.zeros((spec.seq_len, spec.d_in), dtype=torch.float64, device=dev)
         self.sse = torch.zeros((), dtype=torch.float64, device=dev)
         self.pos_sse = torch.zeros(spec.seq_len, dtype=torch.float64, device=dev)
         self.pos_x2 = torch.zeros(spec.seq_len, dtype=torch.float64, device=dev)
@@ -202,7 +203,7 @@ class FeatureStats:
         err2 = (x - x_hat).pow(2).sum(-1).double() * m
         x2 = x.pow(2).sum(-1).double() * m
         self.n_recon += int(mask.sum())
-        self.sum_x += (x * m[:, :, None]).sum((0, 1), dtype=torch.float64)
+        self.pos_sum_x[:T] += (x * m[:, :, None]).sum(0, dtype=torch.float64)
         self.sum_x2 += x2.sum()
         self.sse += err2.sum()
         self.pos_sse[:T] += err2.sum(0)
@@ -251,7 +252,7 @@ class FeatureStats:
     def layer_metrics(self) -> LayerMetrics:
         n = max(self.n_tokens, 1)
         nr = self.n_recon
-        mean = self.sum_x / max(nr, 1)
+        mean = self.pos_sum_x.sum(0) / max(nr, 1)
         # explained variance = 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2, pooled over the
         # tokens whose reconstruction was measured (see recon_every)
         total_var = float(self.sum_x2 - nr * mean.pow(2).sum())
@@ -265,6 +266,26 @@ class FeatureStats:
             n_dead=int((count == 0).sum()),
             n_dense=int(is_dense(density).sum()),
         )
+
+    def context_metrics(self, train_context: int | None) -> ContextMetrics:
+        """Explained variance and relative error on positions inside an SAE's training context
+        (position < train_context, the BOS/CLS position counted as 0) and beyond it; None where the
+        pass measured no token there (or the context is unknown)."""
+        if not train_context:
+            return ContextMetrics(None, None, None, None)
+        c = min(int(train_context), self.spec.seq_len)
+        inside = self._region(slice(0, c))
+        beyond = self._region(slice(c, None)) if c < self.spec.seq_len else (None, None)
+        return ContextMetrics(*inside, *beyond)
+
+    def _region(self, where: slice) -> tuple[float | None, float | None]:
+        n = int(self.pos_n[where].sum())
+        if n == 0:
+            return None, None
+        sse, x2 = float(self.pos_sse[where].sum()), float(self.pos_x2[where].sum())
+        total_var = x2 - float(self.pos_sum_x[where].sum(0).pow(2).sum()) / n
+        ev = 1.0 - sse / total_var if total_var > 0 else None
+        return ev, sse / x2 if x2 > 0 else None
 
     def feature_table(self) -> dict[str, np.ndarray]:
         self.flush()
@@ -334,6 +355,19 @@ class LayerMetrics:
     """features that never fired"""
     n_dense: int
     """features with density > backend.density.DENSE"""
+
+
+@dataclass(frozen=True)
+class ContextMetrics:
+    """Reconstruction inside and beyond an SAE's training context; columns of the `saes` table."""
+
+    ev_inside: float | None
+    """explained variance on positions < the SAE's training context"""
+    rel_error_inside: float | None
+    """sum ||x - x_hat||^2 / sum ||x||^2 on those positions"""
+    ev_beyond: float | None
+    """the same on positions at or past the training context (None: the run never went beyond)"""
+    rel_error_beyond: float | None
 
 
 @dataclass

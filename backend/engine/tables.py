@@ -12,7 +12,7 @@ import pyarrow as pa
 from backend.density import FIRING_THRESHOLDS, counts_at_least, log_density_histogram
 from backend.engine.models import Downstream, hook_depth, recovered
 from backend.engine.saes import LoadedSAE
-from backend.engine.stats import FeatureStats, LayerMetrics
+from backend.engine.stats import ContextMetrics, FeatureStats, LayerMetrics
 
 
 def examples_table(name: str, st: FeatureStats) -> pa.Table:
@@ -57,9 +57,10 @@ def weighted_mean(ds: list[tuple[Downstream, int]], attr: str) -> float | None:
 
 
 @dataclass(frozen=True)
-class SaeRow(LayerMetrics):
+class SaeRow(LayerMetrics, ContextMetrics):
     """One row of the `saes` table; the fields are its columns (see schema.sql), the quality
-    figures among them inherited from stats.LayerMetrics, where they are computed."""
+    figures among them inherited from stats.LayerMetrics and stats.ContextMetrics, where they are
+    computed."""
 
     run_id: str
     sae: str
@@ -80,9 +81,25 @@ class SaeRow(LayerMetrics):
     hist_hi: float
     context_left: int
     context_right: int
+    train_context: int | None
 
 
-def sae_row(run_id: str, name: str, s: LoadedSAE, st: FeatureStats, ds: list[tuple[Downstream, int]], effect_kind: str):
+def train_context(s: LoadedSAE, fallback: int | None) -> int | None:
+    """The context length an SAE was trained on: sae_lens's cfg.metadata.context_size where the
+    SAE records it, else the run's --sae-context."""
+    own = getattr(s.sae.cfg.metadata, "context_size", None)
+    return int(own) if own else fallback
+
+
+def sae_row(
+    run_id: str,
+    name: str,
+    s: LoadedSAE,
+    st: FeatureStats,
+    ds: list[tuple[Downstream, int]],
+    effect_kind: str,
+    context: int | None = None,
+) -> SaeRow:
     cfg = s.sae.cfg
     m: LayerMetrics = st.layer_metrics()
     mean = {attr: weighted_mean(ds, attr) for attr in ("clean", "spliced", "ablated")}
@@ -98,6 +115,8 @@ def sae_row(run_id: str, name: str, s: LoadedSAE, st: FeatureStats, ds: list[tup
         d_sae=cfg.d_sae,
         sae_config=json.dumps(cfg.to_dict() if hasattr(cfg, "to_dict") else {}, default=str),
         **asdict(m),
+        **asdict(st.context_metrics(context)),
+        train_context=context,
         downstream_metric=ds[0][0].name if ds else None,
         downstream_value=mean["value"],
         downstream_clean=mean["clean"],

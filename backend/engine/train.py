@@ -99,7 +99,7 @@ def _training_sae(arch: str, hook: str, d_in: int, cfg: TrainConfig, device: str
         d_sae=d_in * cfg.expansion,
         device=device,
         normalize_activations="expected_average_only_in",
-        metadata=SAEMetadata(hook_name=hook),
+        metadata=SAEMetadata(hook_name=hook, context_size=cfg.context_len),
     )
     torch.manual_seed(cfg.seed)
     if arch == "topk":

@@ -60,6 +60,13 @@ CREATE TABLE IF NOT EXISTS saes (
     hist_hi           DOUBLE,
     context_left      INTEGER,
     context_right     INTEGER,
+    train_context     INTEGER,             -- tokens per sequence the SAE was trained on (tables.train_context); NULL: unknown
+    -- ev_* / rel_error_*: stats.ContextMetrics, on positions < train_context and at or past it
+    -- (NULL when unknown, or when the run never read past it)
+    ev_inside         DOUBLE,
+    rel_error_inside  DOUBLE,
+    ev_beyond         DOUBLE,
+    rel_error_beyond  DOUBLE,
     PRIMARY KEY (sae)
 );
 
