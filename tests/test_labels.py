@@ -124,6 +124,7 @@ def test_import_rejects_bad_file_without_writing(tmp_path, labels_store):
     assert labels.all_labels(dst).empty
 
 
+@pytest.mark.slow  # a process of its own: seconds
 def test_labels_cli(tmp_path):
     src = tmp_path / "labels.sqlite"
     labels.add(src, _label())

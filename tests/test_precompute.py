@@ -365,6 +365,7 @@ def test_corpus_error_mid_stream_fails_the_run_cleanly(small_cfg, adapter, loade
     con.close()
 
 
+@pytest.mark.slow  # a process of its own: seconds
 def test_info_cli_prints_runs_and_metrics(small_cfg, adapter, loaded_saes):
     cfg = small_cfg()
     precompute(cfg, adapter, loaded_saes)

@@ -221,6 +221,7 @@ print(round(time.monotonic() - t, 2))
 """
 
 
+@pytest.mark.slow  # a process of its own: seconds
 def test_app_lets_go_of_a_database_a_precompute_writes(data_dir):
     db = str(data_dir / "tiny.duckdb")
     queries.clear_caches()
