@@ -352,3 +352,31 @@ def test_pages_have_no_stray_strings():
         body = ast.parse(path.read_text()).body
         stray = [n.lineno for n in body[1:] if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)]
         assert not stray, f"{path.name}: bare strings at lines {stray}"
+
+
+def test_across_layers_page(app, data_dir):
+    at = app("pages/6_Layers.py")
+    _ok(at)
+    # the tiny database's SAEs record no training context: the page says how to give one
+    assert any("--sae-context" in i.value for i in at.info)
+    at = app("pages/6_Layers.py", metric="sideways")
+    _ok(at)
+
+
+def test_across_layers_page_with_a_training_context(tmp_path, corpus_file, sae_dirs, adapter, loaded_saes, monkeypatch):
+    from backend.engine.pipeline import precompute
+    from tests.conftest import tiny_config
+
+    d = tmp_path / "data"
+    d.mkdir()
+    precompute(tiny_config(str(d / "ctx.duckdb"), corpus_file, sae_dirs, sae_context=16), adapter, loaded_saes)
+    run = app_runner(d, monkeypatch)
+    at = run("pages/6_Layers.py")
+    _ok(at)
+    fig = at.get("plotly_chart")[0].proto.spec
+    assert "beyond it" in fig and "inside the training context" in fig
+    at = run("pages/6_Layers.py", metric="rel")
+    _ok(at)
+    assert at.query_params["metric"] in ("rel", ["rel"])
+    at = run("pages/6_Layers.py", metric="sideways")
+    assert "metric='sideways'" in at.error[0].value

@@ -30,6 +30,7 @@ NAV = [
     ("pages/3_Search.py", "Search", ":material/search:"),
     (QUEUE, "Label queue", ":material/checklist:"),
     ("pages/5_Interpretability.py", "Interpretability", ":material/percent:"),
+    ("pages/6_Layers.py", "Across layers", ":material/stacked_line_chart:"),
 ]
 """The sidebar's pages (Streamlit's own list is off in .streamlit/config.toml: it names the main
 script "app" and drops the database from links)."""

@@ -321,3 +321,34 @@ def interpretability_chart(df: pd.DataFrame) -> go.Figure:
     )
     fig.update_xaxes(categoryorder="array", categoryarray=bucket_order())
     return fig
+
+
+def context_ev(saes: pd.DataFrame, metric: str = "ev") -> go.Figure:
+    """Per hook, explained variance (or relative error) inside each SAE's training context and
+    beyond it: one panel per architecture, depth on the x axis with hooks named."""
+    cols = ("ev_inside", "ev_beyond") if metric == "ev" else ("rel_error_inside", "rel_error_beyond")
+    archs = sorted(saes["architecture"].unique())
+    fig = make_subplots(rows=1, cols=len(archs), subplot_titles=archs, shared_yaxes=True, horizontal_spacing=0.04)
+    for i, arch in enumerate(archs):
+        g = saes[saes["architecture"] == arch].sort_values("depth")
+        for col, name, dash in ((cols[0], "inside the training context", "solid"), (cols[1], "beyond it", "dash")):
+            fig.add_trace(
+                go.Scatter(
+                    x=g["depth"],
+                    y=g[col],
+                    mode="lines+markers",
+                    name=name,
+                    legendgroup=name,
+                    showlegend=i == 0,
+                    line=dict(color="#333" if dash == "solid" else "#b22", dash=dash),
+                    hovertext=g["sae"],
+                ),
+                row=1,
+                col=i + 1,
+            )
+    depth_axis(fig, saes)
+    fig.update_xaxes(tickangle=-45)
+    title = "explained variance" if metric == "ev" else "Σ‖x − x̂‖² / Σ‖x‖²"
+    fig.update_yaxes(title_text=title, col=1)
+    fig.update_layout(height=360, margin=dict(t=40, l=10, r=10, b=10), legend=dict(orientation="h", y=-0.3))
+    return fig
