@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
+import numpy as np
 import pandas as pd
 
 from backend.errors import UserError
@@ -368,8 +369,6 @@ def history(loc: str | os.PathLike, db: str, sae: str, feature: int) -> pd.DataF
 
 def feature_status(loc: str | os.PathLike, db: str, sae: str) -> pd.DataFrame:
     """Per labeled feature: n labelers, counts per verdict, and a one-word consensus."""
-    import numpy as np
-
     df = latest(loc, db)
     df = df[df["sae"] == sae] if not df.empty else df
     if df.empty:
