@@ -78,9 +78,7 @@ def finalize(h: Harvest, token_files: list[str]) -> str:
             "run_id": run_id,
             "token_id": np.arange(len(strings), dtype=np.int32),
             "token": strings,
-            "special": special[: len(strings)]
-            if len(special) >= len(strings)
-            else np.isin(np.arange(len(strings)), np.flatnonzero(special)),
+            "special": special[: len(strings)],  # the mask spans at least the tokenizer's len
         }
     )
     n_tokens = h.stats[h.saes[0].name].n_tokens

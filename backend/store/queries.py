@@ -18,7 +18,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from backend.density import DENSE, FIRING_THRESHOLDS, ULTRALOW, log10_density
+from backend.density import FIRING_THRESHOLDS, is_dense, is_ultralow, log10_density
 from backend.errors import UserError
 from backend.paths import data_dir
 from backend.store import schema
@@ -292,9 +292,9 @@ def filter_features(
     if preset == "dead":
         df = df[df["count"] == 0]
     elif preset == "ultralow":
-        df = df[(df["count"] > 0) & (df["density"] < ULTRALOW)]
+        df = df[is_ultralow(df["density"], df["count"])]
     elif preset == "dense":
-        df = df[df["density"] > DENSE]
+        df = df[is_dense(df["density"])]
     elif preset != "all":
         raise UserError(f"unknown filter {preset!r}: use all, dead, ultralow or dense")
     if lo is not None:
