@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -168,23 +167,6 @@ class EncoderAdapter(ModelAdapter):
     def activations(self, tokens, hooks):
         out = self.model(input_ids=tokens, output_hidden_states=True)
         return {h: out.hidden_states[self._hidden_index(h)] for h in hooks}
-
-    def _module(self, hook: str):
-        i = self._hidden_index(hook)
-        return self.model.embeddings if i == 0 else self.model.encoder.layer[i - 1]
-
-    @contextmanager
-    def _patched(self, hook: str, fn):
-        def fwd(_mod, _inp, out):
-            if isinstance(out, tuple):
-                return (fn(out[0]),) + tuple(out[1:])
-            return fn(out)
-
-        handle = self._module(hook).register_forward_hook(fwd)
-        try:
-            yield
-        finally:
-            handle.remove()
 
     def _finish(self, hidden: torch.Tensor, hook: str) -> torch.Tensor:
         """Run the layers after `hook` on a (patched) hidden state; mean-pool the output, which is
