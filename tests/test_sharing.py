@@ -231,3 +231,17 @@ def test_app_lets_go_of_a_database_a_precompute_writes(data_dir):
     waited = float(r.stdout.strip())
     assert waited < queries.IDLE_CLOSE_S + 3
     assert queries.runs(db)["error"].iloc[0] == "touched"  # the change is seen without a restart
+
+
+def test_the_served_app_does_not_watch_files():
+    """Streamlit reads .streamlit/config.toml from the folder it runs in: the repository root, for
+    `streamlit run app.py` as the README writes it and for `python -m backend serve`."""
+    import inspect
+    import tomllib
+
+    from backend import demo
+
+    cfg = tomllib.loads((repo_root() / ".streamlit" / "config.toml").read_text())
+    assert cfg["server"]["fileWatcherType"] == "none" and cfg["server"]["runOnSave"] is False
+    assert cfg["client"]["showSidebarNavigation"] is False  # ui.common draws the page list
+    assert "cwd=REPO" in inspect.getsource(demo.serve)
