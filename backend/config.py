@@ -89,6 +89,9 @@ class PrecomputeConfig(InputConfig):
     downstream_seqs: int = 16
     """sequences numbered below this are the sample on which each SAE is spliced into the model
     (CE loss / cosine recovered); a global rule, so shards splice the same sequences as one pass"""
+    splice_seqs: int = 32
+    """sequences numbered below this are the sample on which each SAE is spliced in and its error followed
+    through the later hooks and to the output (the Layers page); 0 skips it"""
     n_effects: int = 10
     """top and bottom tokens per feature by W_dec . W_U (or W_E)"""
     n_neighbours: int = 10
@@ -104,6 +107,8 @@ class PrecomputeConfig(InputConfig):
 
     def __post_init__(self):
         self._check_positive("context_len", "batch_size", "n_top", "n_buckets", "per_bucket", "recon_every")
+        if self.splice_seqs < 0 or self.downstream_seqs < 0:
+            raise UserError("--splice-seqs and --downstream-seqs must be >= 0")
         if self.n_tokens < 0:
             raise UserError(f"--n-tokens must be positive, or 0 for the whole corpus; got {self.n_tokens}")
         if self.dtype not in DTYPES:

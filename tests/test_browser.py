@@ -273,3 +273,19 @@ def test_queue_takes_a_verdict_from_the_keyboard(server, browser):
     mine = labels.all_labels(data / "labels.sqlite")
     assert list(mine[mine["labeler"] == "kim"]["verdict"]) == ["unsure"]
     ctx.close()
+
+
+def test_propagation_cell_opens_the_spliced_saes_layer_page(server, browser):
+    base, _ = server
+    ctx, page = _page(browser)
+    page.goto(base + "/Layers?db=tiny.duckdb&spread=resid")
+    page.get_by_role("heading", name="How an SAE's error travels through the model").wait_for()
+    _no_traceback(page)
+    cell = page.locator(".js-plotly-plot .annotation a[*|href*='sae=topk-b1']").first
+    cell.wait_for()
+    box = cell.bounding_box()  # a real click where the value is drawn: nothing may sit above it
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.get_by_role("heading", name=re.compile("Layer · topk-b1")).wait_for()
+    assert "/Layer?" in page.url and "sae=topk-b1" in page.url and "db=tiny.duckdb" in page.url
+    _no_traceback(page)
+    ctx.close()

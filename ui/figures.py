@@ -352,3 +352,106 @@ def context_ev(saes: pd.DataFrame, metric: str = "ev") -> go.Figure:
     fig.update_yaxes(title_text=title, col=1)
     fig.update_layout(height=360, margin=dict(t=40, l=10, r=10, b=10), legend=dict(orientation="h", y=-0.3))
     return fig
+
+
+def propagation_heatmap(
+    df: pd.DataFrame, value: str, links: dict[str, str], fmt: str = ".3f", colorbar: str = ""
+) -> go.Figure:
+    """Rows: the spliced SAE (by its hook, shallow at the top); columns: where it is measured
+    (`hook`); one panel per family, side by side. Every cell's text links to the spliced SAE's
+    Layer page (`links`: sae -> relative URL); cells that do not apply stay blank."""
+    fams = sorted(df["architecture"].unique())
+    fig = make_subplots(rows=1, cols=len(fams), subplot_titles=fams, horizontal_spacing=0.14)
+    finite = df[value].replace([np.inf, -np.inf], np.nan).dropna()
+    lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+    for c, fam in enumerate(fams, start=1):
+        g = df[df["architecture"] == fam]
+        rows = g.drop_duplicates("sae").sort_values(["spliced_depth", "sae"])
+        cols = g.drop_duplicates("hook").sort_values("depth")["hook"].tolist()
+        z = np.full((len(rows), len(cols)), np.nan)
+        text = np.full(z.shape, "", dtype=object)
+        hover = np.full(z.shape, "", dtype=object)
+        index = {s: i for i, s in enumerate(rows["sae"])}
+        for r in g.itertuples():
+            i, j = index[r.sae], cols.index(r.hook)
+            v = getattr(r, value)
+            if v is None or not np.isfinite(v):
+                continue
+            z[i, j] = v
+            text[i, j] = f"<a href='{links[r.sae]}' target='_self'><span style='fill:{{ink}}'>{v:{fmt}}</span></a>"
+            hover[i, j] = f"splice {r.sae}<br>measured at {r.hook}: {v:{fmt}}" + (
+                f"<br>{r.detail}" if "detail" in g.columns else ""
+            )
+        ylabels = [short_hook(h) for h in rows["spliced_hook"]]
+        xlabels = [short_hook(h) for h in cols]
+        fig.add_trace(
+            go.Heatmap(
+                z=z,
+                x=xlabels,
+                y=ylabels,
+                hovertext=hover,
+                hovertemplate="%{hovertext}<extra></extra>",
+                coloraxis="coloraxis",
+                xgap=2,
+                ygap=2,
+            ),
+            row=1,
+            col=c,
+        )
+        # the values as annotations: those sit above the plot's drag layer, so their links click
+        axis = "" if c == 1 else str(c)
+        span = max(abs(lo), abs(hi), 1e-12)
+        for (i, j), t in np.ndenumerate(text):
+            if t:
+                dark = abs(z[i, j]) > 0.6 * span  # white text on the strongest colours
+                fig.add_annotation(
+                    x=xlabels[j],
+                    y=ylabels[i],
+                    text=t.replace("{ink}", "#fff" if dark else "#111"),
+                    showarrow=False,
+                    xref=f"x{axis}",
+                    yref=f"y{axis}",
+                    font_size=11,
+                )
+        fig.update_yaxes(autorange="reversed", row=1, col=c)
+    fig.update_xaxes(title_text="measured at hook", tickangle=-45)
+    fig.update_yaxes(title_text="spliced SAE (hook)", col=1)
+    # one sign: white to red; both signs (a later SAE can reconstruct a perturbed stream better):
+    # blue below zero, red above, white at zero
+    scale = dict(colorscale="RdBu_r", cmid=0.0) if lo < 0 < hi else dict(colorscale="Reds", cmin=min(lo, 0.0))
+    fig.update_layout(
+        coloraxis=dict(**scale, colorbar_title=colorbar),
+        height=120 + 42 * max(df.groupby("architecture")["sae"].nunique().max(), 1),
+        margin=dict(t=40, l=10, r=10, b=10),
+    )
+    return fig
+
+
+def compounding(out: pd.DataFrame, saes: pd.DataFrame, ylabel: str) -> go.Figure:
+    """Output harm against depth, per family: every SAE of the family up to that hook spliced
+    at once (solid), next to that hook's SAE spliced alone (dotted)."""
+    fig = go.Figure()
+    dashes = arch_dashes(saes)
+    palette = px.colors.qualitative.D3
+    for k, (fam, g) in enumerate(out.groupby("family", sort=True)):
+        for mode, style, name in (("compound", dashes.get(fam, "solid"), "all up to here"), ("alone", "dot", "alone")):
+            h = g[g["mode"] == mode].sort_values("depth")
+            if h.empty:
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=h["depth"],
+                    y=h["harm"],
+                    mode="lines+markers",
+                    name=f"{fam}: {name}",
+                    line=dict(color=palette[k % len(palette)], dash="dot" if mode == "alone" else style),
+                    marker=dict(symbol="circle" if mode == "compound" else "circle-open", size=8),
+                    customdata=h["n_spliced"],
+                    hovertemplate=f"{fam} {name}<br>%{{customdata}} SAE(s) spliced: %{{y:.4f}}<extra></extra>",
+                )
+            )
+    depth_axis(fig, saes)
+    fig.update_xaxes(tickangle=-45, title_text="deepest spliced hook")
+    fig.update_yaxes(title_text=ylabel, rangemode="tozero")
+    fig.update_layout(height=360, margin=dict(t=20, l=10, r=10, b=10), legend=dict(orientation="h", y=-0.35))
+    return fig

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from backend.config import PrecomputeConfig
 from backend.engine.corpus import documents, token_contexts
 from backend.engine.models import Downstream, ModelAdapter
+from backend.engine.propagation import Propagation
 from backend.engine.saes import LoadedSAE
 from backend.engine.stats import FeatureStats, StatsSpec
 from backend.errors import UserError
@@ -127,6 +128,7 @@ class Harvest:
         self.stats = {s.name: FeatureStats(self.spec(s), self.device) for s in saes}
         self.downstream: dict[str, list[tuple[Downstream, int]]] = {s.name: [] for s in saes}
         self.hooks = sorted({s.hook for s in saes})
+        self.propagation = Propagation(adapter, saes, self.device)
         self.n_seqs = 0
         self.token_file = token_file
         self._writer: pq.ParquetWriter | None = None
@@ -170,6 +172,10 @@ class Harvest:
             sub = tokens[torch.as_tensor(spliced, device=tokens.device)]
             for s, d in zip(self.saes, self.adapter.downstream_all(sub, [(s.hook, s.sae) for s in self.saes])):
                 self.downstream[s.name].append((d, len(sub)))
+        sample = np.flatnonzero(np.asarray(seq_ids) < self.cfg.splice_seqs)
+        if sample.size:  # the same kind of global rule, for error propagation
+            rows = torch.as_tensor(sample, device=tokens.device)
+            self.propagation.update(tokens[rows], {h: a[rows] for h, a in acts.items()}, mask[rows.to(mask.device)])
         self._write_tokens(seq_ids, tokens.cpu().numpy())
         self.n_seqs += len(seq_ids)
 
@@ -226,6 +232,7 @@ class Harvest:
             "n_seqs": self.n_seqs,
             "stats": {k: v.state_dict() for k, v in self.stats.items()},
             "downstream": {k: [(asdict(d), n) for d, n in v] for k, v in self.downstream.items()},
+            "propagation": self.propagation.state_dict(),
         }
 
     def merge_state(self, d: dict) -> None:
@@ -233,4 +240,5 @@ class Harvest:
             self.stats[name].merge(FeatureStats.from_state_dict(sd, self.device))
         for name, ds in d["downstream"].items():
             self.downstream[name] += [(Downstream(**x), n) for x, n in ds]
+        self.propagation.merge_state(d["propagation"])
         self.n_seqs += d["n_seqs"]

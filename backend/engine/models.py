@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,6 +82,20 @@ class ModelAdapter:
         """Downstream figures for several (hook, SAE) pairs on the same tokens."""
         return [self.downstream(tokens, hook, sae) for hook, sae in pairs]
 
+    def spliced_forward(
+        self,
+        tokens: torch.Tensor,
+        clean: dict[str, torch.Tensor],
+        splices: dict[str, Callable[[torch.Tensor], torch.Tensor]],
+        capture: list[str],
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Run the model with each hook in `splices` replaced by its function of the activations
+        there; returns the activations at the `capture` hooks (after any splice at them) and the
+        output: per-token CE loss [B, T-1] for causal models, the mean-pooled final embedding
+        [B, d] for encoders. `clean` holds clean activations at some hooks, which an adapter may
+        start from instead of recomputing them."""
+        raise NotImplementedError
+
     def token_effect_matrix(self) -> tuple[str, torch.Tensor]:
         """("unembed", W_U [d_model, vocab]) when the model has one, else ("embed", W_E.T)."""
         raise NotImplementedError
@@ -119,6 +134,13 @@ def token_strings(tokenizer) -> list[str]:
 
         return [show(t) for t in toks]
     return [tokenizer.decode([i]) for i in range(vocab_size)]
+
+
+def per_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy at every position but the last, [B, T-1], in float32."""
+    B, T, V = logits.shape
+    flat = logits[:, :-1].reshape(-1, V).float()
+    return torch.nn.functional.cross_entropy(flat, tokens[:, 1:].reshape(-1), reduction="none").view(B, T - 1)
 
 
 def _splice_hook(sae, mode: str):
@@ -200,6 +222,31 @@ class EncoderAdapter(ModelAdapter):
             results.append(Downstream("cosine_recovered", recovered("cosine_recovered", 1.0, cs, ca), 1.0, cs, ca))
         return results
 
+    @torch.no_grad()
+    def spliced_forward(self, tokens, clean, splices, capture):
+        """Starts at the first spliced hook from its clean activations and runs only the layers
+        after it (with no splice, from the deepest clean hook given)."""
+        by_index = {self._hidden_index(h): h for h in self.hook_names()}
+        if splices:
+            start = min(self._hidden_index(h) for h in splices)
+        else:
+            start = max((self._hidden_index(h) for h in clean), default=None)
+        if start is None or by_index[start] not in clean:
+            hidden = self.model(input_ids=tokens, output_hidden_states=True).hidden_states[start or 0]
+        else:
+            hidden = clean[by_index[start]]
+        got = {}
+        for index in range(start or 0, self.n_layers + 1):
+            if index > (start or 0):
+                out = self.model.encoder.layer[index - 1](hidden)
+                hidden = out[0] if isinstance(out, tuple) else out
+            hook = by_index[index]
+            if hook in splices:
+                hidden = splices[hook](hidden)
+            if hook in capture:
+                got[hook] = hidden
+        return got, hidden.mean(1)
+
     def token_effect_matrix(self):
         return "embed", self.model.get_input_embeddings().weight.detach().T
 
@@ -270,6 +317,22 @@ class HookedAdapter(ModelAdapter):
         return Downstream(
             "ce_loss_recovered", recovered("ce_loss_recovered", clean, spliced, ablated), clean, spliced, ablated
         )
+
+    @torch.no_grad()
+    def spliced_forward(self, tokens, clean, splices, capture):
+        """One full forward with TransformerLens hooks; a capture hook is added after the splice
+        at the same point, so it sees the spliced activations."""
+        got: dict[str, torch.Tensor] = {}
+
+        def replace(f):
+            return lambda x, hook: f(x)
+
+        def keep(x, hook):
+            got[hook.name] = x
+
+        hooks = [(h, replace(f)) for h, f in splices.items()] + [(h, keep) for h in capture]
+        logits = self.model.run_with_hooks(tokens, return_type="logits", fwd_hooks=hooks)
+        return got, per_token_loss(logits, tokens)
 
     def token_effect_matrix(self):
         return "unembed", self.model.W_U.detach()

@@ -70,6 +70,7 @@ def finalize(h: Harvest, token_files: list[str]) -> str:
         parts["position_error"].append(tables.position_error_frame(name, st))
         parts["density_hist"].append(tables.density_hist_frame(name, feats["density"].to_numpy()))
     frames = {t: pd.concat(v, ignore_index=True) for t, v in parts.items() if t != "examples"}
+    frames.update(h.propagation.frames(run_id, {s.name: name for s, name in zip(h.saes, names)}))
     frames["examples"] = pa.concat_tables(parts["examples"])
     strings = adapter.token_strings()
     special = special_mask(adapter.tokenizer).numpy()

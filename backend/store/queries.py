@@ -429,3 +429,44 @@ def search(path: str, text: str, sae: str | None, limit: int = 200) -> pd.DataFr
     return (
         hits.sort_values(["token_hits", "hits", "max_value"], ascending=False).head(limit)[cols].reset_index(drop=True)
     )
+
+
+# ---- across layers: error propagation (engine.propagation) ----
+_SPLICED = """JOIN saes s ON s.run_id = t.run_id AND s.sae = t.sae
+              JOIN runs r ON r.run_id = t.run_id WHERE r.status = 'complete'"""
+
+
+@cached
+def propagation(path: str) -> pd.DataFrame:
+    """Residual change per (spliced SAE, measured hook), with the spliced SAE's hook, depth and
+    family (`spliced_hook`, `spliced_depth`, `architecture`)."""
+    return _df(
+        path,
+        f"""SELECT t.*, s.hook AS spliced_hook, s.depth AS spliced_depth, s.architecture,
+                   TRY_CAST(json_extract(r.config, '$.splice_seqs') AS INTEGER) AS splice_seqs
+            FROM propagation t {_SPLICED} ORDER BY s.depth, t.sae, t.depth""",
+    )
+
+
+@cached
+def propagation_recon(path: str) -> pd.DataFrame:
+    """Each later SAE of the spliced SAE's family on the perturbed stream next to the clean one;
+    `ev_drop` = clean EV - perturbed EV."""
+    return _df(
+        path,
+        f"""SELECT t.*, t.ev_clean - t.ev_spliced AS ev_drop, s.hook AS spliced_hook, s.depth AS spliced_depth,
+                   s.architecture
+            FROM propagation_recon t {_SPLICED} ORDER BY s.depth, t.sae, t.depth""",
+    )
+
+
+@cached
+def splice_output(path: str) -> pd.DataFrame:
+    """The model's output with SAEs spliced in (alone, or the family's compounding chain);
+    `harm` is how much worse it is than clean: CE increase in nats per token, or 1 - cosine."""
+    return _df(
+        path,
+        f"""SELECT t.*, s.hook AS spliced_hook, s.architecture,
+                   CASE WHEN t.metric = 'ce_loss' THEN t.spliced - t.clean ELSE t.clean - t.spliced END AS harm
+            FROM splice_output t {_SPLICED} ORDER BY t.mode, t.family, t.depth, t.sae""",
+    )

@@ -10,17 +10,20 @@ import duckdb
 from backend.errors import UserError
 
 SCHEMA = Path(__file__).with_name("schema.sql").read_text()
-VERSION = "5"
+VERSION = "6"
 """Bumped whenever a table or column changes; files of another version are refused by name."""
 
 SAE_TABLES = ("examples", "features", "token_effects", "neighbours", "position_error", "density_hist")
-RUN_TABLES = ("sequences", "vocab")
+PROPAGATION_TABLES = ("propagation", "propagation_recon", "splice_output")
+RUN_TABLES = ("sequences", "vocab", *PROPAGATION_TABLES)
 
 _REQUIRED = {
     "runs": {"run_id", "status", "model", "corpus", "n_tokens"},
     "saes": {"run_id", "sae", "hook", "depth", "d_sae", "explained_variance", "train_context", "ev_beyond"},
     "features": {"sae", "feature", "count", "density", "max_act", "hist", "count_ge_1pct", "count_ge_10pct"},
     "examples": {"sae", "feature", "kind", "quantile", "seq", "pos", "ctx_start", "acts"},
+    "propagation": {"run_id", "sae", "hook", "resid_change"},
+    "splice_output": {"run_id", "sae", "mode", "metric", "clean", "spliced"},
 }
 
 

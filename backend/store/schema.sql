@@ -156,3 +156,58 @@ CREATE TABLE IF NOT EXISTS density_hist (
     bin_hi   DOUBLE NOT NULL,
     n        INTEGER NOT NULL
 );
+
+-- Error propagation (engine.propagation.Propagation), measured on the splice sample: the
+-- sequences numbered below config.splice_seqs. Stored as sums so shard states add up exactly;
+-- the ratio columns are those sums divided.
+-- One row per spliced SAE `sae` and hook measured at or after its own hook (hooks with an SAE).
+CREATE TABLE IF NOT EXISTS propagation (
+    run_id       VARCHAR NOT NULL,
+    sae          VARCHAR NOT NULL,     -- the SAE whose reconstruction replaced its hook's activations
+    hook         VARCHAR NOT NULL,     -- where the residual stream x'_j was compared with the clean x_j
+    depth        DOUBLE NOT NULL,      -- of `hook` (models.hook_depth)
+    n_tokens     BIGINT NOT NULL,      -- counted tokens of the sample (special tokens excluded)
+    delta_sq     DOUBLE NOT NULL,      -- sum ||x'_j - x_j||^2
+    clean_sq     DOUBLE NOT NULL,      -- sum ||x_j||^2
+    resid_change DOUBLE                -- delta_sq / clean_sq (at the SAE's own hook: its relative error)
+);
+
+-- SAE `target` of the spliced SAE's family, at a hook after it, reconstructing the perturbed
+-- stream (*_spliced) next to the clean stream (*_clean) on the same tokens.
+CREATE TABLE IF NOT EXISTS propagation_recon (
+    run_id            VARCHAR NOT NULL,
+    sae               VARCHAR NOT NULL,
+    target            VARCHAR NOT NULL,
+    hook              VARCHAR NOT NULL,    -- the target's hook
+    depth             DOUBLE NOT NULL,
+    n_tokens          BIGINT NOT NULL,
+    err_clean         DOUBLE,              -- sum ||x - SAE(x)||^2
+    var_clean         DOUBLE,              -- sum ||x - mean x||^2
+    x2_clean          DOUBLE,              -- sum ||x||^2
+    ev_clean          DOUBLE,              -- 1 - err / var
+    rel_error_clean   DOUBLE,              -- err / x2
+    err_spliced       DOUBLE,
+    var_spliced       DOUBLE,
+    x2_spliced        DOUBLE,
+    ev_spliced        DOUBLE,
+    rel_error_spliced DOUBLE
+);
+
+-- The model's output with SAEs spliced in. mode 'alone': only `sae`; mode 'compound': every SAE
+-- of its family (architecture) at hooks up to its own, `n_spliced` of them. metric 'ce_loss':
+-- next-token cross-entropy, n = predicted tokens; 'cosine': cosine of the mean-pooled final
+-- embedding to the clean one, n = sequences (the clean run scores 1).
+CREATE TABLE IF NOT EXISTS splice_output (
+    run_id      VARCHAR NOT NULL,
+    sae         VARCHAR NOT NULL,
+    mode        VARCHAR NOT NULL,
+    family      VARCHAR NOT NULL,
+    depth       DOUBLE NOT NULL,
+    n_spliced   INTEGER NOT NULL,
+    metric      VARCHAR NOT NULL,
+    n           BIGINT NOT NULL,
+    clean_sum   DOUBLE NOT NULL,
+    spliced_sum DOUBLE NOT NULL,
+    clean       DOUBLE,                -- clean_sum / n
+    spliced     DOUBLE                 -- spliced_sum / n
+);

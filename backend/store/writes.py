@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 
 from backend.errors import UserError
-from backend.store.schema import RUN_TABLES, SAE_TABLES, SCHEMA, VERSION, ExampleKind, problem
+from backend.store.schema import PROPAGATION_TABLES, RUN_TABLES, SAE_TABLES, SCHEMA, VERSION, ExampleKind, problem
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def finish_run(
                 _insert(con, name, tables.get(name))
             # features.top_tokens is computed from the three tables written just above
             _insert_features(con, run_id, list(saes["sae"]), tables["features"])
-            for name in ("token_effects", "neighbours", "position_error", "density_hist"):
+            for name in ("token_effects", "neighbours", "position_error", "density_hist", *PROPAGATION_TABLES):
                 _insert(con, name, tables.get(name))
             sets = ", ".join(f"{k} = ?" for k in run_fields)
             con.execute(
