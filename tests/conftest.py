@@ -59,6 +59,7 @@ def tiny_model(tokenizer_dir):
         act_fn="gelu",
         normalization_type="LN",
         seed=0,
+        device="cpu",  # TransformerLens picks a GPU where it sees one; the tests compare on the CPU
     )
     return HookedTransformer(cfg, tokenizer=tok).eval()
 
