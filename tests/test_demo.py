@@ -37,6 +37,14 @@ def test_demo_database_has_every_layer(demo_db):
     assert con.execute("SELECT count(*) FROM features WHERE count = 0 AND density <> 0").fetchone() == (0,)
     effects = con.execute("SELECT DISTINCT effect_kind FROM saes").fetchall()
     assert effects == [("embed",)]  # an encoder has no unembedding: nearest input embeddings instead
+    # error propagation on the encoder: each SAE at its own hook and every deeper one (7 hooks: 28
+    # cells per family), its output as a cosine to the clean sentence embedding, a chain per family
+    prop = con.execute("SELECT * FROM propagation").df()
+    assert len(prop) == 56 and (prop["resid_change"] > 0).all()
+    out = con.execute("SELECT * FROM splice_output").df()
+    assert set(out["metric"]) == {"cosine"} and (out["clean"] == 1).all()
+    assert ((out["spliced"] > -1) & (out["spliced"] < 1)).all()
+    assert sorted(out.groupby("mode").size().items()) == [("alone", 14), ("compound", 14)]
     con.close()
 
 
