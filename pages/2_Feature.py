@@ -6,7 +6,7 @@ import streamlit as st
 
 from backend.density import density_bucket, log10_density
 from backend.store import queries
-from ui import common, feature_view, figures, labeling
+from ui import common, feature_view, figures, labeling, live
 from ui.tokens import escape, md
 
 common.setup("Feature")
@@ -68,6 +68,9 @@ def feature() -> None:
         feature_view.effects_panel(db, sae, f)
     with c4:
         feature_view.neighbours_panel(db, sae, f)
+
+    live.try_text_panel(db, sae, f, row)
+    live.steer_panel(db, sae, f, row)
 
     st.subheader("Label")
     saved = labeling.verdict_form(db, sae, f, key="feat_label", who=who)

@@ -31,11 +31,12 @@ NAV = [
     (QUEUE, "Label queue", ":material/checklist:"),
     ("pages/5_Interpretability.py", "Interpretability", ":material/percent:"),
     ("pages/6_Layers.py", "Across layers", ":material/stacked_line_chart:"),
+    ("pages/7_Probe.py", "Probe", ":material/science:"),
 ]
 """The sidebar's pages (Streamlit's own list is off in .streamlit/config.toml: it names the main
 script "app" and drops the database from links)."""
-MAX_PARAM_CHARS = 2000
-"""URL parameters longer than this are refused before any work (no view needs more)"""
+MAX_PARAM_CHARS = 8000
+"""URL parameters longer than this are refused before any work (a probe's text is the longest)"""
 MAX_INT = 2**31 - 1
 
 

@@ -455,3 +455,15 @@ def compounding(out: pd.DataFrame, saes: pd.DataFrame, ylabel: str) -> go.Figure
     fig.update_yaxes(title_text=ylabel, rangemode="tozero")
     fig.update_layout(height=360, margin=dict(t=20, l=10, r=10, b=10), legend=dict(orientation="h", y=-0.35))
     return fig
+
+
+def strength_curve(df: pd.DataFrame, y: str, ylabel: str, mark: float | None = None) -> go.Figure:
+    """A steering figure against strength (multiples of the feature's max activation); the
+    strength chosen above is marked."""
+    fig = go.Figure(go.Scatter(x=df["strength"], y=df[y], mode="lines+markers", line=dict(color="#333")))
+    if mark is not None:
+        fig.add_vline(x=mark, line_dash="dash", line_color="#b22", line_width=1)
+    fig.update_layout(
+        xaxis_title="strength (x max activation)", yaxis_title=ylabel, height=300, margin=dict(t=10, l=10, r=10, b=10)
+    )
+    return fig

@@ -334,6 +334,12 @@ class HookedAdapter(ModelAdapter):
         logits = self.model.run_with_hooks(tokens, return_type="logits", fwd_hooks=hooks)
         return got, per_token_loss(logits, tokens)
 
+    @torch.no_grad()
+    def spliced_logits(self, tokens, splices) -> torch.Tensor:
+        """Logits [B, T, vocab] with each hook in `splices` replaced by its function."""
+        hooks = [(h, (lambda f: lambda x, hook: f(x))(f)) for h, f in splices.items()]
+        return self.model.run_with_hooks(tokens, return_type="logits", fwd_hooks=hooks)
+
     def token_effect_matrix(self):
         return "unembed", self.model.W_U.detach()
 

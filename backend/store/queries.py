@@ -470,3 +470,9 @@ def splice_output(path: str) -> pd.DataFrame:
                    CASE WHEN t.metric = 'ce_loss' THEN t.spliced - t.clean ELSE t.clean - t.spliced END AS harm
             FROM splice_output t {_SPLICED} ORDER BY t.mode, t.family, t.depth, t.sae""",
     )
+
+
+def sequences_head(path: str, run_id: str, n: int) -> list[np.ndarray]:
+    """The token ids of a run's first n sequences (a fixed corpus sample)."""
+    df = _df(path, "SELECT tokens FROM sequences WHERE run_id = ? ORDER BY seq LIMIT ?", [run_id, n])
+    return [np.asarray(t) for t in df["tokens"]]

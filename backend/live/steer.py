@@ -1,0 +1,165 @@
+"""Steer: add strength x max_act x W_dec[f] to the residual stream at the SAE's hook, on every
+position, and see what the model does. Strength is in multiples of the feature's max activation
+(from the database), so +1 pushes as hard as the feature's strongest firing; negative subtracts.
+
+Causal models: continuations with and without steering (greedy, and sampled with a fixed seed),
+the next tokens that gain and lose the most probability, and CE loss on a fixed corpus sample
+against strength. Encoders: cosine of the sentence embedding to the unsteered one against
+strength, and the nearest corpus sequences before and after.
+"""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pandas as pd
+import torch
+
+from backend.errors import UserError
+from backend.live.model import Live
+
+STRENGTHS = (-8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 8.0)
+"""the grid of the loss / cosine curves, in multiples of the feature's max activation"""
+
+
+def steering_vector(live: Live, sae: str, f: int, strength: float, max_act: float) -> torch.Tensor:
+    s = live.sae(sae)
+    if not 0 <= f < s.sae.cfg.d_sae:
+        raise UserError(f"feature {f} does not exist in {sae} (0 .. {s.sae.cfg.d_sae - 1})")
+    if not max_act > 0:
+        raise UserError(f"feature {f} of {sae} never fired on the corpus: it has no max activation to steer by")
+    return (float(strength) * float(max_act)) * s.sae.W_dec[f].detach()
+
+
+def _add(v: torch.Tensor):
+    return lambda x: x + v.to(device=x.device, dtype=x.dtype)
+
+
+# ---- causal models ----
+
+
+def next_token_shift(live: Live, prompt: str, sae: str, f: int, strength: float, max_act: float, k: int = 8):
+    """Next-token probabilities after the prompt, plain and steered: the k tokens that gain most
+    and the k that lose most."""
+    tokens, _, _ = live.tokenize(prompt)
+    hook, v = live.sae(sae).hook, steering_vector(live, sae, f, strength, max_act)
+    with live.using() as adapter:
+        plain = adapter.spliced_logits(tokens, {})[0, -1].float().softmax(-1)
+        steered = adapter.spliced_logits(tokens, {hook: _add(v)})[0, -1].float().softmax(-1)
+    diff = (steered - plain).cpu().numpy()
+    order = np.argsort(diff)
+    rows = [*order[::-1][:k], *order[:k]]
+    strings = live.token_strings()
+    return pd.DataFrame(
+        {
+            "token": [strings[i] if i < len(strings) else f"<{i}>" for i in rows],
+            "p_plain": plain.cpu().numpy()[rows],
+            "p_steered": steered.cpu().numpy()[rows],
+            "change": diff[rows],
+        }
+    )
+
+
+def generate(
+    live: Live, prompt: str, sae: str, f: int, strength: float, max_act: float, n_new: int = 20, seed: int = 0
+) -> dict[str, tuple[str, str]]:
+    """{"greedy": (plain, steered), "sampled": (plain, steered)}: the continuations as text."""
+    tokens, _, _ = live.tokenize(prompt)
+    room = live.limits.max_tokens - tokens.shape[1]
+    n_new = max(0, min(n_new, room))
+    hook, v = live.sae(sae).hook, steering_vector(live, sae, f, strength, max_act)
+    out = {}
+    with live.using() as adapter:
+        for mode in ("greedy", "sampled"):
+            pair = []
+            for splices in ({}, {hook: _add(v)}):
+                g = torch.Generator(device=tokens.device).manual_seed(seed)
+                seq = tokens
+                for _ in range(n_new):
+                    logits = adapter.spliced_logits(seq, splices)[0, -1].float()
+                    if mode == "greedy":
+                        nxt = logits.argmax()
+                    else:
+                        nxt = torch.multinomial(logits.softmax(-1), 1, generator=g)[0]
+                    seq = torch.cat([seq, nxt.view(1, 1)], 1)
+                pair.append(adapter.tokenizer.decode(seq[0, tokens.shape[1] :].tolist()))
+            out[mode] = (pair[0], pair[1])
+    return out
+
+
+def ce_curve(live: Live, sample: torch.Tensor, sae: str, f: int, max_act: float, strengths=STRENGTHS) -> pd.DataFrame:
+    """Mean next-token CE loss on a fixed sample of the run's sequences, at each strength."""
+    hook = live.sae(sae).hook
+    rows = []
+    with live.using() as adapter:
+        sample = sample.to(adapter.device)
+        for s in strengths:
+            v = steering_vector(live, sae, f, s, max_act)
+            _, loss = adapter.spliced_forward(sample, {}, {hook: _add(v)}, [])
+            rows.append({"strength": s, "ce_loss": float(loss.double().mean())})
+    return pd.DataFrame(rows)
+
+
+# ---- encoders ----
+
+
+def _embedding(adapter, tokens: torch.Tensor, hook: str, v: torch.Tensor | None) -> torch.Tensor:
+    clean = adapter.activations(tokens, [hook])
+    _, emb = adapter.spliced_forward(tokens, clean, {hook: _add(v)} if v is not None else {}, [])
+    return emb
+
+
+def embedding_curve(live: Live, text: str, sae: str, f: int, max_act: float, strengths=STRENGTHS) -> pd.DataFrame:
+    """Cosine of the steered sentence embedding (mean-pooled) to the unsteered one, per strength."""
+    tokens, _, _ = live.tokenize(text)
+    hook = live.sae(sae).hook
+    rows = []
+    with live.using() as adapter:
+        plain = _embedding(adapter, tokens, hook, None)
+        for s in strengths:
+            emb = _embedding(adapter, tokens, hook, steering_vector(live, sae, f, s, max_act))
+            rows.append({"strength": s, "cosine": float(torch.nn.functional.cosine_similarity(emb, plain, dim=-1)[0])})
+    return pd.DataFrame(rows)
+
+
+def corpus_index(live: Live, db: str, run_id: str, n: int = 128) -> tuple[np.ndarray, list[str]]:
+    """Unit-norm sentence embeddings of the run's first n sequences, and a readable snippet of
+    each: the small index steering's nearest neighbours come from (built on first use)."""
+
+    def build():
+        con = duckdb.connect(db, read_only=True)
+        try:
+            rows = con.execute(
+                "SELECT tokens FROM sequences WHERE run_id = ? ORDER BY seq LIMIT ?", [run_id, n]
+            ).fetchall()
+        finally:
+            con.close()
+        if not rows:
+            raise UserError("this run stored no sequences to search")
+        toks = torch.as_tensor(np.array([r[0] for r in rows]), dtype=torch.long)
+        embs = []
+        with live.using() as adapter:
+            for chunk in toks.to(adapter.device).split(16):
+                _, emb = adapter.spliced_forward(chunk, {}, {}, [])
+                embs.append(torch.nn.functional.normalize(emb.float(), dim=-1).cpu())
+        text = [live.adapter.tokenizer.decode(t, skip_special_tokens=True)[:240] for t in toks.tolist()]
+        return torch.cat(embs).numpy(), text
+
+    return live.cached(("index", db, run_id, n), build)
+
+
+def nearest(
+    live: Live, index: tuple[np.ndarray, list[str]], text: str, sae: str, f: int, strength: float, max_act: float, k=3
+) -> dict[str, pd.DataFrame]:
+    """The corpus sequences nearest to the text's embedding, unsteered and steered."""
+    tokens, _, _ = live.tokenize(text)
+    hook, v = live.sae(sae).hook, steering_vector(live, sae, f, strength, max_act)
+    embs, snippets = index
+    out = {}
+    with live.using() as adapter:
+        for name, vec in (("plain", None), ("steered", v)):
+            e = torch.nn.functional.normalize(_embedding(adapter, tokens, hook, vec).float(), dim=-1).cpu().numpy()[0]
+            sims = embs @ e
+            top = np.argsort(-sims)[:k]
+            out[name] = pd.DataFrame({"cosine": sims[top], "sequence": top, "text": [snippets[i] for i in top]})
+    return out

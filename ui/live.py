@@ -1,0 +1,170 @@
+"""The live model in the app: loaded once per server process and shared by every session
+(`st.cache_resource`), and the Feature page's "try your own text" and steering panels. A model
+or SAE that cannot be loaded here is a warning in these panels; the rest of the page works."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+import torch
+
+from backend.errors import UserError
+from backend.live import steer
+from backend.live.model import Live, load_live
+from backend.live.probe import probe
+from backend.store import queries
+from ui import common, figures, labeling
+from ui.feature_view import CSS
+from ui.tokens import md, tokens_html
+
+MAX_TEXT_CHARS = 6000
+"""what a text box takes (the token limit is checked after tokenizing)"""
+
+
+@st.cache_resource(show_spinner="Loading the model and SAEs (once per server)...", max_entries=4)
+def _live(db: str, run_id: str, mtime: float) -> Live:
+    return load_live(db, run_id)
+
+
+def live_for(db: str, sae: str) -> Live:
+    run_id = queries.sae_row(db, sae)["run_id"]
+    return _live(db, run_id, os.path.getmtime(db))
+
+
+def text_box(name: str, label: str, placeholder: str, height: int = 100) -> str | None:
+    """A text area bound to the URL parameter `name`."""
+    key = f"w_{name}"
+    common.seed(key, name, common.param(name) or "")
+    st.text_area(
+        label,
+        key=key,
+        height=height,
+        max_chars=MAX_TEXT_CHARS,
+        placeholder=placeholder,
+        on_change=common.to_url,
+        args=(key, name),
+    )
+    return (st.session_state[key] or "").strip() or None
+
+
+def shaded(tokens, acts, counted, scale: float) -> None:
+    st.html(CSS + tokens_html(tokens, acts, scale, counted=counted))
+
+
+def try_text_panel(db: str, sae: str, f: int, row: dict) -> None:
+    """Feature page: this feature's activation on text the user writes."""
+    st.subheader("Try your own text")
+    text = text_box("probe", "Text", "Does this feature fire where you expect? Type a sentence and press Ctrl+Enter.")
+    if not text:
+        return
+    try:
+        p = probe(live_for(db, sae), text)
+    except UserError as e:
+        st.warning(md(e))
+        return
+    acts = p.codes[sae].feature_acts(f, len(p.tokens))
+    stored = float(row["max_act"])
+    shaded(p.tokens, acts, p.counted, stored if stored > 0 else float(acts.max()))
+    st.caption(
+        f"Max on your text {acts.max():.3g} on {int((acts > 0).sum())} of {int(p.counted.sum())} counted tokens; "
+        f"the stored max over the corpus is {stored:.3g} (shading is relative to it). Hover a token for its value."
+    )
+
+
+STRENGTH_HELP = "multiples of the feature's max activation on the corpus; negative pushes against it"
+
+
+def steer_panel(db: str, sae: str, f: int, row: dict) -> None:
+    """Feature page: add strength x max_act x W_dec[f] at the SAE's hook and compare."""
+    st.subheader("Steer along this feature")
+    prompt = text_box("prompt", "Prompt", "A prompt (causal models) or a sentence (encoders) to steer.", height=80)
+    try:
+        strength = common.float_param("strength")
+    except UserError as e:
+        st.warning(md(e))
+        return
+    strength = 4.0 if strength is None else strength
+    common.seed("w_strength", "strength", strength)
+    st.number_input(
+        "Strength",
+        key="w_strength",
+        step=1.0,
+        help=STRENGTH_HELP,
+        on_change=common.to_url,
+        args=("w_strength", "strength"),
+    )
+    strength = float(st.session_state["w_strength"])
+    if not prompt:
+        return
+    try:
+        live = live_for(db, sae)
+        max_act = float(row["max_act"])
+        if live.adapter.kind == "causal":
+            _steer_causal(db, live, prompt, sae, f, strength, max_act)
+        else:
+            _steer_encoder(db, live, prompt, sae, f, strength, max_act)
+    except UserError as e:
+        st.warning(md(e))
+
+
+def _steer_causal(db, live, prompt, sae, f, strength, max_act) -> None:
+    out = steer.generate(live, prompt, sae, f, strength, max_act)
+    for mode, (plain, pushed) in out.items():
+        st.markdown(f"**{mode}** continuation" + (" (sampled with seed 0)" if mode == "sampled" else ""))
+        c1, c2 = st.columns(2)
+        c1.caption("without steering")
+        c1.code(plain, language=None, wrap_lines=True)
+        c2.caption(f"steered at {strength:g} x max activation")
+        c2.code(pushed, language=None, wrap_lines=True)
+    st.markdown("**Next tokens that gain and lose the most probability**")
+    shift = steer.next_token_shift(live, prompt, sae, f, strength, max_act)
+    st.dataframe(shift, hide_index=True, column_config={"change": st.column_config.NumberColumn(format="%+.4f")})
+    sample = _corpus_sample(db, queries.sae_row(db, sae)["run_id"])
+    curve = steer.ce_curve(live, sample, sae, f, max_act)
+    st.plotly_chart(figures.strength_curve(curve, "ce_loss", "CE loss (nats / token)", strength), key="ce_curve")
+    st.caption(
+        f"Mean next-token loss on the run's first {len(sample)} sequences ({sample.shape[1]} tokens each) with the "
+        "feature's direction added at every position, against strength; 0 is the unsteered model."
+    )
+
+
+def _steer_encoder(db, live, prompt, sae, f, strength, max_act) -> None:
+    curve = steer.embedding_curve(live, prompt, sae, f, max_act)
+    st.plotly_chart(figures.strength_curve(curve, "cosine", "cosine to the unsteered embedding", strength), key="cos")
+    st.caption(
+        "How far the sentence embedding (mean-pooled last layer) moves when the feature's direction is added at "
+        "every position of the text: cosine to the unsteered embedding, against strength."
+    )
+    index = steer.corpus_index(live, db, queries.sae_row(db, sae)["run_id"])
+    near = steer.nearest(live, index, prompt, sae, f, strength, max_act)
+    c1, c2 = st.columns(2)
+    for col, name, title in (
+        (c1, "plain", "Nearest corpus sequences, unsteered"),
+        (c2, "steered", f"steered at {strength:g}"),
+    ):
+        col.markdown(f"**{title}**")
+        col.dataframe(near[name], hide_index=True)
+    st.caption(f"Among the run's first {len(index[1])} stored sequences, by cosine of their embeddings.")
+
+
+def _corpus_sample(db: str, run_id: str, n: int = 4, length: int = 128) -> torch.Tensor:
+    seqs = queries.sequences_head(db, run_id, n)
+    if not seqs:
+        raise UserError("this run stored no sequences to measure the loss on")
+    return torch.as_tensor(np.array([s[:length] for s in seqs]), dtype=torch.long)
+
+
+def probe_table(db: str, sae: str, top: pd.DataFrame) -> pd.DataFrame:
+    """The probe's top features with their stored density, label and a link to their page."""
+    feats = queries.features(db, sae)[["feature", "density", "max_act"]].rename(columns={"max_act": "stored_max"})
+    out = top.merge(feats, on="feature", how="left")
+    status = labeling.status_table(db, sae)
+    out = (
+        out.merge(status[["feature", "label"]], on="feature", how="left") if not status.empty else out.assign(label="")
+    )
+    out["label"] = out["label"].fillna("")
+    out["open"] = [common.feature_url(sae, f) for f in out["feature"]]
+    return out
