@@ -136,6 +136,11 @@ def token_strings(tokenizer) -> list[str]:
     return [tokenizer.decode([i]) for i in range(vocab_size)]
 
 
+def _replace_hook(f: Callable[[torch.Tensor], torch.Tensor]):
+    """A TransformerLens hook that replaces the activations by f(activations)."""
+    return lambda x, hook: f(x)
+
+
 def per_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy at every position but the last, [B, T-1], in float32."""
     B, T, V = logits.shape
@@ -324,20 +329,17 @@ class HookedAdapter(ModelAdapter):
         at the same point, so it sees the spliced activations."""
         got: dict[str, torch.Tensor] = {}
 
-        def replace(f):
-            return lambda x, hook: f(x)
-
         def keep(x, hook):
             got[hook.name] = x
 
-        hooks = [(h, replace(f)) for h, f in splices.items()] + [(h, keep) for h in capture]
+        hooks = [(h, _replace_hook(f)) for h, f in splices.items()] + [(h, keep) for h in capture]
         logits = self.model.run_with_hooks(tokens, return_type="logits", fwd_hooks=hooks)
         return got, per_token_loss(logits, tokens)
 
     @torch.no_grad()
     def spliced_logits(self, tokens, splices) -> torch.Tensor:
         """Logits [B, T, vocab] with each hook in `splices` replaced by its function."""
-        hooks = [(h, (lambda f: lambda x, hook: f(x))(f)) for h, f in splices.items()]
+        hooks = [(h, _replace_hook(f)) for h, f in splices.items()]
         return self.model.run_with_hooks(tokens, return_type="logits", fwd_hooks=hooks)
 
     def token_effect_matrix(self):
