@@ -289,3 +289,58 @@ def test_propagation_cell_opens_the_spliced_saes_layer_page(server, browser):
     assert "/Layer?" in page.url and "sae=topk-b1" in page.url and "db=tiny.duckdb" in page.url
     _no_traceback(page)
     ctx.close()
+
+
+@pytest.fixture(scope="module")
+def minilm_in_server(server, tmp_path_factory):
+    """A MiniLM database (the embedded model, one SAE saved in sae_lens's format) beside the
+    tiny one, so the live model can be loaded from what it recorded."""
+    from backend.config import PrecomputeConfig, SAESource
+    from backend.engine.pipeline import precompute
+    from tests.conftest import make_sae
+
+    _, data = server
+    folder = tmp_path_factory.mktemp("live-sae") / "sae-b2"
+    make_sae("topk", "blocks.2.hook_resid_post", d_in=384, d_sae=256, seed=3).save_model(str(folder))
+    precompute(
+        PrecomputeConfig(
+            db=str(data / "mini.duckdb"),
+            model="embedded",
+            corpus="embedded:heldout",
+            n_tokens=64 * 16,
+            context_len=64,
+            batch_size=8,
+            splice_seqs=2,
+            downstream_seqs=2,
+            run_name="mini",
+            saes=[SAESource(path=str(folder))],
+        )
+    )
+    return "mini.duckdb"
+
+
+def test_probe_then_steer_in_the_browser(server, browser, minilm_in_server):
+    base, _ = server
+    ctx, page = _page(browser)
+    page.set_default_timeout(90_000)  # the first probe loads the model into the server
+    alerts = []
+    page.on("dialog", lambda d: (alerts.append(d.message), d.dismiss()))
+    page.goto(base + f"/Probe?db={minilm_in_server}&sae=sae-b2")
+    page.get_by_role("heading", name="Probe: your own text").wait_for()
+    box = page.get_by_role("textbox", name="Text")
+    box.fill("<script>alert(1)</script> The file could not be opened.")
+    box.press("Control+Enter")
+    heading = page.get_by_role("heading", name=re.compile(r"Feature \d+, token by token"))
+    heading.wait_for()
+    _no_traceback(page)
+    assert "text=" in page.url  # the text is in the URL: a collaborator opens the same probe
+    page.locator("span.tok", has_text="script").first.wait_for()  # shown as text, token by token
+    assert not alerts
+    f = re.search(r"Feature (\d+)", heading.inner_text()).group(1)
+    page.get_by_role("link", name=f"Steer along feature {f} with this text").click()
+    page.get_by_role("heading", name="Steer along this feature").wait_for()
+    page.get_by_text("Nearest corpus sequences, unsteered").wait_for()
+    assert "/Feature?" in page.url and f"feature={f}" in page.url and "prompt=" in page.url
+    _no_traceback(page)
+    assert not alerts
+    ctx.close()
