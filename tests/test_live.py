@@ -297,3 +297,49 @@ def test_concurrent_requests_queue_and_a_long_wait_is_a_message(adapter, loaded_
         th.start()
         th.join()
     assert "busy" in str(box[0].value)
+
+
+def test_feature_page_steers_a_causal_model(tmp_path, tokenizer_dir, corpus_file, monkeypatch):
+    """The causal panels end to end: a tiny random GPT-2 saved locally (loaded again through
+    sae_lens's Hugging Face path, as the precompute loaded it), greedy and sampled continuations,
+    next-token shifts and the loss curve."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from backend.config import PrecomputeConfig, SAESource
+    from backend.engine.pipeline import precompute
+    from tests.conftest import app_runner
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=2, n_embd=16, n_head=4, n_positions=64, vocab_size=len(tok))
+    GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "gpt")
+    tok.save_pretrained(tmp_path / "gpt")
+    make_sae("topk", "transformer.h.0").save_model(str(tmp_path / "sae-h0"))
+    data = tmp_path / "data"
+    data.mkdir()
+    precompute(
+        PrecomputeConfig(
+            db=str(data / "gpt.duckdb"),
+            model=f"hf:{tmp_path / 'gpt'}",
+            corpus=corpus_file,
+            n_tokens=256,
+            context_len=32,
+            batch_size=4,
+            run_name="gpt",
+            saes=[SAESource(path=str(tmp_path / "sae-h0"))],
+        )
+    )
+    import duckdb
+
+    con = duckdb.connect(str(data / "gpt.duckdb"), read_only=True)
+    f = con.execute("SELECT feature FROM features WHERE max_act > 0 ORDER BY count DESC LIMIT 1").fetchone()[0]
+    con.close()
+    run = app_runner(data, monkeypatch)
+    at = run("pages/2_Feature.py", sae="sae-h0", feature=str(f), prompt="def open(path):", strength="3")
+    _ok(at)
+    md = " ".join(m.value for m in at.markdown)
+    assert "**greedy** continuation" in md and "**sampled** continuation" in md
+    assert "gain and lose the most probability" in md
+    assert any("CE loss (nats" in c.proto.spec for c in at.get("plotly_chart"))
+    shift = [d.value for d in at.dataframe if "p_steered" in d.value.columns][0]
+    assert len(shift) == 16 and shift["change"].iloc[0] >= 0 >= shift["change"].iloc[-1]
