@@ -92,6 +92,9 @@ class PrecomputeConfig(InputConfig):
     splice_seqs: int = 32
     """sequences numbered below this are the sample on which each SAE is spliced in and its error followed
     through the later hooks and to the output (the Layers page); 0 skips it"""
+    tail_below: float | None = None
+    """density below which a feature counts as the low-density tail for the shared-direction diagnostic;
+    default: the valley between the layer's low-density mode and its main mode (else 1e-5)"""
     n_effects: int = 10
     """top and bottom tokens per feature by W_dec . W_U (or W_E)"""
     n_neighbours: int = 10

@@ -115,6 +115,10 @@ def layer() -> None:
             "mean_act": st.column_config.NumberColumn("mean act", format="%.3g"),
         },
     )
+    if not status.empty:
+        st.markdown("**Density by verdict** (the team's labels of this SAE; each feature by its labelers' majority)")
+        by_verdict = feats.merge(status[["feature", "label"]], on="feature", how="left")
+        st.plotly_chart(figures.verdict_histogram(by_verdict, floor), key="verdicts")
     go = st.columns([1, 1, 4])
     target = go[0].number_input("Open feature #", 0, int(row["d_sae"]) - 1, step=1, key="w_goto")
     if go[1].button("Go to feature", key="goto"):

@@ -32,6 +32,7 @@ NAV = [
     ("pages/5_Interpretability.py", "Interpretability", ":material/percent:"),
     ("pages/6_Layers.py", "Across layers", ":material/stacked_line_chart:"),
     ("pages/7_Probe.py", "Probe", ":material/science:"),
+    ("pages/8_Clusters.py", "Density clusters", ":material/scatter_plot:"),
 ]
 """The sidebar's pages (Streamlit's own list is off in .streamlit/config.toml: it names the main
 script "app" and drops the database from links)."""

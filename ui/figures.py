@@ -467,3 +467,102 @@ def strength_curve(df: pd.DataFrame, y: str, ylabel: str, mark: float | None = N
         xaxis_title="strength (x max activation)", yaxis_title=ylabel, height=300, margin=dict(t=10, l=10, r=10, b=10)
     )
     return fig
+
+
+VERDICT_COLOURS = {
+    "interpretable": "#2a9d8f",
+    "not interpretable": "#e76f51",
+    "unsure/split": "#e9c46a",
+    "unlabeled": "#d9d9d9",
+}
+VERDICT_SYMBOLS = {
+    "interpretable": "diamond",
+    "not interpretable": "x",
+    "unsure/split": "square",
+    "unlabeled": "circle",
+}
+
+
+def verdict_histogram(df: pd.DataFrame, floor: float | None = None) -> go.Figure:
+    """log10-density histogram of live features stacked by the team's verdict: the picture behind
+    "high-density features are interpretable, ultralow ones are not", from this team's labels.
+    `df`: log10_density and label ("" or NaN: unlabeled)."""
+    live = df[np.isfinite(df["log10_density"])]
+    edges = log_density_edges(live["log10_density"].to_numpy())
+    centres = (edges[:-1] + edges[1:]) / 2
+    labels = live["label"].fillna("").replace("", "unlabeled")
+    fig = go.Figure()
+    for verdict, colour in VERDICT_COLOURS.items():
+        counts, _ = np.histogram(live.loc[labels == verdict, "log10_density"], bins=edges)
+        fig.add_trace(
+            go.Bar(x=centres, y=counts, width=np.diff(edges), name=verdict, marker_color=colour, marker_line_width=0)
+        )
+    fig.update_layout(barmode="stack", bargap=0, height=300, margin=dict(t=10, l=10, r=10, b=10))
+    fig.update_xaxes(title_text="log10 feature density")
+    fig.update_yaxes(title_text="features")
+    density_marks(fig, floor)
+    return fig
+
+
+def feature_map(df: pd.DataFrame, method: str) -> go.Figure:
+    """Decoder directions in 2-D, coloured by log10 density (dead grey), shaped by verdict;
+    dense features ringed. Points carry their feature id (customdata) for selection."""
+    fig = go.Figure()
+    dead = ~np.isfinite(df["log10_density"])
+    labels = df["label"].fillna("").replace("", "unlabeled")
+    finite = df.loc[~dead, "log10_density"]
+    lo, hi = (float(finite.min()), 0.0) if len(finite) else (-6.0, 0.0)
+    for verdict, symbol in VERDICT_SYMBOLS.items():
+        for is_dead in (False, True):
+            g = df[(labels == verdict) & (dead == is_dead)]
+            if g.empty:
+                continue
+            dense = g["density"] > DENSE
+            fig.add_trace(
+                go.Scattergl(
+                    x=g["map_x"],
+                    y=g["map_y"],
+                    mode="markers",
+                    name=f"{verdict}{' (dead)' if is_dead else ''}",
+                    customdata=g["feature"],
+                    marker=dict(
+                        symbol=symbol,
+                        size=np.where(dense, 9, 5 if verdict == "unlabeled" else 8),
+                        color="#bbbbbb" if is_dead else g["log10_density"],
+                        colorscale="Viridis",
+                        cmin=lo,
+                        cmax=hi,
+                        line=dict(width=np.where(dense, 1.5, 0), color="#b22"),
+                        colorbar=dict(title="log10 density") if (verdict == "unlabeled" and not is_dead) else None,
+                    ),
+                    hovertemplate="feature %{customdata}<extra>" + verdict + "</extra>",
+                )
+            )
+    fig.update_layout(
+        height=560,
+        margin=dict(t=10, l=10, r=10, b=10),
+        legend=dict(orientation="h", y=-0.08),
+        xaxis=dict(title=f"{method} 1", showticklabels=False),
+        yaxis=dict(title=f"{method} 2", showticklabels=False),
+        dragmode="lasso",
+    )
+    return fig
+
+
+def tail_cosines(df: pd.DataFrame, cut: float) -> go.Figure:
+    """Encoder cosine to the low-density tail's mean direction: the tail's features against the
+    other live ones."""
+    live = df[df["density"] > 0]
+    tail = live["density"] < cut
+    fig = go.Figure()
+    for name, g, colour in (("low-density tail", live[tail], "#e76f51"), ("other live features", live[~tail], "#888")):
+        fig.add_trace(
+            go.Histogram(
+                x=g["tail_cos"], name=name, marker_color=colour, opacity=0.7, xbins=dict(start=-1, end=1, size=0.05)
+            )
+        )
+    fig.add_vline(x=0.9, line_dash="dash", line_color="#333", line_width=1)
+    fig.update_layout(barmode="overlay", height=300, margin=dict(t=10, l=10, r=10, b=10))
+    fig.update_xaxes(title_text="encoder cosine to the tail's mean direction", range=[-1, 1])
+    fig.update_yaxes(title_text="features")
+    return fig

@@ -56,7 +56,19 @@ def finalize(h: Harvest, token_files: list[str]) -> str:
     effect_kind, matrix = adapter.token_effect_matrix()
     rows, parts = (
         [],
-        {t: [] for t in ("features", "examples", "token_effects", "neighbours", "position_error", "density_hist")},
+        {
+            t: []
+            for t in (
+                "features",
+                "examples",
+                "token_effects",
+                "neighbours",
+                "position_error",
+                "density_hist",
+                "feature_diagnostics",
+                "sae_diagnostics",
+            )
+        },
     )
     for s, name in tqdm(list(zip(h.saes, names)), desc="finalize", unit="sae", file=sys.stderr):
         st = h.stats[s.name]
@@ -69,6 +81,9 @@ def finalize(h: Harvest, token_files: list[str]) -> str:
         parts["neighbours"].append(weights.neighbours(name, s.sae, cfg.n_neighbours))
         parts["position_error"].append(tables.position_error_frame(name, st))
         parts["density_hist"].append(tables.density_hist_frame(name, feats["density"].to_numpy()))
+        diag, summary = tables.diagnostics_frames(name, s, st, feats["density"].to_numpy(), cfg.tail_below, cfg.seed)
+        parts["feature_diagnostics"].append(diag)
+        parts["sae_diagnostics"].append(summary)
     frames = {t: pd.concat(v, ignore_index=True) for t, v in parts.items() if t != "examples"}
     frames.update(h.propagation.frames(run_id, {s.name: name for s, name in zip(h.saes, names)}))
     frames["examples"] = pa.concat_tables(parts["examples"])

@@ -85,7 +85,19 @@ class FeatureStats:
 
     FLUSH_CANDIDATES = 32_768
     FLUSH_BATCHES = 8
-    _SUMS = ("sum_act", "hist", "sum_x2", "sse", "pos_sum_x", "pos_sse", "pos_x2", "pos_n")
+    _SUMS = (
+        "sum_act",
+        "sum_act2",
+        "sum_act_pos",
+        "tok_pos_n",
+        "hist",
+        "sum_x2",
+        "sse",
+        "pos_sum_x",
+        "pos_sse",
+        "pos_x2",
+        "pos_n",
+    )
     """tensors that merge by addition (and are saved as they are)"""
 
     def __init__(self, spec: StatsSpec, device: torch.device | str = "cpu"):
@@ -93,6 +105,11 @@ class FeatureStats:
         dev = torch.device(device)
         F = spec.d_sae
         self.sum_act = torch.zeros(F, dtype=torch.float64, device=dev)
+        # for each feature's correlation with token position: sums of a^2 and a * position per
+        # feature, and the counted tokens at each position (every token, not only the firing ones)
+        self.sum_act2 = torch.zeros(F, dtype=torch.float64, device=dev)
+        self.sum_act_pos = torch.zeros(F, dtype=torch.float64, device=dev)
+        self.tok_pos_n = torch.zeros(spec.seq_len, dtype=torch.int64, device=dev)
         self.hist = torch.zeros(F * (spec.hist_bins + 2), dtype=torch.int64, device=dev)
         self.top = TopSet(F, spec.n_top, spec.window, dev)
         self.reservoir = TopSet(F, spec.n_reservoir, spec.window, dev)
@@ -157,13 +174,17 @@ class FeatureStats:
             nz = _Nonzeros.scan(flat)
         else:
             nz = _Nonzeros.from_choice(chosen, valid, n_valid, B * T, small=B * T * F < 2**31)
-        self._add_sums(nz)
+        self._add_sums(nz, T)
+        self.tok_pos_n[:T] += mask.reshape(B, T).sum(0).to(self.tok_pos_n.device)
         row_tok = seq_ids.to(codes.device)[:, None] * self.spec.seq_len + torch.arange(T, device=codes.device)
         self._offer_candidates(nz, row_tok.reshape(-1), _Windows(flat, nz, T, self.spec))
 
-    def _add_sums(self, nz: _Nonzeros) -> None:
+    def _add_sums(self, nz: _Nonzeros, T: int) -> None:
         spec, F = self.spec, self.spec.d_sae
-        self.sum_act += torch.bincount(nz.feature, weights=nz.value.double(), minlength=F)
+        v = nz.value.double()
+        self.sum_act += torch.bincount(nz.feature, weights=v, minlength=F)
+        self.sum_act2 += torch.bincount(nz.feature, weights=v * v, minlength=F)
+        self.sum_act_pos += torch.bincount(nz.feature, weights=v * (nz.row % T).double(), minlength=F)
         width = activation_bin_width(spec.hist_lo, spec.hist_hi, spec.hist_bins)
         b = torch.floor((torch.log10(nz.value) - spec.hist_lo) / width).long() + 1
         b = torch.clamp(b, 0, spec.hist_bins + 1)
@@ -287,6 +308,19 @@ class FeatureStats:
         ev = 1.0 - sse / total_var if total_var > 0 else None
         return ev, sse / x2 if x2 > 0 else None
 
+    def position_correlation(self) -> np.ndarray:
+        """Pearson correlation, over every counted token, of each feature's activation (0 where
+        it does not fire) with the token's position; NaN for a feature that never fired."""
+        n_t = self.tok_pos_n.double()
+        pos = torch.arange(len(n_t), dtype=torch.float64, device=n_t.device)
+        n = n_t.sum()
+        sp, sp2 = (n_t * pos).sum(), (n_t * pos * pos).sum()
+        sa, sa2, sap = self.sum_act, self.sum_act2, self.sum_act_pos
+        cov = n * sap - sa * sp
+        var = (n * sa2 - sa * sa).clamp(min=0) * (n * sp2 - sp * sp).clamp(min=0)
+        corr = torch.where(var > 0, cov / var.sqrt(), torch.full_like(cov, float("nan")))
+        return corr.cpu().numpy()
+
     def feature_table(self) -> dict[str, np.ndarray]:
         self.flush()
         n = max(self.n_tokens, 1)
@@ -298,6 +332,7 @@ class FeatureStats:
             "count": count,
             "density": count / n,
             "mean_act": np.where(count > 0, sum_act / np.maximum(count, 1), 0.0),
+            "pos_corr": self.position_correlation(),
             "max_act": np.where(count > 0, top, 0.0),
             "hist": self.hist.view(self.spec.d_sae, -1).cpu().numpy(),
         }

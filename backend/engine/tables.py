@@ -172,3 +172,41 @@ def density_hist_frame(name: str, density: np.ndarray) -> pd.DataFrame:
         return pd.DataFrame(columns=["sae", "bin_lo", "bin_hi", "n"])
     counts, edges = log_density_histogram(density)
     return pd.DataFrame({"sae": name, "bin_lo": edges[:-1], "bin_hi": edges[1:], "n": counts.astype(np.int32)})
+
+
+def diagnostics_frames(
+    name: str, s: LoadedSAE, st: FeatureStats, density: np.ndarray, tail_below: float | None, seed: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rows of `feature_diagnostics` and `sae_diagnostics` for one SAE (engine.clusters)."""
+    from backend.density import resolution_floor
+    from backend.engine import clusters
+
+    xy, method = clusters.feature_map(s.sae.W_dec, seed)
+    cut = tail_below if tail_below else clusters.tail_cut(density, resolution_floor(max(st.n_tokens, 1)))
+    tail = clusters.tail_direction(s.sae.W_enc, density, cut)
+    partner, anti = clusters.antipodal(s.sae.W_dec, density)
+    per_feature = pd.DataFrame(
+        {
+            "sae": name,
+            "feature": np.arange(len(density), dtype=np.int32),
+            "map_x": xy[:, 0],
+            "map_y": xy[:, 1],
+            "tail_cos": tail.cosine,
+            "pos_corr": st.position_correlation().astype(np.float32),
+            "anti_partner": pd.array(np.where(partner >= 0, partner, None), dtype="Int32"),
+            "anti_cos": anti,
+        }
+    )
+    per_sae = pd.DataFrame(
+        [
+            {
+                "sae": name,
+                "map_method": method,
+                "tail_cut": float(cut),
+                "tail_auto": not tail_below,
+                "tail_n": tail.n,
+                "tail_share": tail.share,
+            }
+        ]
+    )
+    return per_feature, per_sae

@@ -476,3 +476,26 @@ def sequences_head(path: str, run_id: str, n: int) -> list[np.ndarray]:
     """The token ids of a run's first n sequences (a fixed corpus sample)."""
     df = _df(path, "SELECT tokens FROM sequences WHERE run_id = ? ORDER BY seq LIMIT ?", [run_id, n])
     return [np.asarray(t) for t in df["tokens"]]
+
+
+@cached
+def diagnostics(path: str, sae: str) -> pd.DataFrame:
+    """Every feature of an SAE with its density and the engine.clusters diagnostics."""
+    df = _df(
+        path,
+        """SELECT f.feature, f.count, f.max_act, f.top_tokens, d.map_x, d.map_y, d.tail_cos, d.pos_corr,
+                  d.anti_partner, d.anti_cos
+           FROM features f JOIN feature_diagnostics d USING (sae, feature) WHERE f.sae = ? ORDER BY f.feature""",
+        [sae],
+    )
+    df["density"] = df["count"] / max(int(sae_row(path, sae)["n_tokens"]), 1)
+    df["log10_density"] = log10_density(df["density"].to_numpy())
+    return df
+
+
+@cached
+def sae_diagnostics(path: str, sae: str) -> dict:
+    df = _df(path, "SELECT * FROM sae_diagnostics WHERE sae = ?", [sae])
+    if df.empty:
+        raise UserError(f"{sae} has no density diagnostics (computed by precompute since layout 7)")
+    return df.iloc[0].to_dict()

@@ -10,10 +10,19 @@ import duckdb
 from backend.errors import UserError
 
 SCHEMA = Path(__file__).with_name("schema.sql").read_text()
-VERSION = "6"
+VERSION = "7"
 """Bumped whenever a table or column changes; files of another version are refused by name."""
 
-SAE_TABLES = ("examples", "features", "token_effects", "neighbours", "position_error", "density_hist")
+SAE_TABLES = (
+    "examples",
+    "features",
+    "token_effects",
+    "neighbours",
+    "position_error",
+    "density_hist",
+    "feature_diagnostics",
+    "sae_diagnostics",
+)
 PROPAGATION_TABLES = ("propagation", "propagation_recon", "splice_output")
 RUN_TABLES = ("sequences", "vocab", *PROPAGATION_TABLES)
 
@@ -23,6 +32,7 @@ _REQUIRED = {
     "features": {"sae", "feature", "count", "density", "max_act", "hist", "count_ge_1pct", "count_ge_10pct"},
     "examples": {"sae", "feature", "kind", "quantile", "seq", "pos", "ctx_start", "acts"},
     "propagation": {"run_id", "sae", "hook", "resid_change"},
+    "feature_diagnostics": {"sae", "feature", "map_x", "tail_cos", "pos_corr", "anti_partner"},
     "splice_output": {"run_id", "sae", "mode", "metric", "clean", "spliced"},
 }
 

@@ -211,3 +211,27 @@ CREATE TABLE IF NOT EXISTS splice_output (
     clean       DOUBLE,                -- clean_sum / n
     spliced     DOUBLE                 -- spliced_sum / n
 );
+
+-- Why features sit where they do in density (engine.clusters, at the end of a run). One row
+-- per feature of every SAE.
+CREATE TABLE IF NOT EXISTS feature_diagnostics (
+    sae          VARCHAR NOT NULL,
+    feature      INTEGER NOT NULL,
+    map_x        FLOAT,                -- 2-D layout of the decoder directions (clusters.feature_map)
+    map_y        FLOAT,
+    tail_cos     FLOAT,                -- encoder cosine to the low-density tail's mean direction (clusters.tail_direction)
+    pos_corr     FLOAT,                -- correlation of the activation (0 where silent) with token position, over
+                                       -- every counted token (stats.FeatureStats.position_correlation); NULL if dead
+    anti_partner INTEGER,              -- dense features: the most anti-aligned decoder direction (clusters.antipodal)
+    anti_cos     FLOAT                 --   and its cosine; NULL for features that are not dense
+);
+
+-- Per SAE: how its map was made and what its low-density tail is.
+CREATE TABLE IF NOT EXISTS sae_diagnostics (
+    sae        VARCHAR NOT NULL,
+    map_method VARCHAR NOT NULL,       -- umap | pca (umap-learn not installed)
+    tail_cut   DOUBLE NOT NULL,        -- density below which the tail lies (clusters.tail_cut, or --tail-below)
+    tail_auto  BOOLEAN NOT NULL,       -- the cut was found in the density histogram, not given
+    tail_n     INTEGER NOT NULL,       -- live features below it
+    tail_share DOUBLE                  -- share of them with encoder cosine > 0.9 to their mean direction
+);

@@ -1,0 +1,140 @@
+"""Density clusters of one SAE: the feature map, the low-density tail's shared encoder direction,
+and dense features with their antipodal partners and position correlation."""
+
+import streamlit as st
+
+from backend.density import DENSE, format_density, resolution_floor
+from backend.engine.clusters import TAIL_COSINE
+from backend.errors import UserError
+from backend.store import queries
+from ui import common, figures, labeling
+from ui.tokens import md
+
+common.setup("Clusters")
+
+MAX_SELECTED = 300
+
+
+@common.page
+def clusters() -> None:
+    db = common.database()
+    sae = common.choose_sae(db)
+    common.copy_link()
+    row = queries.sae_row(db, sae)
+    st.title(md(f"Density clusters · {sae}"))
+    summary = queries.sae_diagnostics(db, sae)
+    df = queries.diagnostics(db, sae)
+    status = labeling.status_table(db, sae)
+    df = df.merge(status[["feature", "label"]], on="feature", how="left") if not status.empty else df.assign(label="")
+    n_tok = int(row["n_tokens"])
+
+    st.subheader("Feature map")
+    method = summary["map_method"]
+    st.caption(
+        f"Each point is one of the {len(df):,} features, placed by its decoder direction "
+        + (
+            "(UMAP, cosine metric, seed 0)"
+            if method == "umap"
+            else "(first two principal components of the unit-norm directions: umap-learn is not installed here; "
+            "`pip install umap-learn` and precompute again for UMAP)"
+        )
+        + f"; colour: log10 density over {n_tok:,} tokens (grey: dead); shape: the team's verdict; ringed: dense "
+        f"(> {DENSE:.0%}). Lasso or box-select points to list them; select one point to open it."
+    )
+    event = st.plotly_chart(
+        figures.feature_map(df, method), on_select="rerun", selection_mode=("points", "box", "lasso"), key="map"
+    )
+    points = (event.selection or {}).get("points", []) if event else []
+    picked = sorted({int(p["customdata"]) for p in points if "customdata" in p})
+    if len(picked) == 1 and not (event.selection.get("box") or event.selection.get("lasso")):
+        st.switch_page(common.FEATURE, query_params=common.link_params(sae=sae, feature=picked[0]))
+    if picked:
+        common.set_params(sel=",".join(map(str, picked[:MAX_SELECTED])))
+    chosen = _selected(df)
+    if chosen is not None:
+        sel = df[df["feature"].isin(chosen)].assign(open=lambda d: [common.feature_url(sae, f) for f in d["feature"]])
+        st.markdown(f"**{len(sel):,} selected features**")
+        st.dataframe(
+            sel[["feature", "density", "max_act", "top_tokens", "label", "open"]],
+            hide_index=True,
+            column_config={
+                "density": st.column_config.NumberColumn(format="%.2e"),
+                "open": st.column_config.LinkColumn("feature page", display_text="open"),
+            },
+        )
+
+    st.subheader("The low-density tail: one shared encoder direction?")
+    cut, n_tail, share = summary["tail_cut"], int(summary["tail_n"]), summary["tail_share"]
+    how = "the valley above the layer's low-density mode" if summary["tail_auto"] else "given with --tail-below"
+    if n_tail == 0:
+        st.info(
+            f"No live feature lies below the tail cut ({format_density(cut)}, {how}): this SAE has no low-density "
+            f"tail at {n_tok:,} tokens (the smallest measurable density is 1 / {n_tok:,} = "
+            f"{10 ** resolution_floor(n_tok):.1e})."
+        )
+    else:
+        st.plotly_chart(figures.tail_cosines(df, cut), key="tail")
+        st.markdown(
+            f"**{n_tail:,}** live features have density below {cut:.2e} ({how}). **{share:.0%}** of them have an "
+            f"encoder direction within cosine {TAIL_COSINE} of their mean direction"
+            + (
+                ": most of the tail is one direction learned many times, a training artefact rather than many features."
+                if share >= 0.5
+                else ": the tail is not one shared direction."
+            )
+        )
+        st.caption(f"On {len(df):,} features' encoder weights; densities over {n_tok:,} tokens.")
+
+    st.subheader(f"Dense features (> {DENSE:.0%})")
+    dense = df[df["density"] > DENSE].sort_values("density", ascending=False)
+    if dense.empty:
+        st.info(f"No feature of this SAE fires on more than {DENSE:.0%} of the {n_tok:,} tokens.")
+        return
+    table = dense.assign(
+        open=[common.feature_url(sae, f) for f in dense["feature"]],
+        partner_page=[common.feature_url(sae, int(p)) for p in dense["anti_partner"]],
+    )
+    st.dataframe(
+        table[
+            [
+                "feature",
+                "density",
+                "anti_partner",
+                "anti_cos",
+                "pos_corr",
+                "top_tokens",
+                "label",
+                "open",
+                "partner_page",
+            ]
+        ],
+        hide_index=True,
+        column_config={
+            "density": st.column_config.NumberColumn(format="%.3f"),
+            "anti_partner": st.column_config.NumberColumn("antipodal partner"),
+            "anti_cos": st.column_config.NumberColumn("decoder cosine", format="%.3f"),
+            "pos_corr": st.column_config.NumberColumn("corr. with position", format="%+.3f"),
+            "open": st.column_config.LinkColumn("feature", display_text="open"),
+            "partner_page": st.column_config.LinkColumn("partner", display_text="open"),
+        },
+    )
+    pairs = int((dense["anti_cos"] < -0.9).sum())
+    st.caption(
+        f"{len(dense):,} dense features. Partner: the feature whose decoder direction is most anti-aligned "
+        f"(minimum cosine among all {len(df):,}); {pairs} of them have one below -0.9, an antipodal pair. Position "
+        f"correlation: Pearson, of the activation (0 where silent) with the token's position, over all {n_tok:,} "
+        "counted tokens."
+    )
+
+
+def _selected(df) -> list[int] | None:
+    raw = common.param("sel")
+    if raw is None:
+        return None
+    try:
+        return [int(x) for x in raw.split(",")][:MAX_SELECTED]
+    except ValueError:
+        raise UserError(f"URL parameter sel={raw[:60]!r}: use comma-separated feature numbers") from None
+
+
+clusters()

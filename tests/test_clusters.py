@@ -1,0 +1,113 @@
+"""The density-cluster diagnostics against direct computations, on planted structure: a
+low-density tail whose features share one encoder direction, and an antipodal dense pair."""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pytest
+import torch
+
+from backend.engine import clusters
+
+pytestmark = pytest.mark.unit
+
+D_IN, D_SAE = 32, 200
+
+
+def _planted():
+    g = torch.Generator().manual_seed(0)
+    W_enc = torch.randn(D_IN, D_SAE, generator=g)
+    u = torch.randn(D_IN, generator=g)
+    W_enc[:, :30] = u[:, None] * 3 + 0.2 * torch.randn(D_IN, 30, generator=g)  # 30 share one direction
+    W_dec = torch.randn(D_SAE, D_IN, generator=g)
+    W_dec[199] = -W_dec[198]  # an antipodal dense pair
+    rng = np.random.default_rng(0)
+    density = np.concatenate(
+        [
+            10 ** rng.uniform(-6.3, -5.6, 40),  # the low-density mode: the 30 planted + 10 others
+            10 ** rng.normal(-2.5, 0.3, 150),  # the main mode
+            np.zeros(8),  # dead
+            [0.3, 0.25],  # dense
+        ]
+    )
+    return W_enc, W_dec, density
+
+
+def test_the_tail_is_found_and_shares_one_direction():
+    W_enc, _, density = _planted()
+    cut = clusters.tail_cut(density, floor=1e-7)
+    assert 10**-5.6 < cut < 10**-3.5  # in the valley between the two modes
+    tail = clusters.tail_direction(W_enc, density, cut)
+    assert tail.n == 40
+    enc = torch.nn.functional.normalize(W_enc.T, dim=-1).numpy()
+    mean = enc[:40].mean(0)
+    mean /= np.linalg.norm(mean)
+    np.testing.assert_allclose(tail.cosine, enc @ mean, rtol=1e-5, atol=1e-6)
+    assert tail.share == pytest.approx(30 / 40)
+    assert (tail.cosine[:30] > clusters.TAIL_COSINE).all() and (tail.cosine[30:40] < 0.6).all()
+
+
+def test_a_unimodal_layer_falls_back_to_the_ultralow_cut():
+    from backend.density import ULTRALOW
+
+    density = 10 ** np.random.default_rng(1).normal(-2.5, 0.4, 500)
+    assert clusters.tail_cut(density, floor=1e-7) == ULTRALOW
+    tail = clusters.tail_direction(torch.randn(D_IN, 500), density, ULTRALOW)
+    assert tail.n == 0 and tail.share is None and np.isnan(tail.cosine).all()
+
+
+def test_dense_features_find_their_antipodal_partner():
+    _, W_dec, density = _planted()
+    partner, cosine = clusters.antipodal(W_dec, density)
+    assert partner[198] == 199 and partner[199] == 198
+    assert cosine[198] == pytest.approx(-1.0, abs=1e-6)
+    assert (partner[:198] == -1).all() and np.isnan(cosine[:198]).all()
+
+
+def test_feature_map_is_the_decoder_directions_principal_plane():
+    _, W_dec, _ = _planted()
+    xy, method = clusters.feature_map(W_dec)
+    assert xy.shape == (D_SAE, 2)
+    if method == "pca":
+        d = torch.nn.functional.normalize(W_dec, dim=-1).numpy()
+        c = d - d.mean(0)
+        _, _, vt = np.linalg.svd(c, full_matrices=False)
+        want = c @ vt[:2].T
+        np.testing.assert_allclose(np.abs(xy), np.abs(want), rtol=1e-4, atol=1e-5)
+    else:
+        assert method == "umap" and np.isfinite(xy).all()
+
+
+@pytest.mark.integration
+def test_clusters_page_and_verdict_histogram(tmp_path, corpus_file, sae_dirs, adapter, loaded_saes, monkeypatch):
+    from backend.engine.pipeline import precompute
+    from backend.labels import Label, add
+    from tests.conftest import app_runner, tiny_config
+
+    d = tmp_path / "data"
+    d.mkdir()
+    precompute(tiny_config(str(d / "c.duckdb"), corpus_file, sae_dirs), adapter, loaded_saes)
+    run = app_runner(d, monkeypatch)
+    at = run("pages/8_Clusters.py", sae="relu-b0")
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    specs = [c.proto.spec for c in at.get("plotly_chart")]
+    assert "scattergl" in specs[0] and "log10 density" in specs[0]
+    assert any("Dense features" in h.value for h in at.subheader)
+    at = run("pages/8_Clusters.py", sae="relu-b0", sel="4,5,6")
+    assert not at.exception and at.dataframe[0].value["feature"].tolist() == [4, 5, 6]
+    at = run("pages/8_Clusters.py", sae="relu-b0", sel="four")
+    assert "sel='four'" in at.error[0].value
+    # a verdict makes the Layer page stack its density histogram by verdict
+    run_id = (
+        __import__("duckdb")
+        .connect(str(d / "c.duckdb"), read_only=True)
+        .execute("SELECT run_id FROM runs")
+        .fetchone()[0]
+    )
+    add(str(d / "labels.sqlite"), Label("c.duckdb", run_id, "relu-b0", 20, "interpretable", "ann"))
+    at = run("pages/1_Layer.py", sae="relu-b0")
+    assert not at.exception and not at.error
+    assert any(
+        '"name":"interpretable"' in c.proto.spec and '"barmode":"stack"' in c.proto.spec for c in at.get("plotly_chart")
+    )
