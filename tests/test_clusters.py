@@ -3,7 +3,6 @@ low-density tail whose features share one encoder direction, and an antipodal de
 
 from __future__ import annotations
 
-import duckdb
 import numpy as np
 import pytest
 import torch
