@@ -154,6 +154,32 @@ def cmd_labels(args) -> None:
         print(f"imported {n} new labels from {args.file} into {labels.describe(where)}")
 
 
+def cmd_explanations(args) -> None:
+    from pathlib import Path
+
+    from backend.explanations import store
+
+    where = args.store or store.location()
+    if args.action == "import":
+        from backend.explanations.formats import import_explanations
+
+        n = import_explanations(args.path, args.db, args.sae, where, args.format, args.layer, args.module, args.scorer)
+        print(f"imported {n} new explanations of {args.sae} from {args.path} into {where}")
+        return
+    from backend import labels
+    from backend.explanations.neuronpedia_export import export
+
+    if not (args.model_id and args.source_id):
+        raise UserError("export needs --model-id (a model on Neuronpedia) and --source-id (e.g. 6-res-jb)")
+    try:
+        cur = labels.latest(labels.location(None), Path(args.db).name)
+        human = {int(r.feature): r.description for r in cur[cur["sae"] == args.sae].itertuples() if r.description}
+    except UserError:
+        human = {}
+    counts = export(args.db, args.sae, args.path, args.model_id, args.source_id, args.author, where, human)
+    print(", ".join(f"{n} {k}" for k, n in counts.items()) + f" written under {args.path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m backend",
@@ -210,6 +236,31 @@ def build_parser() -> argparse.ArgumentParser:
         "labels.sqlite in $SAE_DASHBOARD_DATA or data/, the same store the dashboard uses)",
     )
     lab.add_argument("--history", action="store_true", help="export every verdict, not only the latest per labeler")
+
+    ex = sub.add_parser(
+        "explanations",
+        help="import explanations (Neuronpedia, delphi) or export features + explanations for Neuronpedia",
+        description="import: read a Neuronpedia explanation export (.json/.jsonl[.gz], or its folder with "
+        "explanations/) or a delphi results folder (explanations/<module>_latent<N>.txt, scores/<scorer>/...) into "
+        "the explanations store, checked against --sae in --db, all or nothing. export: write PATH/features, "
+        "PATH/activations and PATH/explanations as batch-0.jsonl.gz in the layout Neuronpedia imports.",
+    )
+    ex.add_argument("action", choices=["import", "export"])
+    ex.add_argument("path", help="file or folder to import; folder to export into")
+    ex.add_argument("--db", required=True, help="feature database the explanations belong to")
+    ex.add_argument("--sae", required=True, help="SAE (its name in the database)")
+    ex.add_argument("--format", default="auto", choices=["auto", "neuronpedia", "delphi"], help="import format")
+    ex.add_argument("--layer", default=None, help="import: Neuronpedia source id to take from a file of several")
+    ex.add_argument("--module", default=None, help="import: delphi module to take from a folder of several")
+    ex.add_argument("--scorer", default="detection", help="import: delphi scorer whose accuracy is the score")
+    ex.add_argument("--model-id", default=None, help="export: Neuronpedia model id, e.g. gpt2-small")
+    ex.add_argument("--source-id", default=None, help="export: Neuronpedia source id (layer), e.g. 6-res-jb")
+    ex.add_argument("--author", default="sae-dashboard", help="export: creator / author id on the Neuronpedia side")
+    ex.add_argument(
+        "--store",
+        default=None,
+        help="explanations store (default: $SAE_DASHBOARD_EXPLANATIONS, else explanations.sqlite in the data folder)",
+    )
     return parser
 
 
@@ -221,6 +272,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "serve": cmd_serve,
     "labels": cmd_labels,
+    "explanations": cmd_explanations,
 }
 
 

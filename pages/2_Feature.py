@@ -73,7 +73,8 @@ def feature() -> None:
     live.steer_panel(db, sae, f, row)
 
     st.subheader("Label")
-    saved = labeling.verdict_form(db, sae, f, key="feat_label", who=who)
+    suggestion = feature_view.explanations_panel(db, sae, f)
+    saved = labeling.verdict_form(db, sae, f, key="feat_label", who=who, suggestion=suggestion)
     if saved:
         st.success(f"Saved: {saved}")
     labeling.history_panel(db, sae, f)

@@ -1,12 +1,17 @@
 """Find features whose top examples contain a token or a phrase."""
 
+from pathlib import Path
+
 import streamlit as st
 
 from backend.density import DENSE, is_dense
+from backend.explanations import store
 from backend.store import queries
 from ui import common
 
 common.setup("Search")
+
+SEARCH_IN = {"examples": "top examples", "explanations": "imported explanations"}
 
 
 @common.page
@@ -24,6 +29,10 @@ def search() -> None:
         placeholder="e.g. def, ), return the",
     )
     common.copy_link()
+    where = common.choice("in", SEARCH_IN, "Search in", "examples")
+    if where == "explanations":
+        _explanations(db, q, sae)
+        return
     if not q.strip():
         st.caption(
             "Matches the activating token exactly, or text anywhere in a top example's context (case-insensitive)."
@@ -45,6 +54,24 @@ def search() -> None:
             "density": st.column_config.NumberColumn(format="%.2e"),
             "dense": st.column_config.CheckboxColumn(f"dense (>{DENSE:.0%})"),
         },
+    )
+
+
+def _explanations(db: str, q: str, sae: str | None) -> None:
+
+    if not q.strip():
+        st.caption(
+            "Ranked full-text search (BM25, word stems) over explanations imported with `python -m backend "
+            "explanations import`; every word must match."
+        )
+        return
+    hits = store.search(store.location(), Path(db).name, q, sae)
+    st.markdown(f"**{len(hits)}** explanations" + (" (first 200)" if len(hits) == 200 else ""))
+    hits = hits.assign(open=[common.feature_url(s, f) for s, f in zip(hits["sae"], hits["feature"])])
+    st.dataframe(
+        hits[["open", "sae", "feature", "text", "source", "score"]],
+        hide_index=True,
+        column_config={"open": st.column_config.LinkColumn("", display_text="open")},
     )
 
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from backend.density import DENSE, format_density, is_dense, log10_density, resolution_floor
+from backend.errors import UserError
 from backend.examples import activation_share, dedupe_windows, equal_width_groups
+from backend.explanations import store
 from backend.store import queries
 from backend.store.schema import ExampleKind
 from ui import common, figures
-from ui.tokens import example_rows_html
+from ui.tokens import example_rows_html, md
 
 CSS = """<style>
 .ctx .tok { border-radius: 2px; padding: 0 1px; }
@@ -123,3 +127,23 @@ def summary(row: dict, n_features: int) -> pd.DataFrame:
             }
         ]
     )
+
+
+def explanations_panel(db: str, sae: str, f: int) -> str | None:
+    """Explanations imported from Neuronpedia or delphi, best score first; returns the first
+    one's text (the label form offers it as a starting description)."""
+
+    try:
+        df = store.for_feature(store.location(), Path(db).name, sae, f)
+    except UserError as e:
+        st.warning(md(e))
+        return None
+    if df.empty:
+        return None
+    st.markdown("**Imported explanations**")
+    st.dataframe(
+        df,
+        hide_index=True,
+        column_config={"score": st.column_config.NumberColumn(format="%.3f", help="the source's own score")},
+    )
+    return str(df["text"].iloc[0])

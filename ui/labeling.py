@@ -83,15 +83,24 @@ def store_warning(e: UserError) -> None:
 
 
 def verdict_form(
-    db_path: str, sae: str, feature: int, key: str, who: str | None, shortcuts: bool = False
+    db_path: str,
+    sae: str,
+    feature: int,
+    key: str,
+    who: str | None,
+    shortcuts: bool = False,
+    suggestion: str | None = None,
 ) -> str | None:
     """One click per verdict (keys 1, 2, 3 with `shortcuts`), optional description and
-    confidence. Returns the verdict saved; a failed save says why and keeps what was typed."""
+    confidence; `suggestion` (an imported explanation) starts the description box. Returns the
+    verdict saved; a failed save says why and keeps what was typed."""
     if not who:
         st.info("Enter your name in the sidebar to label.")
         return None
     if not write_allowed():
         return None
+    if suggestion and f"{key}_desc" not in st.session_state:
+        st.session_state[f"{key}_desc"] = suggestion[:2000]
     st.text_input(
         "Description (optional)",
         key=f"{key}_desc",

@@ -499,3 +499,26 @@ def sae_diagnostics(path: str, sae: str) -> dict:
     if df.empty:
         raise UserError(f"{sae} has no density diagnostics (computed by precompute since layout 7)")
     return df.iloc[0].to_dict()
+
+
+# ---- whole-SAE reads for export ----
+
+
+def top_examples_all(path: str, sae: str, n: int) -> pd.DataFrame:
+    """Every feature's n best top examples with their context token ids."""
+    s = sae_row(path, sae)
+    return _df(
+        path,
+        """SELECT e.feature, e.rank, e.acts,
+                  list_slice(q.tokens, e.ctx_start + 1, e.ctx_start + len(e.acts)) AS token_ids
+           FROM examples e JOIN sequences q ON q.run_id = ? AND q.seq = e.seq
+           WHERE e.sae = ? AND e.kind = 0 AND e.rank < ? ORDER BY e.feature, e.rank""",
+        [s["run_id"], sae, n],
+    )
+
+
+def sae_table(path: str, table: str, sae: str, order: str) -> pd.DataFrame:
+    """All rows of one SAE in a per-SAE table (token_effects, neighbours, features)."""
+    if table not in schema.SAE_TABLES:
+        raise UserError(f"no per-SAE table {table!r}")
+    return _df(path, f"SELECT * FROM {table} WHERE sae = ? ORDER BY {order}", [sae])
