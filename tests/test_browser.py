@@ -344,3 +344,27 @@ def test_probe_then_steer_in_the_browser(server, browser, minilm_in_server):
     _no_traceback(page)
     assert not alerts
     ctx.close()
+
+
+def test_density_clusters_and_verdict_histogram_render(server, browser):
+    import duckdb
+
+    from backend.labels import Label, add
+
+    base, data = server
+    con = duckdb.connect(str(data / "tiny.duckdb"), read_only=True)
+    run_id = con.execute("SELECT run_id FROM runs").fetchone()[0]
+    con.close()
+    add(str(data / "labels.sqlite"), Label("tiny.duckdb", run_id, "relu-b0", 21, "not interpretable", "cara"))
+    ctx, page = _page(browser)
+    page.goto(base + "/Clusters?db=tiny.duckdb&sae=relu-b0")
+    page.get_by_role("heading", name="Feature map").wait_for()
+    page.locator(".js-plotly-plot .scatterlayer, .js-plotly-plot canvas").first.wait_for()
+    page.get_by_role("heading", name=re.compile("low-density tail")).wait_for()
+    page.get_by_role("heading", name=re.compile("Dense features")).wait_for()
+    _no_traceback(page)
+    page.goto(base + "/Layer?db=tiny.duckdb&sae=relu-b0")
+    page.get_by_text("Density by verdict").wait_for()
+    page.locator(".js-plotly-plot .legendtext", has_text="not interpretable").first.wait_for()
+    _no_traceback(page)
+    ctx.close()
