@@ -264,9 +264,11 @@ def test_queue_takes_a_verdict_from_the_keyboard(server, browser):
     name.fill("kim")
     name.press("Enter")
     page.get_by_role("heading", name="Next feature").wait_for()
+    # the shortcut exists once its button is on the page (on a loaded machine, later than the heading)
+    page.get_by_role("button", name=re.compile("unsure")).first.wait_for()
     page.get_by_role("heading", name="Label queue").click()  # focus out of the text field
     page.keyboard.press("3")
-    page.get_by_text("Density was").wait_for()
+    page.get_by_text("Density was").wait_for(timeout=60_000)
     _no_traceback(page)
     from backend import labels
 
