@@ -119,6 +119,11 @@ def layer() -> None:
         st.markdown("**Density by verdict** (the team's labels of this SAE; each feature by its labelers' majority)")
         by_verdict = feats.merge(status[["feature", "label"]], on="feature", how="left")
         st.plotly_chart(figures.verdict_histogram(by_verdict, floor), key="verdicts")
+        n_labeled = int(by_verdict["label"].fillna("").ne("").sum())
+        st.caption(
+            f"{n_labeled:,} labeled of {len(feats):,} features; densities over {int(row['n_tokens']):,} tokens "
+            f"({FIRING_LABELS[firing]}). Dead features are not drawn."
+        )
     go = st.columns([1, 1, 4])
     target = go[0].number_input("Open feature #", 0, int(row["d_sae"]) - 1, step=1, key="w_goto")
     if go[1].button("Go to feature", key="goto"):

@@ -26,6 +26,7 @@ def clusters() -> None:
     df = queries.diagnostics(db, sae)
     status = labeling.status_table(db, sae)
     df = df.merge(status[["feature", "label"]], on="feature", how="left") if not status.empty else df.assign(label="")
+    df["label"] = df["label"].fillna("")
     n_tok = int(row["n_tokens"])
 
     st.subheader("Feature map")
