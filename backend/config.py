@@ -107,6 +107,11 @@ class PrecomputeConfig(InputConfig):
     """recompute a run that is already complete"""
     shard: str | None = None
     """'I/N': process every N-th sequence starting at I and save a partial state to merge later"""
+    workers: int = 0
+    """split the corpus into this many shards and run them as Ray tasks (one GPU each where there are GPUs),
+    then merge them into one run; 0 runs in this process without Ray"""
+    ray_address: str | None = None
+    """Ray cluster to use with --workers (e.g. ray://head:10001 or auto); default: start a local Ray"""
 
     def __post_init__(self):
         self._check_positive("context_len", "batch_size", "n_top", "n_buckets", "per_bucket", "recon_every")
@@ -122,6 +127,8 @@ class PrecomputeConfig(InputConfig):
             raise UserError("--context-len must be at least 4")
         if self.shard is not None:
             self.shard_index()
+        if self.workers < 0 or (self.workers and self.shard):
+            raise UserError("--workers must be >= 0, and cannot be combined with --shard")
 
     def shard_index(self) -> tuple[int, int] | None:
         if self.shard is None:
@@ -137,7 +144,8 @@ class PrecomputeConfig(InputConfig):
     def run_id(self) -> str:
         if self.run_name:
             return self.run_name
-        keyed = {k: v for k, v in asdict(self).items() if k not in ("db", "force", "shard", "run_name", "device")}
+        skip = ("db", "force", "shard", "run_name", "device", "workers", "ray_address")
+        keyed = {k: v for k, v in asdict(self).items() if k not in skip}
         digest = hashlib.sha1(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:8]
         return f"{self.model.split('/')[-1]}-{digest}"
 

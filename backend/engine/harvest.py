@@ -13,7 +13,7 @@ import math
 import queue
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 
 import numpy as np
@@ -133,6 +133,8 @@ class Harvest:
         self.token_file = token_file
         self._writer: pq.ParquetWriter | None = None
         self._special = special_mask(adapter.tokenizer).to(self.device)
+        self.progress: Callable[[int], None] | None = None
+        """tokens done, reported after each batch instead of this process's own bar (Ray workers)"""
 
     def spec(self, s: LoadedSAE) -> StatsSpec:
         c = self.cfg
@@ -206,11 +208,15 @@ class Harvest:
             desc="harvest",
             unit_scale=True,
             file=sys.stderr,
+            disable=self.progress is not None,
         )
         try:
             for seq_ids, content in _prefetch(_batches(self.cfg, self.adapter)):
                 self.step(seq_ids, content)
-                bar.update(len(seq_ids) * self.cfg.context_len)
+                n = len(seq_ids) * self.cfg.context_len
+                bar.update(n)
+                if self.progress is not None:
+                    self.progress(n)
         finally:
             bar.close()
             self.close()

@@ -121,6 +121,12 @@ def precompute(cfg: PrecomputeConfig, adapter: ModelAdapter | None = None, saes:
     """Run the whole precompute; returns the run id (or the shard state's path with --shard)."""
     if not cfg.saes and saes is None:
         raise UserError("no SAE given: pass --sae FOLDER or --release R --sae-id ID")
+    if cfg.workers:
+        if adapter is not None or saes is not None:
+            raise UserError("--workers loads the model and SAEs in each Ray worker: pass them by name, not as objects")
+        from backend.engine.distributed import precompute_ray
+
+        return precompute_ray(cfg)
     if saes is None:
         expand_sources(cfg.saes)  # unknown releases / ids / folders fail before the model loads
     if not cfg.shard:
