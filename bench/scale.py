@@ -1,0 +1,183 @@
+"""Cost at GPT-2-small width: a random-weight GPT-2-small-shaped HookedTransformer (12 layers,
+d_model 768, d_vocab 50,257, n_ctx 256) with one sae_lens SAE of 24,576 features per layer at
+blocks.L.hook_resid_pre (TopK k=32, or ReLU with encoder biases spread so densities span
+1e-5..1e-1), saved and reloaded in sae_lens's format; the corpus is CPython's docs through a
+byte-level BPE tokenizer trained here (padded to 50,257 ids: the hub's GPT-2 tokenizer cannot
+be downloaded on the machines this runs on).
+
+The precompute runs in a child process, so its peak RSS is the run's own (model and SAE weights
+included). Reported: tokens/s of the streaming pass, the final step's time, peak RSS, peak GPU
+memory with --device cuda, and the database's size.
+tokens/s is the streaming pass's without the final step and the splice sample, which do not
+grow with tokens.
+Last line: peak_rss_mb=<x> tokens_per_s=<y> db_mb=<z>
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _tokenizer(folder: Path, vocab: int):
+    from pydoc_data.topics import topics
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=8000, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tk.train_from_iterator([topics[k] for k in sorted(topics)], trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    tok.add_tokens([f"<pad{i}>" for i in range(vocab - len(tok))])  # the model's 50,257 ids all exist
+    tok.save_pretrained(folder / "tok")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder / "tok")  # TransformerLens wants the name_or_path this sets
+
+
+def _saes(folder: Path, layers: int, d_sae: int, arch: str) -> list:
+    import torch
+    from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    from backend.config import SAESource
+
+    out = []
+    for layer in range(layers):
+        hook = f"blocks.{layer}.hook_resid_pre"
+        torch.manual_seed(layer)
+        meta = SAEMetadata(hook_name=hook, context_size=128)
+        if arch == "topk":
+            sae = TopKSAE(TopKSAEConfig(d_in=768, d_sae=d_sae, k=32, metadata=meta))
+        else:
+            sae = StandardSAE(StandardSAEConfig(d_in=768, d_sae=d_sae, metadata=meta))
+        with torch.no_grad():
+            sae.W_enc.normal_(0, 768**-0.5)
+            sae.W_dec.copy_(sae.W_enc.T / sae.W_enc.T.norm(dim=1, keepdim=True))
+            if arch != "topk":  # biases from -4.3 to -1.3 sigma: densities from about 1e-5 to 1e-1
+                sae.b_enc.copy_(-torch.linspace(1.3, 4.3, d_sae)[torch.randperm(d_sae)])
+        sae.save_model(str(folder / f"{arch}-{layer}"))
+        out.append(SAESource(path=str(folder / f"{arch}-{layer}")))
+    return out
+
+
+def _run(args: dict, q) -> None:
+    """The child: build, precompute, report."""
+    import torch
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from backend.config import PrecomputeConfig
+    from backend.engine import pipeline, propagation
+    from backend.engine.models import HookedAdapter
+    from backend.engine.saes import load_saes
+
+    folder = Path(args["folder"])
+    tok = _tokenizer(folder, 50257)
+    cfg = HookedTransformerConfig(
+        n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, n_ctx=256, d_vocab=50257,
+        act_fn="gelu_new", normalization_type="LN", seed=0, device=args["device"],
+    )  # fmt: skip
+    adapter = HookedAdapter(HookedTransformer(cfg, tokenizer=tok).eval(), name="gpt2-small-shaped-random")
+    sources = _saes(folder, args["layers"], args["d_sae"], args["arch"])
+    saes = load_saes(sources, adapter, args["device"], "float32")
+    (folder / "corpus.txt").write_text(_corpus())
+    pc = PrecomputeConfig(
+        db=str(folder / "scale.duckdb"),
+        model="gpt2-small-shaped-random",
+        corpus=str(folder / "corpus.txt"),
+        n_tokens=args["n_tokens"],
+        context_len=128,
+        batch_size=args["batch_size"],
+        device=args["device"],
+        saes=sources,
+        run_name="scale",
+        splice_seqs=args["splice_seqs"],
+    )
+    times = {"splice": 0.0}
+    real = pipeline.finalize
+    real_update = propagation.Propagation.update
+
+    def timed_update(self, *a, **kw):
+        t = time.perf_counter()
+        real_update(self, *a, **kw)
+        if args["device"].startswith("cuda"):
+            torch.cuda.synchronize()
+        times["splice"] += time.perf_counter() - t
+
+    propagation.Propagation.update = timed_update
+
+    def timed_finalize(*a, **kw):
+        t = time.perf_counter()
+        out = real(*a, **kw)
+        times["finalize"] = time.perf_counter() - t
+        return out
+
+    pipeline.finalize = timed_finalize
+    if args["device"].startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    pipeline.precompute(pc, adapter, saes)
+    wall = time.perf_counter() - t
+    q.put(
+        {
+            "wall_s": wall,
+            "finalize_s": times.get("finalize", float("nan")),
+            "splice_s": times["splice"],
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "gpu_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if args["device"].startswith("cuda") else None,
+            "db_mb": os.path.getsize(pc.db) / 2**20,
+        }
+    )
+
+
+def _corpus() -> str:
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[k] for k in sorted(topics)) * 3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n-tokens", type=int, default=4096)
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--d-sae", type=int, default=24576)
+    ap.add_argument("--arch", default="topk", choices=["topk", "standard"])
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--splice-seqs", type=int, default=32, help="error-propagation sample (0: none)")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = mp.get_context("spawn")
+        q = ctx.Queue()
+        p = ctx.Process(target=_run, args=({**vars(args), "folder": tmp}, q))
+        p.start()
+        p.join()
+        if p.exitcode != 0:
+            raise SystemExit(f"the run failed (exit code {p.exitcode})")
+        r = q.get()
+    stream_s = r["wall_s"] - r["finalize_s"] - r["splice_s"]
+    tps = args.n_tokens / stream_s
+    print(
+        f"{args.layers} x {args.arch} SAEs of {args.d_sae:,} on {args.device}, {args.n_tokens:,} tokens: wall "
+        f"{r['wall_s']:.1f} s, of which the final step {r['finalize_s']:.1f} s and the splice sample "
+        f"({args.splice_seqs} sequences) {r['splice_s']:.1f} s; streaming pass without them {tps:,.0f} tokens/s"
+        + (f"; peak GPU memory {r['gpu_peak_mb']:,.0f} MB" if r["gpu_peak_mb"] is not None else "")
+    )
+    print(f"peak_rss_mb={r['peak_rss_mb']:.0f} tokens_per_s={tps:.0f} db_mb={r['db_mb']:.1f}")
+
+
+if __name__ == "__main__":
+    main()
