@@ -118,6 +118,8 @@ def _run(args: dict, q) -> None:
         times["splice"] += time.perf_counter() - t
 
     propagation.Propagation.update = timed_update
+    if args["splice_chunk"]:
+        propagation.Propagation.CHUNK = args["splice_chunk"]
 
     def timed_finalize(*a, **kw):
         t = time.perf_counter()
@@ -158,6 +160,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--splice-seqs", type=int, default=32, help="error-propagation sample (0: none)")
+    ap.add_argument("--splice-chunk", type=int, default=0, help="sequences spliced at a time (0: the engine's)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         ctx = mp.get_context("spawn")

@@ -103,7 +103,10 @@ def _brute_force(model, tokens, counted, saes):
     return resid, recon_rows, output
 
 
-def test_propagation_matches_transformer_lens_hooks(small_cfg, adapter, chain_saes, tmp_path):
+def test_propagation_matches_transformer_lens_hooks(small_cfg, adapter, chain_saes, tmp_path, monkeypatch):
+    from backend.engine.propagation import Propagation
+
+    monkeypatch.setattr(Propagation, "CHUNK", 2)  # the sample's batches go through in chunks: sums still add up
     cfg = _cfg(small_cfg, str(tmp_path / "p.duckdb"))
     precompute(cfg, adapter, chain_saes)
     seqs = _df(cfg.db, "SELECT tokens FROM sequences WHERE seq < 7 ORDER BY seq")

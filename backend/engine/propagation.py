@@ -144,10 +144,20 @@ class Propagation:
             for s in chain:
                 self.output[("compound", s.name)] = zero(3)
 
+    CHUNK = 8
+    """sequences spliced at a time: a causal model's logits for the output metric are
+    [rows, T, vocab] floats (50,257 wide for GPT-2), so the sample goes through in chunks"""
+
     @torch.no_grad()
     def update(self, tokens: torch.Tensor, clean: dict[str, torch.Tensor], mask: torch.Tensor) -> None:
         """One batch of the splice sample: tokens [b, T], clean activations at the run's hooks,
-        mask [b, T] of the tokens that count (special tokens excluded)."""
+        mask [b, T] of the tokens that count (special tokens excluded). Sums add up, so
+        chunking changes nothing but memory."""
+        for start in range(0, len(tokens), self.CHUNK):
+            rows = slice(start, start + self.CHUNK)
+            self._update(tokens[rows], {h: a[rows] for h, a in clean.items()}, mask[rows])
+
+    def _update(self, tokens: torch.Tensor, clean: dict[str, torch.Tensor], mask: torch.Tensor) -> None:
         m = mask.to(self.device, torch.float64)
         self.n_seqs += len(tokens)
         run = self.adapter.spliced_forward
