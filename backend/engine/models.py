@@ -198,10 +198,7 @@ class EncoderAdapter(ModelAdapter):
     def _finish(self, hidden: torch.Tensor, hook: str) -> torch.Tensor:
         """Run the layers after `hook` on a (patched) hidden state; mean-pool the output, which is
         the sentence embedding sentence-transformers uses for this model."""
-        for layer in self.model.encoder.layer[self._hidden_index(hook) :]:
-            out = layer(hidden)
-            hidden = out[0] if isinstance(out, tuple) else out
-        return hidden.mean(1)
+        return self.spliced_forward(None, {hook: hidden}, {}, [])[1]
 
     @torch.no_grad()
     def downstream(self, tokens, hook, sae) -> Downstream:

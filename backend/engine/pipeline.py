@@ -25,6 +25,7 @@ from backend.engine.models import ModelAdapter, load_model
 from backend.engine.saes import LoadedSAE, expand_sources, load_saes
 from backend.errors import UserError
 from backend.store import writes
+from backend.store.schema import SAE_TABLES
 
 
 def versions() -> dict:
@@ -54,22 +55,7 @@ def finalize(h: Harvest, token_files: list[str]) -> str:
     run_id = cfg.run_id()
     names = writes.unique_sae_names(cfg.db, run_id, [s.name for s in h.saes])
     effect_kind, matrix = adapter.token_effect_matrix()
-    rows, parts = (
-        [],
-        {
-            t: []
-            for t in (
-                "features",
-                "examples",
-                "token_effects",
-                "neighbours",
-                "position_error",
-                "density_hist",
-                "feature_diagnostics",
-                "sae_diagnostics",
-            )
-        },
-    )
+    rows, parts = [], {t: [] for t in SAE_TABLES}
     for s, name in tqdm(list(zip(h.saes, names)), desc="finalize", unit="sae", file=sys.stderr):
         st = h.stats[s.name]
         context = tables.train_context(s, cfg.sae_context)

@@ -162,6 +162,8 @@ class Propagation:
         self.n_seqs += len(tokens)
         run = self.adapter.spliced_forward
         _, clean_out = run(tokens, clean, {}, [])
+        n_tok = m.sum()
+        clean_sq = {h: (clean[h].double().pow(2).sum(-1) * m).sum() for h in self.hooks}  # the same for every splice
         alone = {}
         for s in self.saes:
             x_hat = splice_fn(s)(clean[s.hook])
@@ -170,11 +172,10 @@ class Propagation:
             alone[s.name] = (got, out)
             self._add_output(("alone", s.name), clean_out, out)
             for h, x_new in got.items():
-                x = clean[h].double()
                 cell = self.resid[(s.name, h)]
-                cell[0] += m.sum()
-                cell[1] += ((x_new.double() - x).pow(2).sum(-1) * m).sum()
-                cell[2] += (x.pow(2).sum(-1) * m).sum()
+                cell[0] += n_tok
+                cell[1] += ((x_new.double() - clean[h].double()).pow(2).sum(-1) * m).sum()
+                cell[2] += clean_sq[h]
                 for t in self.targets[s.name][h]:
                     self.recon[(s.name, t.name)].add(x_new, splice_fn(t)(x_new), m)
         for chain in self.chains.values():

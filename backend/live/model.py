@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from backend.config import SAESource
-from backend.engine.harvest import special_mask
+from backend.engine.harvest import n_special, special_mask
 from backend.engine.models import ModelAdapter, load_model
 from backend.engine.saes import LoadedSAE, load_saes
 from backend.errors import UserError
@@ -95,8 +95,7 @@ class Live:
         ids = self.adapter.tokenizer(text, add_special_tokens=False)["input_ids"]
         if not ids:
             raise UserError("the text has no tokens")
-        n_special = self.adapter.wrap(np.zeros((1, 1), dtype=np.int64))[0].shape[1] - 1
-        limit = self.limits.max_tokens - n_special
+        limit = self.limits.max_tokens - n_special(self.adapter)
         if len(ids) > limit:
             raise UserError(f"the text is {len(ids):,} tokens long; the limit is {limit:,} (plus special tokens)")
         tokens, _ = self.adapter.wrap(np.asarray([ids], dtype=np.int64))

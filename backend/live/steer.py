@@ -10,13 +10,13 @@ strength, and the nearest corpus sequences before and after.
 
 from __future__ import annotations
 
-import duckdb
 import numpy as np
 import pandas as pd
 import torch
 
 from backend.errors import UserError
 from backend.live.model import Live
+from backend.store import queries
 
 STRENGTHS = (-8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 8.0)
 """the grid of the loss / cosine curves, in multiples of the feature's max activation"""
@@ -128,16 +128,10 @@ def corpus_index(live: Live, db: str, run_id: str, n: int = 64, length: int = 12
     from, built on first use (about 3 s for the demo on 2 CPU cores)."""
 
     def build():
-        con = duckdb.connect(db, read_only=True)
-        try:
-            rows = con.execute(
-                "SELECT tokens FROM sequences WHERE run_id = ? ORDER BY seq LIMIT ?", [run_id, n]
-            ).fetchall()
-        finally:
-            con.close()
+        rows = queries.sequences_head(db, run_id, n)
         if not rows:
             raise UserError("this run stored no sequences to search")
-        toks = torch.as_tensor(np.array([r[0][:length] for r in rows]), dtype=torch.long)
+        toks = torch.as_tensor(np.array([r[:length] for r in rows]), dtype=torch.long)
         embs = []
         with live.using() as adapter:
             for chunk in toks.to(adapter.device).split(16):

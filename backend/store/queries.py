@@ -480,17 +480,14 @@ def sequences_head(path: str, run_id: str, n: int) -> list[np.ndarray]:
 
 @cached
 def diagnostics(path: str, sae: str) -> pd.DataFrame:
-    """Every feature of an SAE with its density and the engine.clusters diagnostics."""
-    df = _df(
+    """Every feature of an SAE (as `features` gives it) with the engine.clusters diagnostics."""
+    diag = _df(
         path,
-        """SELECT f.feature, f.count, f.max_act, f.top_tokens, d.map_x, d.map_y, d.tail_cos, d.pos_corr,
-                  d.anti_partner, d.anti_cos
-           FROM features f JOIN feature_diagnostics d USING (sae, feature) WHERE f.sae = ? ORDER BY f.feature""",
+        """SELECT feature, map_x, map_y, tail_cos, pos_corr, anti_partner, anti_cos
+           FROM feature_diagnostics WHERE sae = ? ORDER BY feature""",
         [sae],
     )
-    df["density"] = df["count"] / max(int(sae_row(path, sae)["n_tokens"]), 1)
-    df["log10_density"] = log10_density(df["density"].to_numpy())
-    return df
+    return features(path, sae).drop(columns="mean_act").merge(diag, on="feature")
 
 
 @cached

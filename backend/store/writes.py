@@ -176,15 +176,7 @@ def finish_run(
                 _insert(con, name, tables.get(name))
             # features.top_tokens is computed from the three tables written just above
             _insert_features(con, run_id, list(saes["sae"]), tables["features"])
-            for name in (
-                "token_effects",
-                "neighbours",
-                "position_error",
-                "density_hist",
-                "feature_diagnostics",
-                "sae_diagnostics",
-                *PROPAGATION_TABLES,
-            ):
+            for name in (*(t for t in SAE_TABLES if t not in ("examples", "features")), *PROPAGATION_TABLES):
                 _insert(con, name, tables.get(name))
             sets = ", ".join(f"{k} = ?" for k in run_fields)
             con.execute(
