@@ -1,5 +1,6 @@
 """Probe: type text, see which features of every SAE fire on it, shade it by one of them."""
 
+import pandas as pd
 import streamlit as st
 
 from backend.density import DENSE, is_dense
@@ -89,8 +90,6 @@ def probe_page() -> None:
 
 
 def _summary(p, by: str):
-    import pandas as pd
-
     rows = []
     for name in p.codes:
         t = top_features(p, name, by, n=3)
