@@ -236,3 +236,48 @@ def app_runner(data_dir, monkeypatch):
         return at.run()
 
     return make
+
+
+def save_tiny_gpt2(folder: Path, tokenizer_dir: str) -> str:
+    """A tiny random GPT-2 saved as a Hugging Face folder (loadable by name in any process, as a
+    hub model would be); returns its `--model` value, hf:FOLDER."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    cfg = GPT2Config(
+        n_layer=2,
+        n_embd=16,
+        n_head=4,
+        n_positions=64,
+        vocab_size=len(tok),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    GPT2LMHeadModel(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return f"hf:{folder}"
+
+
+def build_minilm_db(db: Path, sae_folder: Path, n_tokens: int = 64 * 24) -> str:
+    """A small database over the embedded MiniLM and one TopK SAE (saved in sae_lens's format at
+    `sae_folder`) at blocks.2.hook_resid_post, under run id "mini"."""
+    from backend.config import PrecomputeConfig, SAESource
+    from backend.engine.pipeline import precompute
+
+    make_sae("topk", "blocks.2.hook_resid_post", d_in=384, d_sae=256, seed=3).save_model(str(sae_folder))
+    precompute(
+        PrecomputeConfig(
+            db=str(db),
+            model="embedded",
+            corpus="embedded:heldout",
+            n_tokens=n_tokens,
+            context_len=64,
+            batch_size=8,
+            splice_seqs=2,
+            downstream_seqs=2,
+            run_name="mini",
+            saes=[SAESource(path=str(sae_folder))],
+        )
+    )
+    return str(db)

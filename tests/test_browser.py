@@ -297,27 +297,10 @@ def test_propagation_cell_opens_the_spliced_saes_layer_page(server, browser):
 def minilm_in_server(server, tmp_path_factory):
     """A MiniLM database (the embedded model, one SAE saved in sae_lens's format) beside the
     tiny one, so the live model can be loaded from what it recorded."""
-    from backend.config import PrecomputeConfig, SAESource
-    from backend.engine.pipeline import precompute
-    from tests.conftest import make_sae
+    from tests.conftest import build_minilm_db
 
     _, data = server
-    folder = tmp_path_factory.mktemp("live-sae") / "sae-b2"
-    make_sae("topk", "blocks.2.hook_resid_post", d_in=384, d_sae=256, seed=3).save_model(str(folder))
-    precompute(
-        PrecomputeConfig(
-            db=str(data / "mini.duckdb"),
-            model="embedded",
-            corpus="embedded:heldout",
-            n_tokens=64 * 16,
-            context_len=64,
-            batch_size=8,
-            splice_seqs=2,
-            downstream_seqs=2,
-            run_name="mini",
-            saes=[SAESource(path=str(folder))],
-        )
-    )
+    build_minilm_db(data / "mini.duckdb", tmp_path_factory.mktemp("live-sae") / "sae-b2", n_tokens=64 * 16)
     return "mini.duckdb"
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from backend.errors import UserError
-from tests.conftest import make_sae
+from tests.conftest import build_minilm_db, make_sae, save_tiny_gpt2
 
 pytestmark = pytest.mark.integration
 
@@ -106,25 +106,9 @@ def test_bad_requests_are_messages(tiny_live, loaded_saes):
 @pytest.fixture(scope="module")
 def minilm_db(tmp_path_factory):
     """A small database over the embedded MiniLM and one TopK SAE saved in sae_lens's format."""
-    from backend.config import PrecomputeConfig, SAESource
-    from backend.engine.pipeline import precompute
-
     root = tmp_path_factory.mktemp("minilm")
     (root / "data").mkdir()
-    make_sae("topk", "blocks.2.hook_resid_post", d_in=384, d_sae=256, seed=3).save_model(str(root / "sae-b2"))
-    cfg = PrecomputeConfig(
-        db=str(root / "data" / "mini.duckdb"),
-        model="embedded",
-        corpus="embedded:heldout",
-        n_tokens=64 * 24,
-        context_len=64,
-        batch_size=8,
-        splice_seqs=2,
-        downstream_seqs=2,
-        run_name="mini",
-        saes=[SAESource(path=str(root / "sae-b2"))],
-    )
-    precompute(cfg)
+    build_minilm_db(root / "data" / "mini.duckdb", root / "sae-b2")
     return root
 
 
@@ -303,24 +287,18 @@ def test_feature_page_steers_a_causal_model(tmp_path, tokenizer_dir, corpus_file
     """The causal panels end to end: a tiny random GPT-2 saved locally (loaded again through
     sae_lens's Hugging Face path, as the precompute loaded it), greedy and sampled continuations,
     next-token shifts and the loss curve."""
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
-
     from backend.config import PrecomputeConfig, SAESource
     from backend.engine.pipeline import precompute
     from tests.conftest import app_runner
 
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    torch.manual_seed(0)
-    cfg = GPT2Config(n_layer=2, n_embd=16, n_head=4, n_positions=64, vocab_size=len(tok))
-    GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "gpt")
-    tok.save_pretrained(tmp_path / "gpt")
+    model = save_tiny_gpt2(tmp_path / "gpt", tokenizer_dir)
     make_sae("topk", "transformer.h.0").save_model(str(tmp_path / "sae-h0"))
     data = tmp_path / "data"
     data.mkdir()
     precompute(
         PrecomputeConfig(
             db=str(data / "gpt.duckdb"),
-            model=f"hf:{tmp_path / 'gpt'}",
+            model=model,
             corpus=corpus_file,
             n_tokens=256,
             context_len=32,

@@ -14,7 +14,7 @@ import torch
 
 from backend.engine.pipeline import merge_states, precompute
 from backend.errors import UserError
-from tests.conftest import make_sae, repo_root, run_backend
+from tests.conftest import make_sae, repo_root, run_backend, save_tiny_gpt2
 
 pytestmark = pytest.mark.integration
 
@@ -396,28 +396,13 @@ def test_info_cli_prints_runs_and_metrics(small_cfg, adapter, loaded_saes):
 
 def test_hf_causal_lm_through_sae_lens(tmp_path, tokenizer_dir, corpus_file):
     """The AutoModelForCausalLM path (sae_lens's HookedProxyLM) on a tiny random GPT-2 saved locally."""
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
-
     from backend.config import PrecomputeConfig, SAESource
 
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    torch.manual_seed(0)
-    GPT2LMHeadModel(
-        GPT2Config(
-            n_layer=2,
-            n_embd=16,
-            n_head=4,
-            n_positions=64,
-            vocab_size=len(tok),
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-        )
-    ).save_pretrained(tmp_path / "gpt")
-    tok.save_pretrained(tmp_path / "gpt")
+    model = save_tiny_gpt2(tmp_path / "gpt", tokenizer_dir)
     make_sae("topk", "transformer.h.0").save_model(str(tmp_path / "sae"))
     cfg = PrecomputeConfig(
         db=str(tmp_path / "hf.duckdb"),
-        model=f"hf:{tmp_path / 'gpt'}",
+        model=model,
         corpus=corpus_file,
         n_tokens=256,
         context_len=32,

@@ -13,9 +13,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
-from tests.conftest import make_sae
+from tests.conftest import make_sae, save_tiny_gpt2
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -34,15 +33,8 @@ TABLES = (
 def gpt_inputs(tmp_path_factory, tokenizer_dir):
     """A tiny random GPT-2 saved as a Hugging Face folder and two SAEs: loadable by name in any
     worker process, as a real model would be."""
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
-
     root = tmp_path_factory.mktemp("ray")
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=16, n_head=4, n_positions=64, vocab_size=len(tok))).save_pretrained(
-        root / "gpt"
-    )
-    tok.save_pretrained(root / "gpt")
+    save_tiny_gpt2(root / "gpt", tokenizer_dir)
     make_sae("topk", "transformer.h.0", seed=1).save_model(str(root / "sae-h0"))
     make_sae("standard", "transformer.h.1", seed=2).save_model(str(root / "sae-h1"))
     return root
