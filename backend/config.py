@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 
 from backend.errors import UserError
@@ -86,12 +87,12 @@ class PrecomputeConfig(InputConfig):
     sae_context: int | None = None
     """context length the SAEs were trained on, for SAEs whose sae_lens config does not record one
     (cfg.metadata.context_size): reconstruction is then reported inside and beyond it"""
-    downstream_seqs: int = 16
-    """sequences numbered below this are the sample on which each SAE is spliced into the model
-    (CE loss / cosine recovered); a global rule, so shards splice the same sequences as one pass"""
-    splice_seqs: int = 32
-    """sequences numbered below this are the sample on which each SAE is spliced in and its error followed
-    through the later hooks and to the output (the Layers page); 0 skips it"""
+    splice_seqs: int | None = None
+    """sequences numbered below this are the sample on which each SAE is spliced into the model: CE loss /
+    cosine recovered, and its error followed through the later hooks and to the output (the Layers page);
+    a global rule, so shards splice the same sequences as one pass; 0 skips it. Default: a 32nd of the
+    run's sequences, between 1 and 32 (32 for a whole corpus): each spliced sequence ends in a full
+    vocabulary's logits once per SAE and more, so a fixed 32 would dominate a small run"""
     tail_below: float | None = None
     """density below which a feature counts as the low-density tail for the shared-direction diagnostic;
     default: the valley between the layer's low-density mode and its main mode (else 1e-5)"""
@@ -115,8 +116,11 @@ class PrecomputeConfig(InputConfig):
 
     def __post_init__(self):
         self._check_positive("context_len", "batch_size", "n_top", "n_buckets", "per_bucket", "recon_every")
-        if self.splice_seqs < 0 or self.downstream_seqs < 0:
-            raise UserError("--splice-seqs and --downstream-seqs must be >= 0")
+        if self.splice_seqs is None:
+            n_seqs = math.ceil(self.n_tokens / self.context_len) if self.n_tokens > 0 else None
+            self.splice_seqs = min(32, max(1, math.ceil(n_seqs / 32))) if n_seqs else 32
+        if self.splice_seqs < 0:
+            raise UserError("--splice-seqs must be >= 0")
         if self.n_tokens < 0:
             raise UserError(f"--n-tokens must be positive, or 0 for the whole corpus; got {self.n_tokens}")
         if self.dtype not in DTYPES:

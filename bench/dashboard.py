@@ -179,17 +179,26 @@ def main() -> None:
         print(f"building {path} ...", file=sys.stderr)
         build(path, args.layers, args.d_sae, args.examples, window=33)
         print(f"built in {time.perf_counter() - t:.0f} s, {path.stat().st_size / 1e9:.2f} GB", file=sys.stderr)
+    p95, layer_s = latencies(path, args.samples)
+    print(f"feature_p95_ms={p95:.1f} layer_page_s={layer_s:.2f}")
+
+
+def latencies(path: Path, samples: int = 100, layer_runs: int = 5) -> tuple[float, float]:
+    """(feature drilldown p95 in ms, Layer page median in s) on the database at `path` (the run
+    of its first SAE, if it holds several); prints the details."""
     db = str(path)
     os.environ["SAE_DASHBOARD_DATA"] = str(path.parent.resolve())
     rng = np.random.default_rng(1)
-    sae_names = list(queries.saes(db)["sae"])
+    saes = queries.saes(db)
+    saes = saes[saes["run_id"] == saes["run_id"].iloc[0]]
+    sae_names, run_id, d_sae = list(saes["sae"]), saes["run_id"].iloc[0], int(saes["d_sae"].iloc[0])
 
     times = []
-    for _ in range(args.samples):
+    for _ in range(samples):
         queries.clear_caches()
         queries.saes(db)  # the SAE list is loaded once per app start, not per feature
-        queries.vocab(db, "synthetic")
-        sae, f = sae_names[rng.integers(len(sae_names))], int(rng.integers(args.d_sae))
+        queries.vocab(db, run_id)
+        sae, f = sae_names[rng.integers(len(sae_names))], int(rng.integers(d_sae))
         t = time.perf_counter()
         queries.feature(db, sae, f)
         queries.examples(db, sae, f)
@@ -202,27 +211,27 @@ def main() -> None:
     from streamlit.testing.v1 import AppTest
 
     # One app, started once (as a server would be); each timed run opens another SAE's Layer page
-    # with cold query caches: the DuckDB reads, the histogram, and the 24,576-row table.
+    # with cold query caches: the DuckDB reads, the histogram, and the d_sae-row table.
     at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120)
     at.switch_page("pages/1_Layer.py")
     at.query_params["db"] = path.name
     at.query_params["sae"] = sae_names[-1]
     at.run()
     page_times = []
-    for sae in sae_names[:5]:
+    for sae in sae_names[:layer_runs]:
         queries.clear_caches()
         at.query_params["sae"] = sae
         t = time.perf_counter()
         at.run()
         page_times.append(time.perf_counter() - t)
         assert not at.exception, [e.value for e in at.exception]
-        assert len(at.dataframe[0].value) == args.d_sae
+        assert len(at.dataframe[0].value) == d_sae
     layer_s = statistics.median(page_times)
     print(
-        f"layer page (AppTest rerun, cold query caches, {args.d_sae:,} rows): median {layer_s:.2f} s, "
+        f"layer page (AppTest rerun, cold query caches, {d_sae:,} rows): median {layer_s:.2f} s, "
         f"runs {', '.join(f'{t:.2f}' for t in page_times)}"
     )
-    print(f"feature_p95_ms={p95:.1f} layer_page_s={layer_s:.2f}")
+    return p95, layer_s
 
 
 CHROMIUM_ARGS = [

@@ -7,6 +7,11 @@ windows, downstream splicing, token effects, neighbours and the DuckDB write. Th
 three (`finalize`) and the downstream splice do not grow with tokens, so the ratio falls as
 --n-tokens grows (about 5 s of such fixed cost on a 2-core CPU); the "streaming pass" line
 leaves `finalize` out.
+
+`--setting small` measures exactly those fixed costs: a 2-layer d_model-256 random
+HookedTransformer (d_vocab 30,522, byte-level BPE trained on CPython's docs and padded) with
+one ReLU SAE 256 -> 4,096 at blocks.1.hook_resid_pre, its encoder biases set from the model's
+own activations so each feature fires on about 1% of tokens, 256 sequences x 128 tokens.
 Last line: overhead_ratio=<x> tokens_per_s=<y>
 """
 
@@ -52,8 +57,40 @@ def random_saes(folder: Path, hooks: list[str], d_in: int, d_sae: int, arch: str
     return out
 
 
+def small_setting(folder: Path, device: str):
+    """The fixed-cost setting (see the module docstring): the adapter and the SAE's folder."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+    from scale import _corpus, _tokenizer
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from backend.engine.models import HookedAdapter
+
+    tok = _tokenizer(folder, 30522)
+    cfg = HookedTransformerConfig(
+        n_layers=2, d_model=256, n_heads=4, d_head=64, d_mlp=1024, n_ctx=128, d_vocab=30522,
+        act_fn="gelu_new", normalization_type="LN", seed=0, device=device,
+    )  # fmt: skip
+    adapter = HookedAdapter(HookedTransformer(cfg, tokenizer=tok).eval(), name="small-random")
+    hook = "blocks.1.hook_resid_pre"
+    torch.manual_seed(0)
+    sae = StandardSAE(StandardSAEConfig(d_in=256, d_sae=4096, metadata=SAEMetadata(hook_name=hook)))
+    text = _corpus()[:200_000]
+    ids = torch.tensor(tok(text)["input_ids"][: 16 * 127]).view(16, 127)
+    with torch.no_grad():
+        sae.W_enc.normal_(0, 256**-0.5)
+        sae.W_dec.copy_(sae.W_enc.T / sae.W_enc.T.norm(dim=1, keepdim=True))
+        x = adapter.activations(adapter.wrap(ids.numpy())[0], [hook])[hook].reshape(-1, 256).cpu()
+        pre = (x - sae.b_dec) @ sae.W_enc  # each feature's threshold: its 99th percentile here
+        sae.b_enc.copy_(-torch.quantile(pre, 0.99, dim=0))
+    sae.save_model(str(folder / "relu-4096"))
+    (folder / "corpus.txt").write_text(_corpus())
+    return adapter, [SAESource(path=str(folder / "relu-4096"))], str(folder / "corpus.txt")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--setting", choices=["demo", "small"], default="demo", help="small: the fixed-cost setting")
     ap.add_argument("--model", default="embedded")
     ap.add_argument("--sae", action="append", default=[], help="SAE folders (default: demo SAEs, else random ones)")
     ap.add_argument("--d-sae", type=int, default=1536, help="width of random SAEs")
@@ -71,8 +108,14 @@ def main() -> None:
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-precompute-"))
-    adapter = load_model(args.model, args.device)
-    if args.sae:
+    if args.setting == "small":
+        adapter, sources, args.corpus = small_setting(tmp, args.device)
+        args.model, args.n_tokens, args.context_len, args.batch_size = adapter.name, 256 * 128, 128, 32
+    else:
+        adapter = load_model(args.model, args.device)
+    if args.setting == "small":
+        pass
+    elif args.sae:
         sources = [SAESource(path=p) for p in args.sae]
     elif args.model == "embedded" and Path("data/demo-saes").is_dir():
         sources = [

@@ -7,7 +7,11 @@ be downloaded on the machines this runs on).
 
 The precompute runs in a child process, so its peak RSS is the run's own (model and SAE weights
 included). Reported: tokens/s of the streaming pass, the final step's time, peak RSS, peak GPU
-memory with --device cuda, and the database's size.
+memory with --device cuda, the database's size, and bench/dashboard.py's latencies (a feature's
+drilldown queries, the Layer page) on the database the run wrote.
+The splice sample (--splice-seqs) costs about 11 s per sequence on a 2-core CPU at this width
+(12 SAEs each read the stream perturbed by every shallower one, and each splice ends in 50,257
+logits), so the default is 32 sequences on a GPU and 4 on a CPU.
 tokens/s is the streaming pass's without the final step and the splice sample, which do not
 grow with tokens.
 Last line: peak_rss_mb=<x> tokens_per_s=<y> db_mb=<z>
@@ -159,9 +163,14 @@ def main() -> None:
     ap.add_argument("--arch", default="topk", choices=["topk", "standard"])
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--splice-seqs", type=int, default=32, help="error-propagation sample (0: none)")
+    ap.add_argument(
+        "--splice-seqs", type=int, default=None, help="splice sample (0: none; default: 32 on cuda, 4 on cpu)"
+    )
     ap.add_argument("--splice-chunk", type=int, default=0, help="sequences spliced at a time (0: the engine's)")
+    ap.add_argument("--samples", type=int, default=100, help="features whose drilldown is timed")
     args = ap.parse_args()
+    if args.splice_seqs is None:
+        args.splice_seqs = 32 if args.device.startswith("cuda") else 4
     with tempfile.TemporaryDirectory() as tmp:
         ctx = mp.get_context("spawn")
         q = ctx.Queue()
@@ -171,6 +180,9 @@ def main() -> None:
         if p.exitcode != 0:
             raise SystemExit(f"the run failed (exit code {p.exitcode})")
         r = q.get()
+        from dashboard import latencies
+
+        p95, layer_s = latencies(Path(tmp) / "scale.duckdb", args.samples)
     stream_s = r["wall_s"] - r["finalize_s"] - r["splice_s"]
     tps = args.n_tokens / stream_s
     print(
@@ -179,6 +191,7 @@ def main() -> None:
         f"({args.splice_seqs} sequences) {r['splice_s']:.1f} s; streaming pass without them {tps:,.0f} tokens/s"
         + (f"; peak GPU memory {r['gpu_peak_mb']:,.0f} MB" if r["gpu_peak_mb"] is not None else "")
     )
+    print(f"dashboard on this database: feature_p95_ms={p95:.1f} layer_page_s={layer_s:.2f}")
     print(f"peak_rss_mb={r['peak_rss_mb']:.0f} tokens_per_s={tps:.0f} db_mb={r['db_mb']:.1f}")
 
 

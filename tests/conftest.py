@@ -148,9 +148,7 @@ def tiny_config(db: str, corpus: str, sae_dirs: dict[str, str], **overrides):
 @pytest.fixture()
 def small_cfg(tmp_path, corpus_file, sae_dirs):
     def make(**kw):
-        base = dict(
-            db=str(tmp_path / "f.duckdb"), corpus=corpus_file, n_tokens=24 * 32, batch_size=5, downstream_seqs=4
-        )
+        base = dict(db=str(tmp_path / "f.duckdb"), corpus=corpus_file, n_tokens=24 * 32, batch_size=5, splice_seqs=4)
         base.update(kw)
         return tiny_config(sae_dirs=sae_dirs, **base)
 
@@ -275,7 +273,6 @@ def build_minilm_db(db: Path, sae_folder: Path, n_tokens: int = 64 * 24) -> str:
             context_len=64,
             batch_size=8,
             splice_seqs=2,
-            downstream_seqs=2,
             run_name="mini",
             saes=[SAESource(path=str(sae_folder))],
         )

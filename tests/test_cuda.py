@@ -57,7 +57,6 @@ def test_precompute_on_cuda_equals_cpu(tmp_path, corpus_file, sae_dirs, tiny_mod
             device=device,
             recon_every=1,
             splice_seqs=6,
-            downstream_seqs=5,
             sae_context=16,
         )
         precompute(cfg, adapter, saes)

@@ -86,6 +86,7 @@ def _brute_force(model, tokens, counted, saes):
             with model.hooks(fwd_hooks=[(s.hook, recon(s.name))]):
                 _, spliced = model.run_with_cache(tokens)
             output[("alone", s.name)] = (clean_loss, loss([(s.hook, recon(s.name))]))
+            output[("ablated", s.name)] = (clean_loss, loss([(s.hook, lambda x, hook: torch.zeros_like(x))]))
             for h in sorted(set(hook_of.values()), key=hook_depth):
                 if not (h == s.hook or hook_depth(h) > hook_depth(s.hook)):
                     continue
@@ -148,6 +149,24 @@ def test_propagation_matches_transformer_lens_hooks(small_cfg, adapter, chain_sa
     compound = got[got["mode"] == "compound"].set_index("sae")
     assert compound.loc["relu-post1", "n_spliced"] == 3 and compound.loc["topk-post1", "n_spliced"] == 2
 
+    # the saes table's CE loss recovered is sae_lens's own get_recons_loss on the same sample
+    from sae_lens.evals import get_recons_loss
+    from sae_lens.training.activation_scaler import ActivationScaler
+
+    saes = _df(cfg.db, "SELECT * FROM saes").set_index("sae")
+    assert set(saes["downstream_metric"]) == {"ce_loss_recovered"}
+    for s in chain_saes:
+        with torch.no_grad():
+            kw = dict(compute_kl=False, compute_ce_loss=True, hook_name=s.hook)
+            r = get_recons_loss(s.sae, adapter.model, ActivationScaler(), tokens, **kw)
+        keys = ("ce_loss_without_sae", "ce_loss_with_sae", "ce_loss_with_ablation")
+        want = [float(r[k].double().mean()) for k in keys]
+        row = saes.loc[s.name]
+        got_ = [row.downstream_clean, row.downstream_spliced, row.downstream_ablated]
+        assert got_ == pytest.approx(want, rel=1e-5), s.name
+        value = (want[2] - want[1]) / (want[2] - want[0])
+        assert row.downstream_value == pytest.approx(value, rel=1e-4, abs=1e-6), s.name
+
 
 def test_propagation_shards_merge_to_one_pass(small_cfg, adapter, chain_saes, tmp_path):
     one = _cfg(small_cfg, str(tmp_path / "one.duckdb"))
@@ -193,7 +212,7 @@ def test_one_hook_run_completes_with_what_applies(small_cfg, adapter, tmp_path_f
         ("b", "blocks.1.hook_resid_pre"),
     ]
     assert len(_df(cfg.db, "SELECT * FROM propagation_recon")) == 2
-    assert list(_df(cfg.db, "SELECT DISTINCT mode FROM splice_output")["mode"]) == ["alone"]
+    assert set(_df(cfg.db, "SELECT DISTINCT mode FROM splice_output")["mode"]) == {"alone", "ablated"}
 
 
 def test_no_splice_sample_writes_no_rows(small_cfg, adapter, chain_saes, tmp_path):

@@ -52,7 +52,6 @@ def _cfg(root, corpus, db, **kw):
         batch_size=4,
         n_top=5,
         splice_seqs=6,
-        downstream_seqs=5,
         run_name="r",
         saes=[SAESource(path=str(root / "sae-h0")), SAESource(path=str(root / "sae-h1"))],
         **kw,

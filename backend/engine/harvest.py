@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from backend.config import PrecomputeConfig
 from backend.engine.corpus import documents, token_contexts
-from backend.engine.models import Downstream, ModelAdapter
+from backend.engine.models import ModelAdapter
 from backend.engine.propagation import Propagation
 from backend.engine.saes import LoadedSAE
 from backend.engine.stats import FeatureStats, StatsSpec
@@ -120,13 +120,12 @@ def recon_rows(seq_ids: np.ndarray, cfg: PrecomputeConfig, device: torch.device)
 
 
 class Harvest:
-    """State of one pass: per-SAE statistics, downstream figures, the token file."""
+    """State of one pass: per-SAE statistics, the splice sample's sums, the token file."""
 
     def __init__(self, cfg: PrecomputeConfig, adapter: ModelAdapter, saes: list[LoadedSAE], token_file: str):
         self.cfg, self.adapter, self.saes = cfg, adapter, saes
         self.device = torch.device(cfg.device)
         self.stats = {s.name: FeatureStats(self.spec(s), self.device) for s in saes}
-        self.downstream: dict[str, list[tuple[Downstream, int]]] = {s.name: [] for s in saes}
         self.hooks = sorted({s.hook for s in saes})
         self.propagation = Propagation(adapter, saes, self.device)
         self.n_seqs = 0
@@ -165,17 +164,16 @@ class Harvest:
             x = acts[s.hook].to(s.sae.dtype)
             codes, chosen = s.encode(x)
             st = self.stats[s.name]
+            # (update zeroes the codes of masked tokens, which update_recon leaves out anyway)
+            nz = st.update(codes, seq_t, mask, chosen)
             if recon is not None:  # a slice(None) indexes as a view, with no copy
-                rows = None if chosen is None else (chosen[0][recon], chosen[1][recon])
-                st.update_recon(x[recon], s.decode(codes[recon], rows), mask[recon])
-            st.update(codes, seq_t, mask, chosen)
-        spliced = np.flatnonzero(np.asarray(seq_ids) < self.cfg.downstream_seqs)
-        if spliced.size:  # a global rule, so one pass and any set of shards splice the same sequences
-            sub = tokens[torch.as_tensor(spliced, device=tokens.device)]
-            for s, d in zip(self.saes, self.adapter.downstream_all(sub, [(s.hook, s.sae) for s in self.saes])):
-                self.downstream[s.name].append((d, len(sub)))
+                if chosen is None and s.sparse_decode and isinstance(recon, slice):
+                    x_hat = s.decode_nonzeros(nz.row, nz.feature, nz.value, codes.shape[:-1])
+                else:
+                    x_hat = s.decode(codes[recon], None if chosen is None else (chosen[0][recon], chosen[1][recon]))
+                st.update_recon(x[recon], x_hat, mask[recon])
         sample = np.flatnonzero(np.asarray(seq_ids) < self.cfg.splice_seqs)
-        if sample.size:  # the same kind of global rule, for error propagation
+        if sample.size:  # a global rule, so one pass and any set of shards splice the same sequences
             rows = torch.as_tensor(sample, device=tokens.device)
             self.propagation.update(tokens[rows], {h: a[rows] for h, a in acts.items()}, mask[rows.to(mask.device)])
         self._write_tokens(seq_ids, tokens.cpu().numpy())
@@ -237,14 +235,11 @@ class Harvest:
             "config": asdict(self.cfg),
             "n_seqs": self.n_seqs,
             "stats": {k: v.state_dict() for k, v in self.stats.items()},
-            "downstream": {k: [(asdict(d), n) for d, n in v] for k, v in self.downstream.items()},
             "propagation": self.propagation.state_dict(),
         }
 
     def merge_state(self, d: dict) -> None:
         for name, sd in d["stats"].items():
             self.stats[name].merge(FeatureStats.from_state_dict(sd, self.device))
-        for name, ds in d["downstream"].items():
-            self.downstream[name] += [(Downstream(**x), n) for x, n in ds]
         self.propagation.merge_state(d["propagation"])
         self.n_seqs += d["n_seqs"]

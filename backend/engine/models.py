@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -34,21 +33,11 @@ def hook_depth(hook: str) -> float:
     return layer + {"pre": -0.5, "mid": 0.0, "post": 0.5}[where]
 
 
-@dataclass
-class Downstream:
-    """Effect of splicing an SAE's reconstruction into the model, on a few batches."""
-
-    name: str  # "ce_loss_recovered" or "cosine_recovered"
-    value: float
-    clean: float
-    spliced: float
-    ablated: float
-
-
 def recovered(name: str, clean: float, spliced: float, ablated: float) -> float:
     """How much of the clean model the spliced one keeps, relative to zero-ablating the hook
-    (1 = all, 0 = no better than ablation). Computed from means over all sampled sequences, so
-    shards and batches that split the sample differently give the same figure."""
+    (1 = all, 0 = no better than ablation). Computed from means over the whole splice sample, so
+    shards and batches that split the sample differently give the same figure. `name` is
+    "ce_loss_recovered" or "cosine_recovered"."""
     if name == "ce_loss_recovered":
         return (ablated - spliced) / (ablated - clean) if ablated != clean else float("nan")
     return (spliced - ablated) / (clean - ablated) if clean != ablated else float("nan")
@@ -74,13 +63,6 @@ class ModelAdapter:
 
     def activations(self, tokens: torch.Tensor, hooks: list[str]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
-
-    def downstream(self, tokens: torch.Tensor, hook: str, sae) -> Downstream:
-        raise NotImplementedError
-
-    def downstream_all(self, tokens: torch.Tensor, pairs: list[tuple[str, object]]) -> list[Downstream]:
-        """Downstream figures for several (hook, SAE) pairs on the same tokens."""
-        return [self.downstream(tokens, hook, sae) for hook, sae in pairs]
 
     def spliced_forward(
         self,
@@ -142,19 +124,13 @@ def _replace_hook(f: Callable[[torch.Tensor], torch.Tensor]):
 
 
 def per_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy at every position but the last, [B, T-1], in float32."""
-    B, T, V = logits.shape
-    flat = logits[:, :-1].reshape(-1, V).float()
-    return torch.nn.functional.cross_entropy(flat, tokens[:, 1:].reshape(-1), reduction="none").view(B, T - 1)
-
-
-def _splice_hook(sae, mode: str):
-    def hook(x):
-        if mode == "zero":
-            return torch.zeros_like(x)
-        return sae.decode(sae.encode(x.to(sae.dtype))).to(x.dtype)
-
-    return hook
+    """Next-token cross-entropy at every position but the last, [B, T-1], in float32: the
+    logsumexp less the target's logit, which spares cross_entropy's copy of the logits (for
+    GPT-2, 50,257 floats a token)."""
+    lg = logits[:, :-1]
+    if lg.dtype != torch.float32:
+        lg = lg.float()
+    return torch.logsumexp(lg, -1) - lg.gather(-1, tokens[:, 1:, None]).squeeze(-1)
 
 
 class EncoderAdapter(ModelAdapter):
@@ -199,30 +175,6 @@ class EncoderAdapter(ModelAdapter):
         """Run the layers after `hook` on a (patched) hidden state; mean-pool the output, which is
         the sentence embedding sentence-transformers uses for this model."""
         return self.spliced_forward(None, {hook: hidden}, {}, [])[1]
-
-    @torch.no_grad()
-    def downstream(self, tokens, hook, sae) -> Downstream:
-        return self.downstream_all(tokens, [(hook, sae)])[0]
-
-    @torch.no_grad()
-    def downstream_all(self, tokens, pairs) -> list[Downstream]:
-        """Cosine similarity of the final embedding with the SAE's reconstruction spliced in at the
-        hook, against zero-ablating the hook; one clean pass, then only the layers after each hook."""
-        out = self.model(input_ids=tokens, output_hidden_states=True)
-        clean = out.last_hidden_state.mean(1)
-        results, ablated_at = [], {}
-        for hook, sae in pairs:
-            h = out.hidden_states[self._hidden_index(hook)]
-            spliced = self._finish(_splice_hook(sae, "sae")(h), hook)
-            if hook not in ablated_at:
-                # A zeroed hidden state carries nothing from the input: every sequence gives the
-                # same output, so one row stands for all.
-                ablated_at[hook] = self._finish(torch.zeros_like(h[:1]), hook)
-            ablated = ablated_at[hook]
-            cs = float(torch.nn.functional.cosine_similarity(clean, spliced, dim=-1).mean())
-            ca = float(torch.nn.functional.cosine_similarity(clean, ablated, dim=-1).mean())
-            results.append(Downstream("cosine_recovered", recovered("cosine_recovered", 1.0, cs, ca), 1.0, cs, ca))
-        return results
 
     @torch.no_grad()
     def spliced_forward(self, tokens, clean, splices, capture):
@@ -306,32 +258,50 @@ class HookedAdapter(ModelAdapter):
         return {h: cache[h] for h in hooks}
 
     @torch.no_grad()
-    def downstream(self, tokens, hook, sae) -> Downstream:
-        """sae_lens's own get_recons_loss: clean, spliced and zero-ablated CE on these tokens."""
-        from sae_lens.evals import get_recons_loss
-        from sae_lens.training.activation_scaler import ActivationScaler
-
-        r = get_recons_loss(
-            sae, self.model, ActivationScaler(), tokens, compute_kl=False, compute_ce_loss=True, hook_name=hook
-        )
-        clean, spliced = float(r["ce_loss_without_sae"].mean()), float(r["ce_loss_with_sae"].mean())
-        ablated = float(r["ce_loss_with_ablation"].mean())
-        return Downstream(
-            "ce_loss_recovered", recovered("ce_loss_recovered", clean, spliced, ablated), clean, spliced, ablated
-        )
-
-    @torch.no_grad()
     def spliced_forward(self, tokens, clean, splices, capture):
-        """One full forward with TransformerLens hooks; a capture hook is added after the splice
-        at the same point, so it sees the spliced activations."""
+        """TransformerLens hooks do the splices; a capture hook is added after the splice at the
+        same point, so it sees the spliced activations. Where a clean resid_pre / resid_post
+        activation is given at or before every splice and capture, the forward starts there
+        (`start_at_layer`) instead of at the embedding: splicing at layer L then costs only the
+        layers after L."""
         got: dict[str, torch.Tensor] = {}
 
         def keep(x, hook):
             got[hook.name] = x
 
+        start, manual, residual = self._start(clean, [*splices, *capture])
+        if manual in splices:
+            residual = splices[manual](residual)  # a resid_post start: its block does not run
+        if manual in capture:
+            got[manual] = residual
         hooks = [(h, _replace_hook(f)) for h, f in splices.items()] + [(h, keep) for h in capture]
-        logits = self.model.run_with_hooks(tokens, return_type="logits", fwd_hooks=hooks)
+        if start is None:
+            logits = self.model.run_with_hooks(tokens, return_type="logits", fwd_hooks=hooks)
+        else:
+            logits = self.model.run_with_hooks(residual, return_type="logits", start_at_layer=start, fwd_hooks=hooks)
         return got, per_token_loss(logits, tokens)
+
+    def _start(self, clean: dict[str, torch.Tensor], touched: list[str]):
+        """(block to start at, the resid_post hook applied by hand there or None, residual) for
+        the deepest clean activation after which every spliced or captured hook still runs;
+        (None, None, None): run the whole model."""
+        if getattr(getattr(self.model, "cfg", None), "positional_embedding_type", "shortformer") == "shortformer":
+            return None, None, None  # every block needs the position embeddings (or not a TransformerLens model)
+        layers = {}
+        for t in touched:
+            m = _HOOK_RE.match(t)
+            if not m:
+                return None, None, None
+            layers[t] = int(m.group(1))
+        best = (None, None, None)
+        for h, x in clean.items():
+            m = _HOOK_RE.match(h)
+            if not m or m.group(2) == "mid":
+                continue
+            block, manual = (int(m.group(1)), None) if m.group(2) == "pre" else (int(m.group(1)) + 1, h)
+            if all(t == manual or layers[t] >= block for t in touched) and (best[0] is None or block > best[0]):
+                best = (block, manual, x)
+        return best
 
     @torch.no_grad()
     def spliced_logits(self, tokens, splices) -> torch.Tensor:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
@@ -25,7 +24,6 @@ from backend.engine.models import ModelAdapter, load_model
 from backend.engine.saes import LoadedSAE, expand_sources, load_saes
 from backend.errors import UserError
 from backend.store import writes
-from backend.store.schema import SAE_TABLES
 
 
 def versions() -> dict:
@@ -50,32 +48,16 @@ def versions() -> dict:
 
 
 def finalize(h: Harvest, token_files: list[str]) -> str:
-    """Write a finished harvest as one complete run; returns the run id."""
+    """Write a finished harvest as one complete run; returns the run id. Each SAE's tables are
+    spooled as soon as they are made and its statistics let go of, so the final step holds one
+    SAE's rows at a time (RunWriter)."""
     cfg, adapter = h.cfg, h.adapter
     run_id = cfg.run_id()
     names = writes.unique_sae_names(cfg.db, run_id, [s.name for s in h.saes])
     effect_kind, matrix = adapter.token_effect_matrix()
-    rows, parts = [], {t: [] for t in SAE_TABLES}
-    for s, name in tqdm(list(zip(h.saes, names)), desc="finalize", unit="sae", file=sys.stderr):
-        st = h.stats[s.name]
-        context = tables.train_context(s, cfg.sae_context)
-        rows.append(tables.sae_row(run_id, name, s, st, h.downstream[s.name], effect_kind, context))
-        feats = tables.features_frame(name, st)
-        parts["features"].append(feats)
-        parts["examples"].append(tables.examples_table(name, st))
-        parts["token_effects"].append(weights.token_effects(name, s.sae, matrix, cfg.n_effects))
-        parts["neighbours"].append(weights.neighbours(name, s.sae, cfg.n_neighbours))
-        parts["position_error"].append(tables.position_error_frame(name, st))
-        parts["density_hist"].append(tables.density_hist_frame(name, feats["density"].to_numpy()))
-        diag, summary = tables.diagnostics_frames(name, s, st, feats["density"].to_numpy(), cfg.tail_below, cfg.seed)
-        parts["feature_diagnostics"].append(diag)
-        parts["sae_diagnostics"].append(summary)
-    frames = {t: pd.concat(v, ignore_index=True) for t, v in parts.items() if t != "examples"}
-    frames.update(h.propagation.frames(run_id, {s.name: name for s, name in zip(h.saes, names)}))
-    frames["examples"] = pa.concat_tables(parts["examples"])
     strings = adapter.token_strings()
     special = special_mask(adapter.tokenizer).numpy()
-    frames["vocab"] = pd.DataFrame(
+    vocab = pd.DataFrame(
         {
             "run_id": run_id,
             "token_id": np.arange(len(strings), dtype=np.int32),
@@ -84,9 +66,42 @@ def finalize(h: Harvest, token_files: list[str]) -> str:
         }
     )
     n_tokens = h.stats[h.saes[0].name].n_tokens
-    token_glob = token_files[0] if len(token_files) == 1 else token_files
-    saes = pd.DataFrame([asdict(r) for r in rows])
-    writes.finish_run(cfg.db, run_id, {"n_tokens": n_tokens, "n_seqs": h.n_seqs}, saes, frames, token_glob)
+    rows = []
+    with writes.RunWriter(cfg.db, run_id) as w:
+        for s, name in tqdm(list(zip(h.saes, names)), desc="finalize", unit="sae", file=sys.stderr):
+            st = h.stats[s.name]
+            context = tables.train_context(s, cfg.sae_context)
+            rows.append(tables.sae_row(run_id, name, s, st, h.propagation.downstream(s.name), effect_kind, context))
+            feats = tables.features_frame(name, st)
+            density = feats["density"].to_numpy()
+            diag, summary = tables.diagnostics_frames(name, s, st, density, cfg.tail_below, cfg.seed)
+            w.sae(
+                name,
+                {
+                    "examples": tables.examples_table(name, st),
+                    "features": feats,
+                    "position_error": tables.position_error_frame(name, st),
+                    "density_hist": tables.density_hist_frame(name, density),
+                    "feature_diagnostics": diag,
+                    "sae_diagnostics": summary,
+                },
+            )
+            del st, feats, diag
+            h.stats[s.name] = None  # its example windows are most of the pass's memory
+            w.sae(
+                name,
+                {
+                    "token_effects": weights.token_effects(name, s.sae, matrix, cfg.n_effects),
+                    "neighbours": weights.neighbours(name, s.sae, cfg.n_neighbours),
+                },
+            )
+        props = h.propagation.frames(run_id, {s.name: name for s, name in zip(h.saes, names)})
+        w.finish(
+            {"n_tokens": n_tokens, "n_seqs": h.n_seqs},
+            pd.DataFrame([asdict(r) for r in rows]),
+            {**props, "vocab": vocab},
+            token_files[0] if len(token_files) == 1 else token_files,
+        )
     return run_id
 
 

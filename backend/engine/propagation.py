@@ -7,8 +7,14 @@ single pass and any set of shards use the same sequences). For each SAE i of the
   sum ||x'_j - x_j||^2 / sum ||x_j||^2, and, for each SAE of i's family (architecture) at j, its
   reconstruction of the perturbed stream x'_j next to that of the clean x_j on the same tokens;
 - at the output, the model's metric (per-token CE loss for causal models, cosine of the
-  mean-pooled final embedding to the clean one for encoders) with i alone spliced, and with every
-  SAE of i's family at hooks up to i's spliced at once (compounding).
+  mean-pooled final embedding to the clean one for encoders) with i alone spliced, with i's hook
+  zero-ablated instead (together with the clean output, that gives the `saes` table's CE loss /
+  cosine recovered), and with every SAE of i's family at hooks up to i's spliced at once
+  (compounding).
+
+Every forward starts from the clean activations the pass already has (at i's hook for a splice
+there, at the deepest hook for the clean output), so a splice at layer L costs only the layers
+after L.
 
 Everything is kept as sums and counts, so shard states add up to exactly one pass. Only i's own
 family is measured at later hooks: that is what the Layers page draws, and measuring every family
@@ -23,7 +29,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from backend.engine.models import ModelAdapter, hook_depth
+from backend.engine.models import ModelAdapter, hook_depth, recovered
 from backend.engine.saes import LoadedSAE
 
 OUTPUT_METRIC = {"causal": "ce_loss", "encoder": "cosine"}
@@ -138,8 +144,8 @@ class Propagation:
             for ts in self.targets[s.name].values():
                 for t in ts:
                     self.recon[(s.name, t.name)] = _Recon.zeros(d[t.name], device)
-        # (mode, i) -> [n, sum of the clean metric, sum of the spliced one]
-        self.output = {("alone", s.name): zero(3) for s in saes}
+        # (mode, i) -> [n, sum of the clean metric, sum of the spliced (or ablated) one]
+        self.output = {(mode, s.name): zero(3) for s in saes for mode in ("alone", "ablated")}
         for chain in self.chains.values():
             for s in chain:
                 self.output[("compound", s.name)] = zero(3)
@@ -164,13 +170,16 @@ class Propagation:
         _, clean_out = run(tokens, clean, {}, [])
         n_tok = m.sum()
         clean_sq = {h: (clean[h].double().pow(2).sum(-1) * m).sum() for h in self.hooks}  # the same for every splice
-        alone = {}
+        alone, ablated = {}, {}
         for s in self.saes:
             x_hat = splice_fn(s)(clean[s.hook])
             self.recon[(None, s.name)].add(clean[s.hook], x_hat, m)
             got, out = run(tokens, clean, {s.hook: _constant(x_hat)}, self.measured[s.name])
             alone[s.name] = (got, out)
             self._add_output(("alone", s.name), clean_out, out)
+            if s.hook not in ablated:
+                ablated[s.hook] = run(tokens, clean, {s.hook: _constant(torch.zeros_like(x_hat))}, [])[1]
+            self._add_output(("ablated", s.name), clean_out, ablated[s.hook])
             for h, x_new in got.items():
                 cell = self.resid[(s.name, h)]
                 cell[0] += n_tok
@@ -201,6 +210,18 @@ class Propagation:
             cell[0] += len(cos)
             cell[1] += len(cos)
             cell[2] += cos.sum()
+
+    def downstream(self, name: str) -> dict[str, float | str | None]:
+        """The `saes` table's downstream columns for one SAE: the output metric clean, with the
+        SAE spliced in, and with its hook zero-ablated, and how much of the clean model the splice
+        keeps (CE loss or cosine recovered); all None without a splice sample."""
+        n, clean, spliced = self.output[("alone", name)].tolist()
+        ablated = self.output[("ablated", name)][2].item()
+        metric = f"{self.metric}_recovered"
+        if not n:
+            return dict.fromkeys(("metric", "value", "clean", "spliced", "ablated"))
+        c, s, a = clean / n, spliced / n, ablated / n
+        return {"metric": metric, "value": recovered(metric, c, s, a), "clean": c, "spliced": s, "ablated": a}
 
     def state_dict(self) -> dict:
         return {
@@ -260,7 +281,7 @@ class Propagation:
         output = []
         for (mode, i), (n, clean, spliced) in ((k, v.tolist()) for k, v in self.output.items()):
             s = self.by_name[i]
-            chain = self.chains.get(family(s), []) if mode == "compound" else [s]
+            chain = self.chains.get(family(s), []) if mode == "compound" else [s]  # alone, ablated
             upto = [c for c in chain if hook_depth(c.hook) <= hook_depth(s.hook)]
             output.append(
                 {

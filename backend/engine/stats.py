@@ -111,8 +111,8 @@ class FeatureStats:
         self.sum_act_pos = torch.zeros(F, dtype=torch.float64, device=dev)
         self.tok_pos_n = torch.zeros(spec.seq_len, dtype=torch.int64, device=dev)
         self.hist = torch.zeros(F * (spec.hist_bins + 2), dtype=torch.int64, device=dev)
-        self.top = TopSet(F, spec.n_top, spec.window, dev)
-        self.reservoir = TopSet(F, spec.n_reservoir, spec.window, dev)
+        self.top = TopSet(F, spec.n_top, spec.window, dev, center=spec.left)
+        self.reservoir = TopSet(F, spec.n_reservoir, spec.window, dev, center=spec.left)
         self.n_tokens = 0
         # Reconstruction sums over the tokens update_recon saw: x is the SAE input, err = x - x_hat.
         self.n_recon = 0
@@ -157,8 +157,9 @@ class FeatureStats:
         seq_ids: torch.Tensor,
         mask: torch.Tensor,
         chosen: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> None:
-        """Fold one batch of SAE codes in. codes: [B, T, d_sae]; seq_ids: [B] global sequence
+    ) -> _Nonzeros:
+        """Fold one batch of SAE codes in; returns the nonzeros it read (masked tokens' rows are
+        zero). codes: [B, T, d_sae]; seq_ids: [B] global sequence
         numbers; mask: [B, T] bool, False for tokens excluded from statistics. The rows of
         excluded tokens are zeroed in `codes` itself, which spares a masked copy of the batch.
         `chosen`, for TopK SAEs: the (indices, values) [B, T, k] that hold every nonzero code, so
@@ -178,6 +179,7 @@ class FeatureStats:
         self.tok_pos_n[:T] += mask.reshape(B, T).sum(0).to(self.tok_pos_n.device)
         row_tok = seq_ids.to(codes.device)[:, None] * self.spec.seq_len + torch.arange(T, device=codes.device)
         self._offer_candidates(nz, row_tok.reshape(-1), _Windows(flat, nz, T, self.spec))
+        return nz
 
     def _add_sums(self, nz: _Nonzeros, T: int) -> None:
         spec, F = self.spec, self.spec.d_sae
@@ -343,22 +345,24 @@ class FeatureStats:
         self.flush()
         spec = self.spec
         out = {k: [] for k in ("feature", "kind", "rank", "quantile", "token", "value", "win")}
-        _, top_ids, top_win = (t.cpu().numpy() for t in self.top.ordered())
+        _, top_ids, top_val, top_win = self.top.ordered()
+        top_ids, top_val, top_win = top_ids.cpu().numpy(), top_val.cpu().numpy(), top_win.float().cpu().numpy()
         f, j = np.nonzero(top_ids >= 0)
         out["feature"].append(f)
         out["kind"].append(np.full_like(f, ExampleKind.TOP))
         out["rank"].append(j)
         out["quantile"].append(np.full_like(f, -1))
         out["token"].append(top_ids[f, j])
-        out["value"].append(top_win[f, j, spec.left])
+        out["value"].append(top_val[f, j])
         out["win"].append(top_win[f, j])
 
         r_ids = self.reservoir.ids.cpu().numpy()
-        r_win = self.reservoir.win.cpu().numpy()
-        r_val = np.where(r_ids >= 0, r_win[:, :, spec.left], -np.inf)
+        r_win = self.reservoir.win.float().cpu().numpy()
+        r_val = np.where(r_ids >= 0, self.reservoir.val.cpu().numpy(), -np.inf)
         order = np.argsort(-r_val, axis=1, kind="stable")  # descending activation
         n_have = (r_ids >= 0).sum(1)
         ids_sorted = np.take_along_axis(r_ids, order, 1)
+        val_sorted = np.take_along_axis(r_val, order, 1)
         win_sorted = np.take_along_axis(r_win, order[:, :, None], 1)
         f, j = np.nonzero(ids_sorted >= 0)
         # Position from the bottom of the feature's sample decides the quantile bucket.
@@ -369,9 +373,11 @@ class FeatureStats:
         out["rank"].append(j)
         out["quantile"].append(quantile)
         out["token"].append(ids_sorted[f, j])
-        out["value"].append(win_sorted[f, j, spec.left])
+        out["value"].append(val_sorted[f, j])
         out["win"].append(win_sorted[f, j])
-        return {k: np.concatenate(v) for k, v in out.items()}
+        res = {k: np.concatenate(v) for k, v in out.items()}
+        res["win"][:, spec.left] = res["value"]  # the example's own token at full precision
+        return res
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 
 from backend.density import FIRING_THRESHOLDS, counts_at_least, log_density_histogram
-from backend.engine.models import Downstream, hook_depth, recovered
+from backend.engine.models import hook_depth
 from backend.engine.saes import LoadedSAE
 from backend.engine.stats import ContextMetrics, FeatureStats, LayerMetrics
 
@@ -47,13 +47,6 @@ def examples_table(name: str, st: FeatureStats) -> pa.Table:
             "acts": acts,
         }
     )
-
-
-def weighted_mean(ds: list[tuple[Downstream, int]], attr: str) -> float | None:
-    """Mean over the downstream samples, weighted by their number of sequences."""
-    if not ds:
-        return None
-    return float(np.average([getattr(d, attr) for d, _ in ds], weights=[n for _, n in ds]))
 
 
 @dataclass(frozen=True)
@@ -96,14 +89,12 @@ def sae_row(
     name: str,
     s: LoadedSAE,
     st: FeatureStats,
-    ds: list[tuple[Downstream, int]],
+    ds: dict,
     effect_kind: str,
     context: int | None = None,
 ) -> SaeRow:
     cfg = s.sae.cfg
     m: LayerMetrics = st.layer_metrics()
-    mean = {attr: weighted_mean(ds, attr) for attr in ("clean", "spliced", "ablated")}
-    mean["value"] = recovered(ds[0][0].name, mean["clean"], mean["spliced"], mean["ablated"]) if ds else None
     return SaeRow(
         run_id=run_id,
         sae=name,
@@ -117,11 +108,11 @@ def sae_row(
         **asdict(m),
         **asdict(st.context_metrics(context)),
         train_context=context,
-        downstream_metric=ds[0][0].name if ds else None,
-        downstream_value=mean["value"],
-        downstream_clean=mean["clean"],
-        downstream_spliced=mean["spliced"],
-        downstream_ablated=mean["ablated"],
+        downstream_metric=ds["metric"],
+        downstream_value=ds["value"],
+        downstream_clean=ds["clean"],
+        downstream_spliced=ds["spliced"],
+        downstream_ablated=ds["ablated"],
         effect_kind=effect_kind,
         hist_lo=st.spec.hist_lo,
         hist_hi=st.spec.hist_hi,

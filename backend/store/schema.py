@@ -10,7 +10,7 @@ import duckdb
 from backend.errors import UserError
 
 SCHEMA = Path(__file__).with_name("schema.sql").read_text()
-VERSION = "7"
+VERSION = "8"
 """Bumped whenever a table or column changes; files of another version are refused by name."""
 
 SAE_TABLES = (

@@ -49,7 +49,8 @@ CREATE TABLE IF NOT EXISTS saes (
     explained_variance DOUBLE,
     n_dead            INTEGER,
     n_dense           INTEGER,             -- density > backend.density.DENSE
-    -- downstream_*: models.ModelAdapter.downstream_all, averaged in tables.sae_row
+    -- downstream_*: on the splice sample (propagation.Propagation.downstream): the output metric
+    -- clean, with the SAE spliced in, with its hook zero-ablated, and how much the splice recovers
     downstream_metric VARCHAR,             -- ce_loss_recovered | cosine_recovered
     downstream_value  DOUBLE,
     downstream_clean  DOUBLE,
@@ -193,7 +194,8 @@ CREATE TABLE IF NOT EXISTS propagation_recon (
     rel_error_spliced DOUBLE
 );
 
--- The model's output with SAEs spliced in. mode 'alone': only `sae`; mode 'compound': every SAE
+-- The model's output with SAEs spliced in. mode 'alone': only `sae`; mode 'ablated': `sae`'s hook
+-- set to zero instead (spliced_* then hold the ablated output); mode 'compound': every SAE
 -- of its family (architecture) at hooks up to its own, `n_spliced` of them. metric 'ce_loss':
 -- next-token cross-entropy, n = predicted tokens; 'cosine': cosine of the mean-pooled final
 -- embedding to the clean one, n = sequences (the clean run scores 1).

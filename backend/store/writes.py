@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from backend.errors import UserError
 from backend.store.schema import PROPAGATION_TABLES, RUN_TABLES, SAE_TABLES, SCHEMA, VERSION, ExampleKind, problem
@@ -27,7 +29,7 @@ LOCK_WAIT_S = 60.0
 """how long a writer waits for readers (a dashboard holding the file open) to let go"""
 
 # The three tokens a feature's top examples fire on most often, for tables and search. It reads
-# `examples`, `sequences` and `vocab`, so `features` is written after those (see finish_run).
+# `examples`, `sequences` and `vocab`, so `features` is written after those (see RunWriter.finish).
 TOP_TOKENS = f"""
 WITH hits AS (
     SELECT e.sae, e.feature, s.tokens[e.pos + 1] AS token_id, count(*) AS n
@@ -153,40 +155,104 @@ def unique_sae_names(path: str | Path, run_id: str, names: list[str]) -> list[st
     return [f"{n}@{run_id}" if n in taken else n for n in names]
 
 
-def finish_run(
-    path: str | Path,
-    run_id: str,
-    run_fields: dict,
-    saes: pd.DataFrame,
-    tables: dict[str, pd.DataFrame | pa.Table],
-    sequences_parquet: str | list[str] | None,
-) -> None:
-    """Write everything a run computed and mark it complete, atomically."""
-    with connect_write(path) as con:
-        con.execute("BEGIN")
-        try:
-            con.execute("DELETE FROM saes WHERE run_id = ?", [run_id])
-            _insert(con, "saes", saes)
-            if sequences_parquet is not None:
+class RunWriter:
+    """Writes a finished run and marks it complete in one short transaction. Each SAE's tables
+    are handed over as soon as they are made; past the first IN_MEMORY bytes they are spooled to
+    Parquet files beside the database, so the final step holds about one SAE's rows in memory at
+    a time (at GPT-2-small width 200 MB instead of 2.4 GB) while the database stays free for
+    readers until the last moment. A failure rolls everything back and removes the spool, so no
+    half-written run is ever visible.
+
+        with RunWriter(db, run_id) as w:
+            w.sae(name, {table: frame, ...})  # per SAE, any of schema.SAE_TABLES, in any order
+            w.finish(run_fields, saes, run_tables, tokens_parquet)
+    """
+
+    IN_MEMORY = 64 * 2**20
+    """bytes of tables kept in memory before spooling starts (a small run never touches disk)"""
+
+    def __init__(self, path: str | Path, run_id: str):
+        self.path, self.run_id = Path(path), run_id
+        self.spool = self.path.with_name(f".{self.path.name}.{run_id}.spool")
+        self.parts: dict[str, list[tuple[str, pd.DataFrame | pa.Table | str]]] = {t: [] for t in SAE_TABLES}
+        """per table, (SAE, frame held in memory or path of a spooled Parquet file)"""
+        self.held = 0
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        shutil.rmtree(self.spool, ignore_errors=True)
+        return False
+
+    def sae(self, name: str, tables: dict[str, pd.DataFrame | pa.Table]) -> None:
+        for t, df in tables.items():
+            if t not in self.parts:
+                raise ValueError(f"{t} is not a per-SAE table")
+            if df is None or len(df) == 0:
+                continue
+            size = df.nbytes if isinstance(df, pa.Table) else int(df.memory_usage(index=False).sum())
+            if self.held + size <= self.IN_MEMORY:
+                self.parts[t].append((name, df))
+                self.held += size
+                continue
+            if not self.spool.exists():
+                shutil.rmtree(self.spool, ignore_errors=True)
+                self.spool.mkdir(parents=True)
+            table = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
+            f = self.spool / f"{t}-{len(self.parts[t]):05d}.parquet"
+            pq.write_table(table, f, compression="zstd")
+            self.parts[t].append((name, str(f)))
+
+    def finish(
+        self,
+        run_fields: dict,
+        saes: pd.DataFrame,
+        tables: dict[str, pd.DataFrame],
+        sequences_parquet: str | list[str] | None,
+    ) -> None:
+        """Everything in one transaction: the `saes` rows, the run's sequences and vocabulary
+        (`tables["vocab"]`), the spooled per-SAE tables, the propagation tables, the run complete."""
+        with connect_write(self.path) as con:
+            con.execute("BEGIN")
+            try:
+                con.execute("DELETE FROM saes WHERE run_id = ?", [self.run_id])
+                _insert(con, "saes", saes)
+                if sequences_parquet is not None:
+                    con.execute(
+                        "INSERT INTO sequences SELECT ?, seq, tokens FROM read_parquet(?) ORDER BY seq",
+                        [self.run_id, sequences_parquet],
+                    )
+                _insert(con, "vocab", tables.get("vocab"))
+                # features.top_tokens is computed from the examples, sequences and vocab above
+                for t in (*(t for t in SAE_TABLES if t != "features"), "features"):
+                    for sae, part in self.parts[t]:  # one part at a time: each part's own column types cast
+                        src, cols = _source(con, part)
+                        if t == "features":
+                            _insert_features(con, self.run_id, [sae], src)
+                        else:
+                            con.execute(f"INSERT INTO {t} ({cols}) SELECT {cols} FROM {src}")
+                        if src == "tmp_df":
+                            con.unregister("tmp_df")
+                for name in PROPAGATION_TABLES:
+                    _insert(con, name, tables.get(name))
+                sets = ", ".join(f"{k} = ?" for k in run_fields)
                 con.execute(
-                    "INSERT INTO sequences SELECT ?, seq, tokens FROM read_parquet(?) ORDER BY seq",
-                    [run_id, sequences_parquet],
+                    f"UPDATE runs SET {sets}, status = 'complete', finished_at = ?, error = NULL WHERE run_id = ?",
+                    [*run_fields.values(), now(), self.run_id],
                 )
-            for name in ("vocab", "examples"):
-                _insert(con, name, tables.get(name))
-            # features.top_tokens is computed from the three tables written just above
-            _insert_features(con, run_id, list(saes["sae"]), tables["features"])
-            for name in (*(t for t in SAE_TABLES if t not in ("examples", "features")), *PROPAGATION_TABLES):
-                _insert(con, name, tables.get(name))
-            sets = ", ".join(f"{k} = ?" for k in run_fields)
-            con.execute(
-                f"UPDATE runs SET {sets}, status = 'complete', finished_at = ?, error = NULL WHERE run_id = ?",
-                [*run_fields.values(), now(), run_id],
-            )
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+
+def _source(con, part: pd.DataFrame | pa.Table | str) -> tuple[str, str]:
+    """(FROM clause, column list) for a frame (registered as tmp_df) or a Parquet file."""
+    if isinstance(part, str):
+        return "read_parquet('" + part.replace("'", "''") + "')", ", ".join(pq.read_schema(part).names)
+    con.register("tmp_df", part)
+    return "tmp_df", ", ".join(part.column_names if isinstance(part, pa.Table) else part.columns)
 
 
 def _insert(con, table: str, df: pd.DataFrame | pa.Table | None) -> None:
@@ -198,16 +264,14 @@ def _insert(con, table: str, df: pd.DataFrame | pa.Table | None) -> None:
     con.unregister("tmp_df")
 
 
-def _insert_features(con, run_id: str, saes: list[str], features: pd.DataFrame) -> None:
-    con.register("tmp_df", features)
+def _insert_features(con, run_id: str, saes: list[str], source: str) -> None:
     con.execute(
         f"""INSERT INTO features SELECT f.sae, f.feature, f.count, f.density, f.mean_act, f.max_act, f.hist,
                    f.count_ge_1pct, f.count_ge_10pct, t.top_tokens
-            FROM tmp_df f LEFT JOIN ({TOP_TOKENS}) t ON t.sae = f.sae AND t.feature = f.feature
+            FROM {source} f LEFT JOIN ({TOP_TOKENS}) t ON t.sae = f.sae AND t.feature = f.feature
             ORDER BY f.sae, f.feature""",
         {"run": run_id, "saes": saes},
     )
-    con.unregister("tmp_df")
 
 
 def has_complete_run(path: str | Path) -> bool:
