@@ -132,6 +132,16 @@ def _run(args: dict, q) -> None:
         return out
 
     pipeline.finalize = timed_finalize
+    from backend.engine import harvest
+
+    real_run = harvest.Harvest.run
+
+    def measured_run(self):
+        real_run(self)
+        times["harvest_peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        times["stats_mb"] = sum(_nbytes(st) for st in self.stats.values()) / 2**20
+
+    harvest.Harvest.run = measured_run
     if args["device"].startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
@@ -143,10 +153,23 @@ def _run(args: dict, q) -> None:
             "finalize_s": times.get("finalize", float("nan")),
             "splice_s": times["splice"],
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "harvest_peak_mb": times["harvest_peak_mb"],
+            "stats_mb": times["stats_mb"],
+            "model_mb": sum(_nbytes(p) for p in adapter.model.parameters()) / 2**20,
+            "saes_mb": sum(_nbytes(p) for s in saes for p in s.sae.parameters()) / 2**20,
             "gpu_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if args["device"].startswith("cuda") else None,
             "db_mb": os.path.getsize(pc.db) / 2**20,
         }
     )
+
+
+def _nbytes(x) -> int:
+    """Bytes of a tensor, or of every tensor an object holds (FeatureStats and its TopSets)."""
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        return x.numel() * x.element_size()
+    return sum(_nbytes(v) for v in vars(x).values() if isinstance(v, torch.Tensor) or hasattr(v, "win"))
 
 
 def _corpus() -> str:
@@ -190,6 +213,11 @@ def main() -> None:
         f"{r['wall_s']:.1f} s, of which the final step {r['finalize_s']:.1f} s and the splice sample "
         f"({args.splice_seqs} sequences) {r['splice_s']:.1f} s; streaming pass without them {tps:,.0f} tokens/s"
         + (f"; peak GPU memory {r['gpu_peak_mb']:,.0f} MB" if r["gpu_peak_mb"] is not None else "")
+    )
+    print(
+        f"memory: model weights {r['model_mb']:,.0f} MB, SAE weights {r['saes_mb']:,.0f} MB, statistics (sums, "
+        f"histograms, top-k and reservoir sets with their windows) {r['stats_mb']:,.0f} MB; peak RSS through the "
+        f"streaming pass {r['harvest_peak_mb']:,.0f} MB, over the whole run {r['peak_rss_mb']:,.0f} MB"
     )
     print(f"dashboard on this database: feature_p95_ms={p95:.1f} layer_page_s={layer_s:.2f}")
     print(f"peak_rss_mb={r['peak_rss_mb']:.0f} tokens_per_s={tps:.0f} db_mb={r['db_mb']:.1f}")

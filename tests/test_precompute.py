@@ -43,10 +43,15 @@ def _dense_codes(db, adapter, loaded):
     return seqs["seq"].to_numpy(), out, valid
 
 
-@pytest.mark.parametrize("recon_every", [1, 4])
-def test_matches_brute_force(small_cfg, adapter, loaded_saes, recon_every):
+@pytest.mark.parametrize(("recon_every", "one_seq_at_a_time"), [(1, False), (4, False), (4, True)])
+def test_matches_brute_force(small_cfg, adapter, loaded_saes, recon_every, one_seq_at_a_time, monkeypatch):
     """Everything equals a dense recomputation; reconstruction figures on exactly the sequences
-    `recon_every` selects (all of them, or those of every 4th batch)."""
+    `recon_every` selects (all of them, or those of every 4th batch); also when every SAE encodes
+    its batches a sequence at a time, as a wide SAE does."""
+    from backend.engine.harvest import Harvest
+
+    if one_seq_at_a_time:
+        monkeypatch.setattr(Harvest, "ENCODE_BYTES", 1)
     cfg = small_cfg(recon_every=recon_every, sae_context=16)  # the tiny SAEs record no context of their own
     precompute(cfg, adapter, loaded_saes)
     seq_ids, dense, counted = _dense_codes(cfg.db, adapter, loaded_saes)

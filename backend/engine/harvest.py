@@ -159,25 +159,36 @@ class Harvest:
         acts = self.adapter.activations(tokens, self.hooks)
         seq_t = torch.as_tensor(seq_ids, device=self.device)
         mask = mask.to(self.device)
-        recon = recon_rows(seq_ids, self.cfg, self.device)
         for s in self.saes:
             x = acts[s.hook].to(s.sae.dtype)
-            codes, chosen = s.encode(x)
-            st = self.stats[s.name]
-            # (update zeroes the codes of masked tokens, which update_recon leaves out anyway)
-            nz = st.update(codes, seq_t, mask, chosen)
-            if recon is not None:  # a slice(None) indexes as a view, with no copy
-                if chosen is None and s.sparse_decode and isinstance(recon, slice):
-                    x_hat = s.decode_nonzeros(nz.row, nz.feature, nz.value, codes.shape[:-1])
-                else:
-                    x_hat = s.decode(codes[recon], None if chosen is None else (chosen[0][recon], chosen[1][recon]))
-                st.update_recon(x[recon], x_hat, mask[recon])
+            per = max(1, self.ENCODE_BYTES // (x.shape[1] * s.sae.cfg.d_sae * x.element_size()))
+            for lo in range(0, len(seq_ids), per):
+                rows = slice(lo, lo + per)  # the whole batch at once unless the SAE is wide
+                self._encode(s, x[rows], seq_ids[rows], seq_t[rows], mask[rows])
         sample = np.flatnonzero(np.asarray(seq_ids) < self.cfg.splice_seqs)
         if sample.size:  # a global rule, so one pass and any set of shards splice the same sequences
             rows = torch.as_tensor(sample, device=tokens.device)
             self.propagation.update(tokens[rows], {h: a[rows] for h, a in acts.items()}, mask[rows.to(mask.device)])
         self._write_tokens(seq_ids, tokens.cpu().numpy())
         self.n_seqs += len(seq_ids)
+
+    ENCODE_BYTES = 128 * 2**20
+    """dense codes of one SAE held at once: a wide SAE encodes a batch a few sequences at a time
+    (at 24,576 features a batch of 32 x 128 tokens is 400 MB of codes, and as much again while
+    the encoder makes them)"""
+
+    def _encode(self, s: LoadedSAE, x: torch.Tensor, seq_ids: np.ndarray, seq_t: torch.Tensor, mask) -> None:
+        codes, chosen = s.encode(x)
+        st = self.stats[s.name]
+        # (update zeroes the codes of masked tokens, which update_recon leaves out anyway)
+        nz = st.update(codes, seq_t, mask, chosen)
+        recon = recon_rows(seq_ids, self.cfg, self.device)
+        if recon is not None:  # a slice(None) indexes as a view, with no copy
+            if chosen is None and s.sparse_decode and isinstance(recon, slice):
+                x_hat = s.decode_nonzeros(nz.row, nz.feature, nz.value, codes.shape[:-1])
+            else:
+                x_hat = s.decode(codes[recon], None if chosen is None else (chosen[0][recon], chosen[1][recon]))
+            st.update_recon(x[recon], x_hat, mask[recon])
 
     def _write_tokens(self, seq_ids, tokens) -> None:
         table = pa.table(
