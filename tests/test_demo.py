@@ -44,7 +44,7 @@ def test_demo_database_has_every_layer(demo_db):
     out = con.execute("SELECT * FROM splice_output").df()
     assert set(out["metric"]) == {"cosine"} and (out["clean"] == 1).all()
     assert ((out["spliced"] > -1) & (out["spliced"] < 1)).all()
-    assert sorted(out.groupby("mode").size().items()) == [("alone", 14), ("compound", 14)]
+    assert sorted(out.groupby("mode").size().items()) == [("ablated", 14), ("alone", 14), ("compound", 14)]
     con.close()
 
 
@@ -67,7 +67,8 @@ def test_demo_highlights_match_a_recomputation(demo_db):
         want = codes[r.ctx_start : r.ctx_start + len(r.acts)].numpy()
         window = np.asarray(r.tokens)[r.ctx_start : r.ctx_start + len(r.acts)]
         want[np.isin(window, adapter.tokenizer.all_special_ids)] = 0  # CLS, SEP and separators are excluded
-        np.testing.assert_allclose(r.acts, want, rtol=1e-3, atol=1e-4)
+        # windows shade the text in bfloat16 (3 significant digits); the example's own value is float32
+        np.testing.assert_allclose(r.acts, want, rtol=2.0**-8 + 1e-3, atol=1e-4)
         assert r.value == pytest.approx(float(codes[r.pos]), rel=1e-3, abs=1e-4)
         checked += 1
     assert checked == len(rows) > 10
