@@ -78,6 +78,14 @@ class ModelAdapter:
         start from instead of recomputing them."""
         raise NotImplementedError
 
+    def ablated_output(self, tokens: torch.Tensor, clean: dict[str, torch.Tensor], hook: str) -> torch.Tensor:
+        """spliced_forward's output with `hook` set to zero at every position. Why one row is
+        enough: a zeroed stream carries nothing from the input, and every later layer treats all
+        positions alike (attention averages identical values), so every position of every
+        sequence gets the same output; the model runs on a single token and that output is
+        spread over the sequences."""
+        raise NotImplementedError
+
     def token_effect_matrix(self) -> tuple[str, torch.Tensor]:
         """("unembed", W_U [d_model, vocab]) when the model has one, else ("embed", W_E.T)."""
         raise NotImplementedError
@@ -121,6 +129,11 @@ def token_strings(tokenizer) -> list[str]:
 def _replace_hook(f: Callable[[torch.Tensor], torch.Tensor]):
     """A TransformerLens hook that replaces the activations by f(activations)."""
     return lambda x, hook: f(x)
+
+
+def constant_splice(x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A splice that puts in activations computed beforehand."""
+    return lambda _: x
 
 
 def per_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -201,6 +214,12 @@ class EncoderAdapter(ModelAdapter):
                 got[hook] = hidden
         return got, hidden.mean(1)
 
+    @torch.no_grad()
+    def ablated_output(self, tokens, clean, hook):
+        zero = constant_splice(torch.zeros_like(clean[hook][:1, :1]))
+        pooled = self.spliced_forward(tokens[:1, :1], {hook: clean[hook][:1, :1]}, {hook: zero}, [])[1]
+        return pooled.expand(len(tokens), -1)
+
     def token_effect_matrix(self):
         return "embed", self.model.get_input_embeddings().weight.detach().T
 
@@ -259,6 +278,10 @@ class HookedAdapter(ModelAdapter):
 
     @torch.no_grad()
     def spliced_forward(self, tokens, clean, splices, capture):
+        got, logits = self._logits(tokens, clean, splices, capture)
+        return got, per_token_loss(logits, tokens)
+
+    def _logits(self, tokens, clean, splices, capture):
         """TransformerLens hooks do the splices; a capture hook is added after the splice at the
         same point, so it sees the spliced activations. Where a clean resid_pre / resid_post
         activation is given at or before every splice and capture, the forward starts there
@@ -279,7 +302,14 @@ class HookedAdapter(ModelAdapter):
             logits = self.model.run_with_hooks(tokens, return_type="logits", fwd_hooks=hooks)
         else:
             logits = self.model.run_with_hooks(residual, return_type="logits", start_at_layer=start, fwd_hooks=hooks)
-        return got, per_token_loss(logits, tokens)
+        return got, logits
+
+    @torch.no_grad()
+    def ablated_output(self, tokens, clean, hook):
+        one = {h: x[:1, :1] for h, x in clean.items()}
+        logits = self._logits(tokens[:1, :1], one, {hook: constant_splice(torch.zeros_like(one[hook]))}, [])[1]
+        row = logits[0, 0].float()
+        return torch.logsumexp(row, -1) - row[tokens[:, 1:]]
 
     def _start(self, clean: dict[str, torch.Tensor], touched: list[str]):
         """(block to start at, the resid_post hook applied by hand there or None, residual) for

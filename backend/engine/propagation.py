@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from backend.engine.models import ModelAdapter, hook_depth, recovered
+from backend.engine.models import ModelAdapter, constant_splice, hook_depth, recovered
 from backend.engine.saes import LoadedSAE
 
 OUTPUT_METRIC = {"causal": "ce_loss", "encoder": "cosine"}
@@ -47,11 +47,6 @@ def splice_fn(s: LoadedSAE):
         return s.decode(codes, chosen).to(x.dtype)
 
     return fn
-
-
-def _constant(x: torch.Tensor):
-    """A splice that puts in activations computed beforehand."""
-    return lambda _: x
 
 
 def measured_after(hook: str, hooks: list[str]) -> list[str]:
@@ -174,11 +169,11 @@ class Propagation:
         for s in self.saes:
             x_hat = splice_fn(s)(clean[s.hook])
             self.recon[(None, s.name)].add(clean[s.hook], x_hat, m)
-            got, out = run(tokens, clean, {s.hook: _constant(x_hat)}, self.measured[s.name])
+            got, out = run(tokens, clean, {s.hook: constant_splice(x_hat)}, self.measured[s.name])
             alone[s.name] = (got, out)
             self._add_output(("alone", s.name), clean_out, out)
             if s.hook not in ablated:
-                ablated[s.hook] = run(tokens, clean, {s.hook: _constant(torch.zeros_like(x_hat))}, [])[1]
+                ablated[s.hook] = self.adapter.ablated_output(tokens, clean, s.hook)
             self._add_output(("ablated", s.name), clean_out, ablated[s.hook])
             for h, x_new in got.items():
                 cell = self.resid[(s.name, h)]
@@ -196,7 +191,7 @@ class Propagation:
             for k in range(1, len(chain)):
                 x_hat = splice_fn(chain[k])(got[chain[k].hook])
                 nxt = [chain[k + 1].hook] if k + 1 < len(chain) else []
-                got, out = run(tokens, clean, {chain[k].hook: _constant(x_hat)}, nxt)
+                got, out = run(tokens, clean, {chain[k].hook: constant_splice(x_hat)}, nxt)
                 self._add_output(("compound", chain[k].name), clean_out, out)
 
     def _add_output(self, key, clean_out: torch.Tensor, out: torch.Tensor) -> None:
