@@ -84,8 +84,7 @@ class LoadedSAE:
             per_sample_weights=value.to(sae.W_dec.dtype),
             mode="sum",
         )
-        out = sae.hook_sae_recons(out.reshape(*lead_shape, -1) + sae.b_dec)
-        return sae.reshape_fn_out(sae.run_time_activation_norm_fn_out(out), sae.d_head)
+        return self._after_product(out.reshape(*lead_shape, -1))
 
     def decode(self, codes: torch.Tensor, chosen: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """`sae.decode(codes)`. Why the fast path exists: for a TopK SAE whose choice is at hand,
@@ -105,8 +104,23 @@ class LoadedSAE:
         out = torch.nn.functional.embedding_bag(
             idx.reshape(-1, k), sae.W_dec, per_sample_weights=vals.reshape(-1, k).to(sae.W_dec.dtype), mode="sum"
         )
-        out = sae.hook_sae_recons(out.reshape(*idx.shape[:-1], -1) + sae.b_dec)
+        return self._after_product(out.reshape(*idx.shape[:-1], -1))
+
+    def _after_product(self, out: torch.Tensor) -> torch.Tensor:
+        """The steps sae_lens's TopKSAE.decode and StandardSAE.decode take after codes @ W_dec."""
+        sae = self.sae
+        out = sae.hook_sae_recons(out + sae.b_dec)
         return sae.reshape_fn_out(sae.run_time_activation_norm_fn_out(out), sae.d_head)
+
+
+def _probe_input(sae, n: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(1, n, sae.cfg.d_in, generator=g).to(device=sae.W_dec.device, dtype=sae.dtype)
+
+
+def _same_decode(sae, got: torch.Tensor, want: torch.Tensor) -> bool:
+    tol = 1e-4 if sae.dtype == torch.float32 else 2e-2
+    return bool(torch.allclose(got.float(), want.float(), rtol=tol, atol=tol * float(want.abs().max().clamp(min=1))))
 
 
 @torch.no_grad()
@@ -118,15 +132,8 @@ def fast_decode_agrees(item: LoadedSAE, n: int = 8) -> bool:
     sae = item.sae
     if type(sae) is not TopKSAE:  # the class whose decode this mirrors
         return False
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, n, sae.cfg.d_in, generator=g).to(device=sae.W_dec.device, dtype=sae.dtype)
-    codes, chosen = item.encode(x)
-    if chosen is None:
-        return False
-    want = sae.decode(codes)
-    got = item._decode_chosen(chosen)
-    tol = 1e-4 if sae.dtype == torch.float32 else 2e-2
-    return bool(torch.allclose(got.float(), want.float(), rtol=tol, atol=tol * float(want.abs().max().clamp(min=1))))
+    codes, chosen = item.encode(_probe_input(sae, n))
+    return chosen is not None and _same_decode(sae, item._decode_chosen(chosen), sae.decode(codes))
 
 
 @torch.no_grad()
@@ -138,15 +145,11 @@ def sparse_decode_agrees(item: LoadedSAE, n: int = 8) -> bool:
     sae = item.sae
     if type(sae) is not StandardSAE:
         return False
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, n, sae.cfg.d_in, generator=g).to(device=sae.W_dec.device, dtype=sae.dtype)
-    codes = sae.encode(x)
+    codes = sae.encode(_probe_input(sae, n))
     flat = codes.reshape(n, -1)
     row, feature = torch.nonzero(flat, as_tuple=True)
-    want = sae.decode(codes)
     got = item.decode_nonzeros(row, feature, flat[row, feature], codes.shape[:-1])
-    tol = 1e-4 if sae.dtype == torch.float32 else 2e-2
-    return bool(torch.allclose(got.float(), want.float(), rtol=tol, atol=tol * float(want.abs().max().clamp(min=1))))
+    return _same_decode(sae, got, sae.decode(codes))
 
 
 def _registry() -> dict:

@@ -158,9 +158,9 @@ class FeatureStats:
         mask: torch.Tensor,
         chosen: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> _Nonzeros:
-        """Fold one batch of SAE codes in; returns the nonzeros it read (masked tokens' rows are
-        zero). codes: [B, T, d_sae]; seq_ids: [B] global sequence
-        numbers; mask: [B, T] bool, False for tokens excluded from statistics. The rows of
+        """Fold one batch of SAE codes in; returns the nonzeros it read (none in masked tokens'
+        rows). codes: [B, T, d_sae]; seq_ids: [B] global sequence numbers; mask: [B, T] bool,
+        False for tokens excluded from statistics. The rows of
         excluded tokens are zeroed in `codes` itself, which spares a masked copy of the batch.
         `chosen`, for TopK SAEs: the (indices, values) [B, T, k] that hold every nonzero code, so
         the dense codes need not be scanned for them."""

@@ -196,9 +196,7 @@ class RunWriter:
                 self.parts[t].append((name, df))
                 self.held += size
                 continue
-            if not self.spool.exists():
-                shutil.rmtree(self.spool, ignore_errors=True)
-                self.spool.mkdir(parents=True)
+            self.spool.mkdir(parents=True, exist_ok=True)
             table = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
             f = self.spool / f"{t}-{len(self.parts[t]):05d}.parquet"
             pq.write_table(table, f, compression="zstd")
@@ -227,13 +225,11 @@ class RunWriter:
                 # features.top_tokens is computed from the examples, sequences and vocab above
                 for t in (*(t for t in SAE_TABLES if t != "features"), "features"):
                     for sae, part in self.parts[t]:  # one part at a time: each part's own column types cast
-                        src, cols = _source(con, part)
                         if t == "features":
-                            _insert_features(con, self.run_id, [sae], src)
+                            with _source(con, part) as (src, _):
+                                _insert_features(con, self.run_id, [sae], src)
                         else:
-                            con.execute(f"INSERT INTO {t} ({cols}) SELECT {cols} FROM {src}")
-                        if src == "tmp_df":
-                            con.unregister("tmp_df")
+                            _insert(con, t, part)
                 for name in PROPAGATION_TABLES:
                     _insert(con, name, tables.get(name))
                 sets = ", ".join(f"{k} = ?" for k in run_fields)
@@ -247,21 +243,25 @@ class RunWriter:
                 raise
 
 
-def _source(con, part: pd.DataFrame | pa.Table | str) -> tuple[str, str]:
-    """(FROM clause, column list) for a frame (registered as tmp_df) or a Parquet file."""
+@contextmanager
+def _source(con, part: pd.DataFrame | pa.Table | str):
+    """(FROM clause, column list) for a frame (registered as tmp_df while in use) or a Parquet file."""
     if isinstance(part, str):
-        return "read_parquet('" + part.replace("'", "''") + "')", ", ".join(pq.read_schema(part).names)
-    con.register("tmp_df", part)
-    return "tmp_df", ", ".join(part.column_names if isinstance(part, pa.Table) else part.columns)
-
-
-def _insert(con, table: str, df: pd.DataFrame | pa.Table | None) -> None:
-    if df is None or len(df) == 0:
+        yield "read_parquet('" + part.replace("'", "''") + "')", ", ".join(pq.read_schema(part).names)
         return
-    con.register("tmp_df", df)
-    cols = ", ".join(df.column_names if isinstance(df, pa.Table) else df.columns)
-    con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM tmp_df")
-    con.unregister("tmp_df")
+    con.register("tmp_df", part)
+    try:
+        yield "tmp_df", ", ".join(part.column_names if isinstance(part, pa.Table) else part.columns)
+    finally:
+        con.unregister("tmp_df")
+
+
+def _insert(con, table: str, part: pd.DataFrame | pa.Table | str | None) -> None:
+    """Insert a frame, or the rows of a spooled Parquet file, by column name."""
+    if part is None or (not isinstance(part, str) and len(part) == 0):
+        return
+    with _source(con, part) as (src, cols):
+        con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {src}")
 
 
 def _insert_features(con, run_id: str, saes: list[str], source: str) -> None:
