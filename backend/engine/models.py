@@ -336,8 +336,7 @@ class HookedAdapter(ModelAdapter):
     @torch.no_grad()
     def spliced_logits(self, tokens, splices) -> torch.Tensor:
         """Logits [B, T, vocab] with each hook in `splices` replaced by its function."""
-        hooks = [(h, _replace_hook(f)) for h, f in splices.items()]
-        return self.model.run_with_hooks(tokens, return_type="logits", fwd_hooks=hooks)
+        return self._logits(tokens, {}, splices, [])[1]
 
     def token_effect_matrix(self):
         return "unembed", self.model.W_U.detach()
