@@ -3,8 +3,8 @@
 The baseline runs exactly the model forward passes and `sae.encode` calls the precompute needs,
 on the same batches, and nothing else. The full run, with default options, adds reading the
 corpus, the decoder pass (on every 4th batch, `--recon-every`), all statistics, example
-windows, downstream splicing, token effects, neighbours and the DuckDB write. Those last
-three (`finalize`) and the downstream splice do not grow with tokens, so the ratio falls as
+windows, the splice sample, token effects, neighbours and the DuckDB write. Those last
+three (`finalize`) and the splice sample do not grow with tokens, so the ratio falls as
 --n-tokens grows (about 5 s of such fixed cost on a 2-core CPU); the "streaming pass" line
 leaves `finalize` out.
 
@@ -58,7 +58,7 @@ def random_saes(folder: Path, hooks: list[str], d_in: int, d_sae: int, arch: str
 
 
 def small_setting(folder: Path, device: str):
-    """The fixed-cost setting (see the module docstring): the adapter and the SAE's folder."""
+    """The fixed-cost setting (see the module docstring): the adapter, the SAE's source, the corpus file."""
     from sae_lens import StandardSAE, StandardSAEConfig
     from sae_lens.saes.sae import SAEMetadata
     from scale import _corpus, _tokenizer
@@ -113,18 +113,15 @@ def main() -> None:
         args.model, args.n_tokens, args.context_len, args.batch_size = adapter.name, 256 * 128, 128, 32
     else:
         adapter = load_model(args.model, args.device)
-    if args.setting == "small":
-        pass
-    elif args.sae:
-        sources = [SAESource(path=p) for p in args.sae]
-    elif args.model == "embedded" and Path("data/demo-saes").is_dir():
-        sources = [
-            SAESource(path=str(p)) for p in sorted(Path("data/demo-saes").iterdir()) if p.name.startswith(args.arch)
-        ]
-    else:
-        sources = random_saes(
-            tmp, adapter.hook_names()[:: max(1, len(adapter.hook_names()) // 7)], adapter.d_model, args.d_sae, args.arch
-        )
+        if args.sae:
+            sources = [SAESource(path=p) for p in args.sae]
+        elif args.model == "embedded" and Path("data/demo-saes").is_dir():
+            sources = [
+                SAESource(path=str(p)) for p in sorted(Path("data/demo-saes").iterdir()) if p.name.startswith(args.arch)
+            ]
+        else:
+            hooks = adapter.hook_names()[:: max(1, len(adapter.hook_names()) // 7)]
+            sources = random_saes(tmp, hooks, adapter.d_model, args.d_sae, args.arch)
     saes = load_saes(sources, adapter, args.device, "float32")
     cfg = PrecomputeConfig(
         db=str(tmp / "bench.duckdb"),
