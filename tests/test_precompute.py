@@ -35,12 +35,32 @@ def _dense_codes(db, adapter, loaded):
     assert (~valid[:, 1:]).any(), "no separator inside a sequence: the test would not check their exclusion"
     out = {}
     with torch.no_grad():
-        acts = adapter.activations(tokens, sorted({s.hook for s in loaded}))
+        _, cache = adapter.model.run_with_cache(tokens)  # the whole model, not the adapter's shortcut
+        acts = {s.hook: cache[s.hook] for s in loaded}
         for s in loaded:
             codes = SAE.load_from_disk(s.source).encode(acts[s.hook])
             codes[~valid] = 0  # special positions are excluded from statistics
             out[s.name] = (codes, acts[s.hook])
     return seqs["seq"].to_numpy(), out, valid
+
+
+@pytest.mark.parametrize(
+    "hooks",
+    [
+        ["blocks.1.hook_resid_pre"],  # block 1 does not run: its input is what block 0 returns
+        ["blocks.0.hook_resid_pre"],  # no block runs
+        ["blocks.0.hook_resid_post", "blocks.1.hook_resid_pre"],
+        ["blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"],
+        ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_mid"],
+    ],
+)
+def test_activations_are_the_full_forwards(adapter, hooks):
+    tokens = torch.randint(0, adapter.model.cfg.d_vocab, (3, 9))
+    _, cache = adapter.model.run_with_cache(tokens)
+    got = adapter.activations(tokens, hooks)
+    assert sorted(got) == sorted(hooks)
+    for h in hooks:
+        torch.testing.assert_close(got[h], cache[h], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(("recon_every", "one_seq_at_a_time"), [(1, False), (4, False), (4, True)])
@@ -578,6 +598,12 @@ def test_cli_bad_options_are_one_line_before_any_work(tmp_path, sae_dirs, capsys
         assert code == 2, (extra, err)
         assert "Traceback" not in err and message in err and len(err.strip().splitlines()) == 1, (extra, err)
     assert not (tmp_path / "f.duckdb").exists()
+
+
+def test_bpe_display_is_each_ids_own_decode(adapter):
+    tok = adapter.tokenizer
+    assert hasattr(tok, "backend_tokenizer") and not tok.clean_up_tokenization_spaces  # the batched path
+    assert adapter.token_strings() == [tok.decode([i]) for i in range(len(tok))]
 
 
 @pytest.mark.slow

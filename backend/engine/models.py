@@ -123,6 +123,9 @@ def token_strings(tokenizer) -> list[str]:
             return t if t in special or _UNUSED.match(t) else " " + t
 
         return [show(t) for t in toks]
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", True):
+        return backend.decode_batch([[i] for i in range(vocab_size)], skip_special_tokens=False)  # 10x the loop
     return [tokenizer.decode([i]) for i in range(vocab_size)]
 
 
@@ -272,9 +275,13 @@ class HookedAdapter(ModelAdapter):
 
     @torch.no_grad()
     def activations(self, tokens, hooks):
+        """Only the blocks the hooks need run. When the deepest hook is a resid_pre, it is what the
+        blocks before it return, so its own block does not run (half a 2-layer model's cost)."""
         last = max(int(h.split(".")[1]) for h in hooks)
-        _, cache = self.model.run_with_cache(tokens, names_filter=lambda n: n in hooks, stop_at_layer=last + 1)
-        return {h: cache[h] for h in hooks}
+        tail = f"blocks.{last}.hook_resid_pre"
+        stop = last if all(h == tail or int(h.split(".")[1]) < last for h in hooks) else last + 1
+        out, cache = self.model.run_with_cache(tokens, names_filter=lambda n: n in hooks, stop_at_layer=stop)
+        return {h: out if stop == last and h == tail else cache[h] for h in hooks}
 
     @torch.no_grad()
     def spliced_forward(self, tokens, clean, splices, capture):
