@@ -3,7 +3,7 @@ features. They need no corpus, only W_dec and the model's (un)embedding.
 
 Both are the extremes of a product (features x d_model) @ (d_model x n), which at GPT-2-small
 width is most of the final step's time on a CPU. Where the CPU multiplies bfloat16 natively
-(AVX512-BF16, AMX) the product is taken in bfloat16 (3x faster here), each row's 2k best
+(AVX512-BF16) and d_model >= 512 the product is taken in bfloat16 (3x faster here), each row's 3k best
 columns are rescored in fp32, and the row is kept only when a rigorous bound on bfloat16's error
 shows no other column can reach its k-th value; the rows it cannot certify are recomputed in fp32.
 So the tables equal the fp32 product's extremes either way.
@@ -17,7 +17,7 @@ import torch
 
 BLOCK = 32  # top_k ranks whole blocks of this many columns by their extreme
 _U = 2.0**-9  # bfloat16's unit roundoff
-CANDIDATES = 4  # a row's k-th value is certified against its (CANDIDATES * k)-th bfloat16 one
+CANDIDATES = 3  # a row's k-th value is certified against its (CANDIDATES * k)-th bfloat16 one (3 measured best)
 
 
 def bf16_is_fast(device: torch.device, d: int) -> bool:
@@ -27,8 +27,9 @@ def bf16_is_fast(device: torch.device, d: int) -> bool:
 
 
 def top_k(x: torch.Tensor, k: int, largest: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """torch.topk(x, k, dim=1) for wide rows, about 5x faster: the k best entries lie in the k
-    blocks of BLOCK columns with the best extremes, so only those blocks' entries are ranked."""
+    """torch.topk(x, k, dim=1) for wide rows, faster (17 vs 24 ms on 1024 x 30522, k 20): the k
+    best entries lie in the k blocks of BLOCK columns with the best extremes, so only those
+    blocks' entries are ranked."""
     rows, n = x.shape
     m = n - n % BLOCK
     if m < 4 * k * BLOCK:
