@@ -55,7 +55,9 @@ class TopProducts:
             self.M16 = self.M.bfloat16()
             self.Mt = self.M.T.contiguous()
             d = self.M.shape[0]
-            # |bf16 product - fp32 product| <= (2u + u^2 + 2 * fp32's accumulation error) |w| max|m|
+            # |bf16 product - exact| <= (2u + u^2) |w| max|m| from rounding the inputs, plus fp32
+            # accumulation error (gamma) in that product, the rescoring and the fp32 product compared
+            # with, counted as 4 gamma
             gamma = d * 2.0**-24 / (1 - d * 2.0**-24)
             self.err = (2 * _U + _U * _U + 4 * gamma) * float(self.M.norm(dim=0).max())
         self.n_uncertified = 0
@@ -70,12 +72,11 @@ class TopProducts:
         out, bad = [], torch.zeros(len(W), dtype=torch.bool, device=W.device)
         n_cand = min(CANDIDATES * self.k, self.M.shape[1] - (skip is not None))
         for big in largest:
-            if skip is not None:
-                approx[torch.arange(len(W), device=W.device), skip] = float("-inf") if big else float("inf")
+            _exclude(approx, skip, big)
             cv, cand = top_k(approx, n_cand, big)
             exact = torch.bmm(self.Mt[cand], W[:, :, None]).squeeze(2)
             v, j = torch.topk(exact, self.k, dim=1, largest=big)
-            edge = cv[:, -1:].float()  # every column outside `cand` is at most this far (or below)
+            edge = cv[:, -1:]  # every column outside `cand` is at most this far (or below)
             if big:
                 bad |= (v[:, -1:] <= edge + 2 * _U * edge.abs() + err).squeeze(1)
             else:
@@ -92,10 +93,15 @@ class TopProducts:
         prod = W @ self.M
         res = []
         for big in largest:
-            if skip is not None:
-                prod[torch.arange(len(W), device=W.device), skip] = float("-inf") if big else float("inf")
+            _exclude(prod, skip, big)
             res.append(top_k(prod, self.k, big))
         return res
+
+
+def _exclude(x: torch.Tensor, skip: torch.Tensor | None, largest: bool) -> None:
+    """Set x[r, skip[r]] to the value that ranks last, so row r never picks that column."""
+    if skip is not None:
+        x[torch.arange(len(x), device=x.device), skip] = float("-inf") if largest else float("inf")
 
 
 @torch.no_grad()
