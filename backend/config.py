@@ -88,11 +88,26 @@ class PrecomputeConfig(InputConfig):
     """context length the SAEs were trained on, for SAEs whose sae_lens config does not record one
     (cfg.metadata.context_size): reconstruction is then reported inside and beyond it"""
     splice_seqs: int | None = None
-    """sequences numbered below this are the sample on which each SAE is spliced into the model: CE loss /
-    cosine recovered, and its error followed through the later hooks and to the output (the Layers page);
+    """sequences numbered below this are the sample on which each SAE is spliced into the model: the model's
+    own loss recovered, by context length, against random errors, its error followed through the later hooks
+    and to the output, and the steering sweep (the Layers page);
     a global rule, so shards splice the same sequences as one pass; 0 skips it. Default: a 32nd of the
     run's sequences, between 1 and 32 (32 for a whole corpus): each spliced sequence ends in a full
     vocabulary's logits once per SAE and more, so a fixed 32 would dominate a small run"""
+    random_draws: int = 2
+    """random directions per token, each of the norm of the SAE's reconstruction error there, whose effect on
+    the model's loss is set against the error's own (are the SAE's errors worse than random ones of the same
+    size?); averaged; 0 skips this baseline (each draw costs one splice of every SAE on the splice sample)"""
+    steer_extremes: int = 10
+    """steering sweep: features per SAE whose exact loss change is measured among those the first-order
+    estimate says lower the loss most at +1 x max activation, and as many it says raise it most"""
+    steer_sample: int = 32
+    """steering sweep: features per SAE, drawn evenly across density quantiles, whose exact loss change at +1
+    and -1 is measured (the share of features that hurt or help comes from these); with --steer-extremes 0 and
+    this 0 only the estimate is kept"""
+    no_steering: bool = False
+    """skip the steering sweep (every feature's first-order estimate from one backward pass per run, and the
+    exact steered forwards above, on the splice sample)"""
     tail_below: float | None = None
     """density below which a feature counts as the low-density tail for the shared-direction diagnostic;
     default: the valley between the layer's low-density mode and its main mode (else 1e-5)"""
@@ -116,6 +131,8 @@ class PrecomputeConfig(InputConfig):
 
     def __post_init__(self):
         self._check_positive("context_len", "batch_size", "n_top", "n_buckets", "per_bucket", "recon_every")
+        if min(self.random_draws, self.steer_extremes, self.steer_sample) < 0:
+            raise UserError("--random-draws, --steer-extremes and --steer-sample must be >= 0")
         if self.splice_seqs is None:
             n_seqs = math.ceil(self.n_tokens / self.context_len) if self.n_tokens > 0 else None
             self.splice_seqs = min(32, max(1, math.ceil(n_seqs / 32))) if n_seqs else 32

@@ -70,6 +70,7 @@ class DemoConfig:
                 n_tokens=3_000,
                 context_len=96,
                 batch_size=16,
+                splice_seqs=4,
                 run_name="demo-quick",
             ),
         )

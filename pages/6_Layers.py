@@ -1,17 +1,20 @@
-"""Across layers: how each SAE's error travels through the model, and how each SAE reconstructs
-inside and past the context it was trained on."""
+"""Across layers: what each SAE does to the model's own loss (overall, by context length, against
+random errors of the same size, and when its features steer), how its error travels through the
+model, and how it reconstructs inside and past the context it was trained on."""
 
 import numpy as np
 import streamlit as st
 
+from backend.engine.loss import UNIT
 from backend.store import queries
-from ui import common, figures
+from ui import claims, common, figures
 
 common.setup("Layers")
 
 METRICS = {"ev": "explained variance", "rel": "relative error"}
 SPREAD = {"resid": "residual change", "ev_drop": "EV drop of the later SAE", "output": "model output"}
-HARM = {"ce_loss": "CE loss increase (nats / token)", "cosine": "1 − cosine to the clean embedding"}
+HARM = {"ce_loss": "CE loss increase (nats / token)", "contrastive_loss": "contrastive loss increase (nats / pair)"}
+KIND = {"ce_loss": "causal", "contrastive_loss": "encoder"}
 
 
 @common.page
@@ -23,11 +26,160 @@ def layers() -> None:
     if saes.empty:
         st.info("This database has no complete SAE yet.")
         return
+    performance(db, saes)
     propagation(db, saes)
+    steering(db)
     context(saes)
     st.subheader("Error by token position")
     st.plotly_chart(figures.position_error(queries.position_error(db), saes), key="pos")
     st.caption("The dashed vertical line is where the SAEs' training context ends.")
+
+
+def performance(db: str, saes) -> None:
+    st.subheader("The model's own loss with each SAE spliced in")
+    df = queries.loss_per_sae(db)
+    if df.empty or df["clean"].isna().all():
+        st.info(
+            "This run has no splice sample (or, for an encoder, not a single pair of sequences in it), so the model's "
+            "loss was not measured: precompute again with --splice-seqs N (N > 1)."
+        )
+        return
+    metric = df["metric"].iloc[0]
+    unit = UNIT[KIND[metric]]
+    cols = ["sae", "hook", "architecture", "clean", "increase", "recovered", "random_increase", "ratio"]
+    if metric == "contrastive_loss":
+        cols.append("cosine")
+    st.dataframe(
+        df[cols],
+        hide_index=True,
+        column_config={
+            "sae": st.column_config.TextColumn("SAE"),
+            "clean": st.column_config.NumberColumn("clean loss", format="%.4f"),
+            "increase": st.column_config.NumberColumn("increase spliced", format="%+.4f"),
+            "recovered": st.column_config.NumberColumn(
+                "loss recovered", format="%.3f", help="(ablated − spliced) / (ablated − clean)"
+            ),
+            "random_increase": st.column_config.NumberColumn("increase, random error", format="%+.4f"),
+            "ratio": st.column_config.NumberColumn("ratio", format="%.2f", help="SAE error's increase / random's"),
+            "cosine": st.column_config.NumberColumn("cosine to clean", format="%.4f"),
+        },
+    )
+    what = (
+        "next-token cross-entropy over every predicted token of the sample"
+        if metric == "ce_loss"
+        else "the contrastive loss the sentence encoder was trained with (sentence-transformers' "
+        "MultipleNegativesRankingLoss, scale 20) over the sample's pairs of adjacent windows: sequence 2k is "
+        "the anchor, 2k + 1 its positive, the other positives the negatives"
+    )
+    st.caption(
+        f"Loss: {what} ({unit}). Loss recovered: 1 keeps the clean loss, 0 is no better than zero-ablating the hook; "
+        "above 1 the splice lowered the loss. Random error: the clean activation plus a random direction with the "
+        "norm of the SAE's error at each token, averaged over "
+        f"{int(df['draws'].max()) if df['draws'].notna().any() else 0} draws (--random-draws)."
+    )
+    if df["random_increase"].notna().any():
+        st.plotly_chart(figures.loss_bars(df, unit), key="loss_bars")
+        line = claims.pathological_claim(df)
+        if line:
+            st.markdown(line)
+
+    st.subheader("Loss increase by context length")
+    ctx = queries.splice_context(db)
+    if ctx.empty:
+        st.info("No context breakdown in this run (no splice sample).")
+        return
+    links = {s: common.url("Layer", sae=s) for s in saes["sae"]}
+    st.plotly_chart(figures.context_heatmap(ctx, links, unit), key="context_heat")
+    how = (
+        "columns are ranges of how many tokens a prediction sees (BOS included), from the same forwards"
+        if metric == "ce_loss"
+        else "columns are the pairs cut to texts of that many tokens ([CLS] and [SEP] included; an anchor keeps the "
+        "end of its window, its positive the start, so a pair stays adjacent text), the last the run's own length"
+    )
+    st.caption(
+        f"Each cell: the loss with the row's SAE alone spliced in, less the clean model's at that context ({unit}); "
+        f"{how}. Outlined: the context the SAE was trained on."
+    )
+    for line in claims.context_claims(ctx):
+        st.markdown(line)
+
+
+def steering(db: str) -> None:
+    st.subheader("Steering every feature: which hurt the model, which help")
+    summary = queries.steering_summary(db)
+    if summary.empty:
+        st.info("This run has no steering sweep (precompute without --no-steering, with a splice sample).")
+        return
+    unit = UNIT[KIND[summary["metric"].iloc[0]]]
+    st.dataframe(
+        summary[
+            [
+                "sae",
+                "hook",
+                "n_live",
+                "n_sample",
+                "hurt_plus",
+                "hurt_minus",
+                "hurt_both",
+                "est_hurt_plus",
+                "spearman",
+                "sign_agree",
+            ]
+        ],
+        hide_index=True,
+        column_config={
+            "n_sample": st.column_config.NumberColumn("sampled", help="features measured exactly, spread over density"),
+            "hurt_plus": st.column_config.NumberColumn("hurt at +1", format="percent"),
+            "hurt_minus": st.column_config.NumberColumn("hurt at −1", format="percent"),
+            "hurt_both": st.column_config.NumberColumn("hurt at both", format="percent"),
+            "est_hurt_plus": st.column_config.NumberColumn(
+                "hurt at +1 (estimate)", format="percent", help="first order: at −1 it is 1 minus this"
+            ),
+            "spearman": st.column_config.NumberColumn("estimate vs exact ρ", format="%.2f"),
+            "sign_agree": st.column_config.NumberColumn("same sign", format="percent"),
+        },
+    )
+    line = claims.steering_claim(summary)
+    if line:
+        st.markdown(line)
+    st.caption(
+        "Steering adds ±1 × a feature's max activation × its decoder direction at its hook on every position of the "
+        "splice sample (the Feature page's unit). Exact: a real steered forward, for each SAE's sampled features "
+        "and for the estimate's best and worst (--steer-sample, --steer-extremes); estimate: first order, "
+        "max × (∇loss · decoder row), for every feature from one backward pass."
+    )
+    sae = common.choice("steer_sae", list(summary["sae"]), "SAE", summary["sae"].iloc[-1], widget="selectbox")
+    t = queries.steering(db, sae)
+    c1, c2 = st.columns(2)
+    with c1:
+        st.plotly_chart(figures.steering_spread(t, unit), key="steer_spread")
+    with c2:
+        st.plotly_chart(figures.steering_density(t, unit), key="steer_density")
+        live = t[t["estimate"].notna() & (t["density"] > 0)]
+        rho = claims.rank_corr(np.log10(live["density"]), live["estimate"].abs())
+        if np.isfinite(rho):
+            st.caption(f"Does density predict the size of the effect? ρ(log10 density, |estimate|) = {rho:+.2f}.")
+    helps = t.assign(best=np.fmin(t["exact_plus"], t["exact_minus"]))
+    helps = helps[helps["best"] < 0].sort_values("best")
+    n_exact = int(t["exact_plus"].notna().sum())
+    st.markdown(f"**Features whose steering lowers the loss** (exact, {len(helps)} of {n_exact} measured)")
+    if not helps.empty:
+        helps = helps.assign(
+            open=[common.url("Feature", sae=sae, feature=int(f)) for f in helps["feature"]],
+            sign=np.where(helps["exact_plus"] <= helps["exact_minus"], "+1", "−1"),
+        )
+        st.dataframe(
+            helps[["open", "feature", "sign", "best", "exact_plus", "exact_minus", "estimate", "density"]],
+            hide_index=True,
+            column_config={
+                "open": st.column_config.LinkColumn("open", display_text="open"),
+                "best": st.column_config.NumberColumn("loss change", format="%+.4f"),
+                "exact_plus": st.column_config.NumberColumn("at +1", format="%+.4f"),
+                "exact_minus": st.column_config.NumberColumn("at −1", format="%+.4f"),
+                "estimate": st.column_config.NumberColumn("estimate at +1", format="%+.4f"),
+                "density": st.column_config.NumberColumn(format="%.2e"),
+            },
+        )
 
 
 def propagation(db: str, saes) -> None:

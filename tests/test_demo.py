@@ -31,7 +31,7 @@ def test_demo_database_has_every_layer(demo_db):
     hooks = ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.hook_resid_post" for i in range(6)]
     assert sorted(saes["hook"].unique()) == sorted(hooks)
     assert set(saes["architecture"]) == {"topk", "standard"} and len(saes) == 14
-    assert (saes["downstream_metric"] == "cosine_recovered").all()
+    assert (saes["downstream_metric"] == "contrastive_loss_recovered").all()
     dens = con.execute("SELECT density FROM features WHERE count > 0").df()["density"]
     assert len(dens) > 0 and ((dens > 0) & (dens <= 1)).all()
     assert con.execute("SELECT count(*) FROM features WHERE count = 0 AND density <> 0").fetchone() == (0,)
@@ -41,10 +41,20 @@ def test_demo_database_has_every_layer(demo_db):
     # cells per family), its output as a cosine to the clean sentence embedding, a chain per family
     prop = con.execute("SELECT * FROM propagation").df()
     assert len(prop) == 56 and (prop["resid_change"] > 0).all()
+    # the encoder's own contrastive loss on the sample's 2 pairs: between 0 and far above chance (log 2)
     out = con.execute("SELECT * FROM splice_output").df()
-    assert set(out["metric"]) == {"cosine"} and (out["clean"] == 1).all()
-    assert ((out["spliced"] > -1) & (out["spliced"] < 1)).all()
-    assert sorted(out.groupby("mode").size().items()) == [("ablated", 14), ("alone", 14), ("compound", 14)]
+    assert set(out["metric"]) == {"contrastive_loss"} and set(out["n"]) == {2}
+    assert ((out["clean"] >= 0) & (out["spliced"] >= 0) & (out["cosine"] <= 1)).all()
+    assert sorted(out.groupby("mode").size().items()) == [
+        ("ablated", 14),
+        ("alone", 14),
+        ("compound", 14),
+        ("random", 14),
+    ]
+    ctx = con.execute("SELECT DISTINCT ctx_lo FROM splice_context ORDER BY 1").df()["ctx_lo"].tolist()
+    assert ctx == [16, 32, 64, 96]
+    steer = con.execute("SELECT sae, count(*) AS n, count(exact_plus) AS exact FROM steering GROUP BY sae").df()
+    assert len(steer) == 14 and (steer["n"] == 384).all() and (steer["exact"] > 20).all()
     con.close()
 
 

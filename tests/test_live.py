@@ -53,7 +53,7 @@ def test_probe_equals_sae_encode_at_the_hook(tiny_live, adapter, loaded_saes):
 
 
 def test_steered_forward_adds_the_decoder_direction(tiny_live, adapter, loaded_saes):
-    from backend.live.steer import ce_curve, generate, next_token_shift
+    from backend.live.steer import generate, loss_curve, next_token_shift
 
     s = loaded_saes[0]
     f, max_act, strength = 7, 2.5, -3.0
@@ -77,12 +77,13 @@ def test_steered_forward_adds_the_decoder_direction(tiny_live, adapter, loaded_s
     assert again["sampled"] == out["sampled"]  # a fixed seed
 
     sample = tokens.repeat(2, 1)
-    curve = ce_curve(tiny_live, sample, s.name, f, max_act, strengths=(0.0, strength))
+    curve = loss_curve(tiny_live, sample, [0, 1], s.name, f, max_act, strengths=(0.0, strength))
     with torch.no_grad():
         clean = float(model(sample, return_type="loss"))
         with model.hooks(fwd_hooks=[(s.hook, lambda x, hook: x + v)]):
             pushed = float(model(sample, return_type="loss"))
-    np.testing.assert_allclose(curve["ce_loss"], [clean, pushed], rtol=1e-5)
+    np.testing.assert_allclose(curve["loss"], [clean, pushed], rtol=1e-5)
+    np.testing.assert_allclose(curve["change"], [0.0, pushed - clean], atol=1e-6)
 
 
 def test_bad_requests_are_messages(tiny_live, loaded_saes):
@@ -318,6 +319,20 @@ def test_feature_page_steers_a_causal_model(tmp_path, tokenizer_dir, corpus_file
     md = " ".join(m.value for m in at.markdown)
     assert "**greedy** continuation" in md and "**sampled** continuation" in md
     assert "gain and lose the most probability" in md
-    assert any("CE loss (nats" in c.proto.spec for c in at.get("plotly_chart"))
+    assert any("CE loss, nats" in c.proto.spec for c in at.get("plotly_chart"))
+    assert any("Stored sweep: first-order estimate" in c.value for c in at.caption)
+    # the live curve at +1 and -1 is the stored sweep's exact value
+    from backend.live.model import load_live
+    from backend.live.steer import loss_curve
+    from backend.store import queries
+
+    db = str(data / "gpt.duckdb")
+    t = queries.steering(db, "sae-h0")
+    row = t[t["exact_plus"].notna()].iloc[0]
+    tokens, seqs = queries.splice_sample(db, "gpt")
+    curve = loss_curve(
+        load_live(db, "gpt"), torch.as_tensor(tokens), seqs, "sae-h0", int(row.feature), row.max_act, (-1.0, 1.0)
+    )
+    np.testing.assert_allclose(curve["change"], [row.exact_minus, row.exact_plus], rtol=1e-4, atol=1e-6)
     shift = [d.value for d in at.dataframe if "p_steered" in d.value.columns][0]
     assert len(shift) == 16 and shift["change"].iloc[0] >= 0 >= shift["change"].iloc[-1]

@@ -74,9 +74,12 @@ def _brute_force(model, tokens, counted, saes):
         n, x2, sx = sums(x)
         return float(1 - err / (x2 - sx.pow(2).sum() / n)), float(err / x2)
 
-    def loss(hooks):
+    def per_token(hooks):
         with model.hooks(fwd_hooks=hooks):
-            return float(model(tokens, return_type="loss", loss_per_token=True).double().mean())
+            return model(tokens, return_type="loss", loss_per_token=True).double()
+
+    def loss(hooks):
+        return float(per_token(hooks).mean())
 
     with torch.no_grad():
         _, clean = model.run_with_cache(tokens)
@@ -87,6 +90,10 @@ def _brute_force(model, tokens, counted, saes):
                 _, spliced = model.run_with_cache(tokens)
             output[("alone", s.name)] = (clean_loss, loss([(s.hook, recon(s.name))]))
             output[("ablated", s.name)] = (clean_loss, loss([(s.hook, lambda x, hook: torch.zeros_like(x))]))
+            output[("random", s.name)] = (
+                clean_loss,
+                float(np.mean([loss([(s.hook, _noisy(s, fresh[s.name], d))]) for d in range(DRAWS)])),
+            )
             for h in sorted(set(hook_of.values()), key=hook_depth):
                 if not (h == s.hook or hook_depth(h) > hook_depth(s.hook)):
                     continue
@@ -102,6 +109,49 @@ def _brute_force(model, tokens, counted, saes):
             for k, s in enumerate(chain):
                 output[("compound", s.name)] = (clean_loss, loss([(c.hook, recon(c.name)) for c in chain[: k + 1]]))
     return resid, recon_rows, output
+
+
+DRAWS = 2
+
+
+def _noisy(s, sae, draw, seed=0):
+    """The random baseline's rule, written out: at each token, a Gaussian direction drawn from a
+    generator seeded by (run seed, SAE, sequence, draw), scaled to the SAE's error norm there."""
+    import zlib
+
+    def hook(x, hook=None):
+        err = (sae.decode(sae.encode(x)) - x).norm(dim=-1, keepdim=True)
+        z = torch.stack(
+            [
+                torch.randn(
+                    x.shape[1:],
+                    generator=torch.Generator().manual_seed(zlib.crc32(f"{seed}/{s.name}/{q}/{draw}".encode())),
+                )
+                for q in range(len(x))
+            ]
+        )
+        return x + err * z / z.norm(dim=-1, keepdim=True)
+
+    return hook
+
+
+def _by_context(model, tokens, saes):
+    """Per SAE and range of tokens seen, (clean, spliced) mean next-token loss, from plain runs."""
+    from sae_lens import SAE
+
+    from backend.engine.loss import context_buckets
+
+    out = {}
+    with torch.no_grad():
+        clean = model(tokens, return_type="loss", loss_per_token=True).double()
+        for s in saes:
+            sae = SAE.load_from_disk(s.source)
+            with model.hooks(fwd_hooks=[(s.hook, lambda x, hook, sae=sae: sae.decode(sae.encode(x)))]):
+                spliced = model(tokens, return_type="loss", loss_per_token=True).double()
+            for lo, hi in context_buckets(tokens.shape[1]):
+                # the loss at position p predicts token p + 1 from p + 1 tokens
+                out[(s.name, lo, hi)] = (float(clean[:, lo - 1 : hi].mean()), float(spliced[:, lo - 1 : hi].mean()))
+    return out
 
 
 def test_propagation_matches_transformer_lens_hooks(small_cfg, adapter, chain_saes, tmp_path, monkeypatch):
@@ -143,9 +193,24 @@ def test_propagation_matches_transformer_lens_hooks(small_cfg, adapter, chain_sa
     got = _df(cfg.db, "SELECT * FROM splice_output")
     assert set(got["metric"]) == {"ce_loss"} and set(got["n"]) == {7 * 31}
     assert set(zip(got["mode"], got["sae"])) == set(output)
+    assert set(got.loc[got["mode"] == "random", "draws"]) == {DRAWS}
     for r in got.itertuples():
         clean, spliced = output[(r.mode, r.sae)]
         assert (r.clean, r.spliced) == pytest.approx((clean, spliced), rel=1e-5), (r.mode, r.sae)
+    # the SAEs' errors hurt more than random ones of the same size (these random SAEs' errors are
+    # random themselves, so only that the two differ is asserted)
+    alone = got[got["mode"] == "alone"].set_index("sae")["spliced"]
+    rand = got[got["mode"] == "random"].set_index("sae")["spliced"]
+    assert not np.allclose(alone.sort_index(), rand.sort_index())
+
+    ctx = _df(cfg.db, "SELECT * FROM splice_context")
+    want = _by_context(adapter.model, tokens, chain_saes)
+    assert set(zip(ctx["sae"], ctx["ctx_lo"], ctx["ctx_hi"])) == set(want)
+    assert sorted(set(zip(ctx["ctx_lo"], ctx["ctx_hi"]))) == [(1, 16), (17, 31)]
+    for r in ctx.itertuples():
+        assert (r.clean, r.spliced) == pytest.approx(want[(r.sae, r.ctx_lo, r.ctx_hi)], rel=1e-5)
+        assert r.increase == pytest.approx(r.spliced - r.clean, abs=1e-9)
+
     compound = got[got["mode"] == "compound"].set_index("sae")
     assert compound.loc["relu-post1", "n_spliced"] == 3 and compound.loc["topk-post1", "n_spliced"] == 2
 
@@ -212,14 +277,14 @@ def test_one_hook_run_completes_with_what_applies(small_cfg, adapter, tmp_path_f
         ("b", "blocks.1.hook_resid_pre"),
     ]
     assert len(_df(cfg.db, "SELECT * FROM propagation_recon")) == 2
-    assert set(_df(cfg.db, "SELECT DISTINCT mode FROM splice_output")["mode"]) == {"alone", "ablated"}
+    assert set(_df(cfg.db, "SELECT DISTINCT mode FROM splice_output")["mode"]) == {"alone", "ablated", "random"}
 
 
 def test_no_splice_sample_writes_no_rows(small_cfg, adapter, chain_saes, tmp_path):
     cfg = _cfg(small_cfg, str(tmp_path / "none.duckdb"))
     cfg.splice_seqs = 0
     precompute(cfg, adapter, chain_saes)
-    for table in ("propagation", "propagation_recon", "splice_output"):
+    for table in ("propagation", "propagation_recon", "splice_output", "splice_context", "steering"):
         assert _df(cfg.db, f"SELECT count(*) AS n FROM {table}")["n"][0] == 0
     assert _df(cfg.db, "SELECT status FROM runs")["status"][0] == "complete"
 
@@ -271,14 +336,30 @@ def test_layers_page_draws_the_propagation(small_cfg, adapter, chain_saes, tmp_p
         at = run("pages/6_Layers.py", spread=spread)
         assert not at.exception and not at.error, (spread, at.exception, at.error)
         charts = [c.proto.spec for c in at.get("plotly_chart")]
-        heat, compound = charts[0], charts[1]
+        heat = next(c for c in charts if "measured at hook" in c)
+        compound = next(c for c in charts if "all up to here" in c)
         # every value is a link to the spliced SAE's Layer page, in this database
         assert "Layer?db=chain.duckdb&sae=relu-pre0" in heat and "heatmap" in heat
         assert "all up to here" in compound
         captions = " ".join(c.value for c in at.caption)
         assert "sequences numbered below 7 (--splice-seqs)" in captions
     at = run("pages/6_Layers.py", spread="resid")
-    assert "Which SAE hurts later layers most" in " ".join(m.value for m in at.markdown)
+    text = " ".join(m.value for m in at.markdown)
+    assert "Which SAE hurts later layers most" in text
+    # the performance claims, each stated from this run's numbers
+    heads = [h.value for h in at.subheader]
+    assert "The model's own loss with each SAE spliced in" in heads and "Loss increase by context length" in heads
+    assert "Steering every feature: which hurt the model, which help" in heads
+    assert "SAEs' reconstruction errors raise the loss more than random directions" in text
+    assert "in the shortest contexts (1–16)" in text and "in the longest contexts (17–31)" in text
+    assert "steering at +1 raises the loss for" in text
+    loss_table = at.dataframe[0].value
+    assert set(loss_table["sae"]) == {n for n, _, _ in CHAIN} and loss_table["ratio"].notna().all()
+    charts = " ".join(c.proto.spec for c in at.get("plotly_chart"))
+    assert "context (tokens)" in charts and "violin" in charts
+    at = run("pages/6_Layers.py", steer_sae="relu-pre1")
+    assert not at.exception and not at.error
+    assert at.selectbox(key="w_steer_sae").value == "relu-pre1"
     at = run("pages/6_Layers.py", spread="sideways")
     assert "spread='sideways'" in at.error[0].value
 

@@ -566,3 +566,175 @@ def tail_cosines(df: pd.DataFrame, cut: float) -> go.Figure:
     fig.update_xaxes(title_text="encoder cosine to the tail's mean direction", range=[-1, 1])
     fig.update_yaxes(title_text="features")
     return fig
+
+
+def context_label(lo: int, hi: int) -> str:
+    return f"{lo}" if lo == hi else f"{lo}–{hi}"
+
+
+def context_heatmap(ctx: pd.DataFrame, links: dict[str, str], unit: str) -> go.Figure:
+    """The loss increase from each SAE alone (rows, shallow at the top) by context (columns), one
+    panel per family; each SAE's training context is outlined in its row."""
+    fams = sorted(ctx["architecture"].unique())
+    fig = make_subplots(rows=1, cols=len(fams), subplot_titles=fams, horizontal_spacing=0.12)
+    lo, hi = float(ctx["increase"].min()), float(ctx["increase"].max())
+    for c, fam in enumerate(fams, start=1):
+        g = ctx[ctx["architecture"] == fam]
+        rows = g.drop_duplicates("sae").sort_values(["depth", "sae"])
+        spans = g.drop_duplicates(["ctx_lo", "ctx_hi"]).sort_values("ctx_lo")
+        xl = [context_label(a, b) for a, b in zip(spans["ctx_lo"], spans["ctx_hi"])]
+        yl = [f"{short_hook(h)} · {s}" for h, s in zip(rows["hook"], rows["sae"])]
+        z = g.pivot_table(index="sae", columns="ctx_lo", values="increase").loc[rows["sae"], spans["ctx_lo"]]
+        fig.add_trace(
+            go.Heatmap(
+                z=z.to_numpy(),
+                x=xl,
+                y=yl,
+                coloraxis="coloraxis",
+                xgap=2,
+                ygap=2,
+                text=np.vectorize(lambda v: f"{v:+.3f}")(z.to_numpy()),
+                texttemplate="%{text}",
+                hovertemplate="%{y}<br>context %{x}: %{z:+.4f}<extra></extra>",
+            ),
+            row=1,
+            col=c,
+        )
+        axis = "" if c == 1 else str(c)
+        for i, r in enumerate(rows.itertuples()):
+            if pd.isna(r.train_context):
+                continue
+            inside = [j for j, (a, b) in enumerate(zip(spans["ctx_lo"], spans["ctx_hi"])) if a <= r.train_context <= b]
+            # training context past every measured column: mark the last one
+            j = inside[0] if inside else (len(xl) - 1 if r.train_context > spans["ctx_hi"].max() else 0)
+            fig.add_shape(
+                type="rect",
+                x0=j - 0.5,
+                x1=j + 0.5,
+                y0=i - 0.5,
+                y1=i + 0.5,
+                line=dict(color="#000", width=2),
+                xref=f"x{axis}",
+                yref=f"y{axis}",
+            )
+        fig.update_yaxes(autorange="reversed", row=1, col=c, showticklabels=True)
+    fig.update_xaxes(title_text="context (tokens)")
+    scale = dict(colorscale="RdBu_r", cmid=0.0) if lo < 0 < hi else dict(colorscale="Reds", cmin=min(lo, 0.0))
+    fig.update_layout(
+        coloraxis=dict(**scale, colorbar_title=unit),
+        height=140 + 40 * max(ctx.groupby("architecture")["sae"].nunique().max(), 1),
+        margin=dict(t=40, l=10, r=10, b=10),
+    )
+    return fig
+
+
+def loss_bars(df: pd.DataFrame, unit: str) -> go.Figure:
+    """Per SAE: the loss increase with its reconstruction next to that with random errors of the
+    same norm per token; one panel per family."""
+    fams = sorted(df["architecture"].unique())
+    fig = make_subplots(rows=1, cols=len(fams), subplot_titles=fams, shared_yaxes=True)
+    for c, fam in enumerate(fams, start=1):
+        g = df[df["architecture"] == fam].sort_values("depth")
+        x = [short_hook(h) for h in g["hook"]]
+        for col, name, colour in (
+            ("increase", "SAE error", "#d62728"),
+            ("random_increase", "random, same norm", "#7f7f7f"),
+        ):
+            fig.add_trace(
+                go.Bar(
+                    x=x,
+                    y=g[col],
+                    name=name,
+                    marker_color=colour,
+                    showlegend=c == 1,
+                    legendgroup=name,
+                    hovertemplate="%{x}: %{y:+.4f}<extra>" + name + "</extra>",
+                ),
+                row=1,
+                col=c,
+            )
+    fig.update_yaxes(title_text=f"loss increase ({unit})", col=1)
+    fig.update_layout(barmode="group", height=340, margin=dict(t=40, l=10, r=10, b=10))
+    return fig
+
+
+def steering_spread(t: pd.DataFrame, unit: str) -> go.Figure:
+    """One SAE: the estimated loss change of every live feature at +1 and -1 (violins), with the
+    exact changes where measured (points)."""
+    live = t[t["estimate"].notna()]
+    fig = go.Figure()
+    for sign, est, col in (("+1", live["estimate"], "exact_plus"), ("−1", -live["estimate"], "exact_minus")):
+        fig.add_trace(
+            go.Violin(
+                x=[sign] * len(est),
+                y=est,
+                name=f"estimate {sign}",
+                side="negative",
+                line_color="#1f77b4",
+                points=False,
+                showlegend=sign == "+1",
+                legendgroup="est",
+            )
+        )
+        ex = t[t[col].notna()]
+        fig.add_trace(
+            go.Scatter(
+                x=[sign] * len(ex),
+                y=ex[col],
+                mode="markers",
+                name="exact",
+                legendgroup="exact",
+                showlegend=sign == "+1",
+                marker=dict(color="#d62728", size=6, opacity=0.7),
+                customdata=ex["feature"],
+                hovertemplate="feature %{customdata}: %{y:+.4f}<extra></extra>",
+            )
+        )
+    fig.add_hline(y=0, line_dash="dot")
+    fig.update_layout(
+        yaxis_title=f"loss change ({unit}); below 0 helps",
+        xaxis_title="strength (× max activation)",
+        height=380,
+        margin=dict(t=20, l=10, r=10, b=10),
+        violinmode="overlay",
+    )
+    return fig
+
+
+def steering_density(t: pd.DataFrame, unit: str) -> go.Figure:
+    """One SAE: the loss change against log10 density: estimate at +1 for every live feature,
+    exact changes (the better of +1 and -1) where measured."""
+    live = t[t["estimate"].notna() & (t["density"] > 0)]
+    ex = live[live["exact_plus"].notna()]
+    best = np.minimum(ex["exact_plus"], ex["exact_minus"])
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scattergl(
+            x=np.log10(live["density"]),
+            y=live["estimate"],
+            mode="markers",
+            name="estimate at +1",
+            marker=dict(size=4, color="#1f77b4", opacity=0.4),
+            customdata=live["feature"],
+            hovertemplate="feature %{customdata}<br>log10 density %{x:.2f}: %{y:+.4f}<extra></extra>",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=np.log10(ex["density"]),
+            y=best,
+            mode="markers",
+            name="exact, better sign",
+            marker=dict(size=7, color="#d62728"),
+            customdata=ex["feature"],
+            hovertemplate="feature %{customdata}<br>log10 density %{x:.2f}: %{y:+.4f}<extra></extra>",
+        )
+    )
+    fig.add_hline(y=0, line_dash="dot")
+    fig.update_layout(
+        xaxis_title="log10 density",
+        yaxis_title=f"loss change ({unit})",
+        height=380,
+        margin=dict(t=20, l=10, r=10, b=10),
+    )
+    return fig

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 import torch
 
+from backend.engine.loss import UNIT
 from backend.errors import UserError
 from backend.live import steer
 from backend.live.model import Live, load_live
@@ -122,12 +122,30 @@ def _steer_causal(db, live, prompt, sae, f, strength, max_act) -> None:
     st.markdown("**Next tokens that gain and lose the most probability**")
     shift = steer.next_token_shift(live, prompt, sae, f, strength, max_act)
     st.dataframe(shift, hide_index=True, column_config={"change": st.column_config.NumberColumn(format="%+.4f")})
-    sample = _corpus_sample(db, queries.sae_row(db, sae)["run_id"])
-    curve = steer.ce_curve(live, sample, sae, f, max_act)
-    st.plotly_chart(figures.strength_curve(curve, "ce_loss", "CE loss (nats / token)", strength), key="ce_curve")
+    loss_panel(db, live, sae, f, strength, max_act)
+
+
+def loss_panel(db, live, sae, f, strength, max_act) -> None:
+    """The model's own loss on the splice sample against strength, with the stored sweep's figures."""
+    tokens, seqs = queries.splice_sample(db, queries.sae_row(db, sae)["run_id"])
+    if not seqs:
+        st.info(
+            "This run has no splice sample, so the loss under steering is not drawn (precompute with --splice-seqs)."
+        )
+        return
+    curve = steer.loss_curve(live, torch.as_tensor(tokens, dtype=torch.long), seqs, sae, f, max_act)
+    unit = UNIT[live.adapter.kind]
+    st.plotly_chart(figures.strength_curve(curve, "loss", unit, strength), key="loss_curve")
+    stored = queries.steering_feature(db, sae, f)
+    told = ""
+    if stored is not None and stored["estimate"] == stored["estimate"]:  # not NaN: a live feature
+        told = f" Stored sweep: first-order estimate {stored['estimate']:+.4f} at +1 ({-stored['estimate']:+.4f} at −1)"
+        if stored["exact_plus"] == stored["exact_plus"]:
+            told += f"; measured {stored['exact_plus']:+.4f} at +1 and {stored['exact_minus']:+.4f} at −1"
+        told += "."
     st.caption(
-        f"Mean next-token loss on the run's first {len(sample)} sequences ({sample.shape[1]} tokens each) with the "
-        "feature's direction added at every position, against strength; 0 is the unsteered model."
+        f"The model's own loss ({unit}) on the run's splice sample ({len(seqs)} sequences of {tokens.shape[1]} tokens) "
+        f"with the feature's direction added at every position, against strength; 0 is the unsteered model." + told
     )
 
 
@@ -148,13 +166,7 @@ def _steer_encoder(db, live, prompt, sae, f, strength, max_act) -> None:
         col.markdown(f"**{title}**")
         col.dataframe(near[name], hide_index=True)
     st.caption(f"Among the run's first {len(index[1])} stored sequences, by cosine of their embeddings.")
-
-
-def _corpus_sample(db: str, run_id: str, n: int = 4, length: int = 128) -> torch.Tensor:
-    seqs = queries.sequences_head(db, run_id, n)
-    if not seqs:
-        raise UserError("this run stored no sequences to measure the loss on")
-    return torch.as_tensor(np.array([s[:length] for s in seqs]), dtype=torch.long)
+    loss_panel(db, live, sae, f, strength, max_act)
 
 
 def probe_table(db: str, sae: str, top: pd.DataFrame) -> pd.DataFrame:

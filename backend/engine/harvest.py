@@ -127,7 +127,7 @@ class Harvest:
         self.device = torch.device(cfg.device)
         self.stats = {s.name: FeatureStats(self.spec(s), self.device) for s in saes}
         self.hooks = sorted({s.hook for s in saes})
-        self.propagation = Propagation(adapter, saes, self.device)
+        self.propagation = Propagation(adapter, saes, self.device, cfg.context_len, cfg.random_draws, cfg.seed)
         self.n_seqs = 0
         self.token_file = token_file
         self._writer: pq.ParquetWriter | None = None
@@ -168,7 +168,9 @@ class Harvest:
         sample = np.flatnonzero(np.asarray(seq_ids) < self.cfg.splice_seqs)
         if sample.size:  # a global rule, so one pass and any set of shards splice the same sequences
             rows = torch.as_tensor(sample, device=tokens.device)
-            self.propagation.update(tokens[rows], {h: a[rows] for h, a in acts.items()}, mask[rows.to(mask.device)])
+            self.propagation.update(
+                tokens[rows], {h: a[rows] for h, a in acts.items()}, mask[rows.to(mask.device)], seq_ids[sample]
+            )
         self._write_tokens(seq_ids, tokens.cpu().numpy())
         self.n_seqs += len(seq_ids)
 

@@ -33,14 +33,12 @@ def hook_depth(hook: str) -> float:
     return layer + {"pre": -0.5, "mid": 0.0, "post": 0.5}[where]
 
 
-def recovered(name: str, clean: float, spliced: float, ablated: float) -> float:
-    """How much of the clean model the spliced one keeps, relative to zero-ablating the hook
-    (1 = all, 0 = no better than ablation). Computed from means over the whole splice sample, so
-    shards and batches that split the sample differently give the same figure. `name` is
-    "ce_loss_recovered" or "cosine_recovered"."""
-    if name == "ce_loss_recovered":
-        return (ablated - spliced) / (ablated - clean) if ablated != clean else float("nan")
-    return (spliced - ablated) / (clean - ablated) if clean != ablated else float("nan")
+def recovered(clean: float, spliced: float, ablated: float) -> float:
+    """How much of the clean model's loss the spliced model keeps, relative to zero-ablating the
+    hook: (ablated - spliced) / (ablated - clean); 1 = all, 0 = no better than ablation, above 1 =
+    the splice lowered the loss. Computed from losses over the whole splice sample, so shards and
+    batches that split the sample differently give the same figure."""
+    return (ablated - spliced) / (ablated - clean) if ablated != clean else float("nan")
 
 
 class ModelAdapter:
@@ -76,6 +74,16 @@ class ModelAdapter:
         output: per-token CE loss [B, T-1] for causal models, the mean-pooled final embedding
         [B, d] for encoders. `clean` holds clean activations at some hooks, which an adapter may
         start from instead of recomputing them."""
+        raise NotImplementedError
+
+    def output_with_grad(
+        self,
+        tokens: torch.Tensor,
+        clean: dict[str, torch.Tensor],
+        splices: dict[str, Callable[[torch.Tensor], torch.Tensor]],
+    ) -> torch.Tensor:
+        """spliced_forward's output with autograd on, so a splice that adds a tensor requiring
+        grad yields the loss's gradient with respect to it (one backward for every hook)."""
         raise NotImplementedError
 
     def ablated_output(self, tokens: torch.Tensor, clean: dict[str, torch.Tensor], hook: str) -> torch.Tensor:
@@ -194,6 +202,13 @@ class EncoderAdapter(ModelAdapter):
 
     @torch.no_grad()
     def spliced_forward(self, tokens, clean, splices, capture):
+        return self._run(tokens, clean, splices, capture)
+
+    def output_with_grad(self, tokens, clean, splices):
+        with torch.enable_grad():
+            return self._run(tokens, clean, splices, [])[1]
+
+    def _run(self, tokens, clean, splices, capture):
         """Starts at the first spliced hook from its clean activations and runs only the layers
         after it (with no splice, from the deepest clean hook given)."""
         by_index = {self._hidden_index(h): h for h in self.hook_names()}
@@ -287,6 +302,10 @@ class HookedAdapter(ModelAdapter):
     def spliced_forward(self, tokens, clean, splices, capture):
         got, logits = self._logits(tokens, clean, splices, capture)
         return got, per_token_loss(logits, tokens)
+
+    def output_with_grad(self, tokens, clean, splices):
+        with torch.enable_grad():
+            return per_token_loss(self._logits(tokens, clean, splices, [])[1], tokens)
 
     def _logits(self, tokens, clean, splices, capture):
         """TransformerLens hooks do the splices; a capture hook is added after the splice at the

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from backend.config import PrecomputeConfig, SAESource
-from backend.engine import tables, weights
+from backend.engine import steering, tables, weights
 from backend.engine.harvest import Harvest, special_mask
 from backend.engine.models import ModelAdapter, load_model
 from backend.engine.saes import LoadedSAE, expand_sources, load_saes
@@ -66,6 +66,10 @@ def finalize(h: Harvest, token_files: list[str]) -> str:
         }
     )
     n_tokens = h.stats[h.saes[0].name].n_tokens
+    sweep = None
+    if not cfg.no_steering and h.propagation.tokens:
+        spec = steering.SteerSpec(extremes=cfg.steer_extremes, sample=cfg.steer_sample, seed=cfg.seed)
+        sweep = steering.Sweep(adapter, h.saes, h.propagation.tokens, spec)
     rows = []
     with writes.RunWriter(cfg.db, run_id) as w:
         for s, name in tqdm(list(zip(h.saes, names)), desc="finalize", unit="sae", file=sys.stderr):
@@ -75,6 +79,10 @@ def finalize(h: Harvest, token_files: list[str]) -> str:
             feats = tables.features_frame(name, st)
             density = feats["density"].to_numpy()
             diag, summary = tables.diagnostics_frames(name, s, st, density, cfg.tail_below, cfg.seed)
+            steer = steer_summary = None
+            if sweep is not None:
+                steer = sweep.table(name, s, feats["max_act"].to_numpy(), density)
+                steer_summary = pd.DataFrame([sweep.summary(name, steer)])
             w.sae(
                 name,
                 {
@@ -84,6 +92,8 @@ def finalize(h: Harvest, token_files: list[str]) -> str:
                     "density_hist": tables.density_hist_frame(name, density),
                     "feature_diagnostics": diag,
                     "sae_diagnostics": summary,
+                    "steering": steer,
+                    "steering_summary": steer_summary,
                 },
             )
             del st, feats, diag

@@ -6,33 +6,38 @@ single pass and any set of shards use the same sequences). For each SAE i of the
 - at every hook j at or after i's hook that has an SAE in the run: the residual change
   sum ||x'_j - x_j||^2 / sum ||x_j||^2, and, for each SAE of i's family (architecture) at j, its
   reconstruction of the perturbed stream x'_j next to that of the clean x_j on the same tokens;
-- at the output, the model's metric (per-token CE loss for causal models, cosine of the
-  mean-pooled final embedding to the clean one for encoders) with i alone spliced, with i's hook
-  zero-ablated instead (together with the clean output, that gives the `saes` table's CE loss /
-  cosine recovered), and with every SAE of i's family at hooks up to i's spliced at once
-  (compounding).
+- at the output, the model's own loss (engine.loss: next-token CE for causal models, the
+  contrastive loss sentence encoders are trained with for encoders) with i alone spliced, with
+  i's hook zero-ablated instead (with the clean loss, that gives the `saes` table's loss
+  recovered), with every SAE of i's family at hooks up to i's spliced at once (compounding), and
+  with a random direction of the reconstruction error's norm added at each token instead of the
+  error itself (are the SAE's errors worse than random ones of the same size?);
+- by context: the loss with i spliced per range of preceding tokens (causal models), or with the
+  sample's pairs cut to shorter texts (encoders).
 
 Every forward starts from the clean activations the pass already has (at i's hook for a splice
 there, at the deepest hook for the clean output), so a splice at layer L costs only the layers
 after L.
 
-Everything is kept as sums and counts, so shard states add up to exactly one pass. Only i's own
+Everything is kept as sums, or as outputs per sequence (the losses are computed from those once
+the whole sample is in), so shard states add up to exactly one pass. Only i's own
 family is measured at later hooks: that is what the Layers page draws, and measuring every family
 would double the sample's cost.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 
+from backend.engine import loss
 from backend.engine.models import ModelAdapter, constant_splice, hook_depth, recovered
 from backend.engine.saes import LoadedSAE
-
-OUTPUT_METRIC = {"causal": "ce_loss", "encoder": "cosine"}
 
 
 def family(s: LoadedSAE) -> str:
@@ -111,10 +116,19 @@ class _Recon:
 
 
 class Propagation:
-    """Sums of the splice sample for every (spliced SAE, measured hook / SAE) pair."""
+    """Per-sequence outputs and sums of the splice sample for every (spliced SAE, measured hook / SAE) pair."""
 
-    def __init__(self, adapter: ModelAdapter, saes: list[LoadedSAE], device: torch.device):
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        saes: list[LoadedSAE],
+        device: torch.device,
+        context_len: int,
+        random_draws: int = 2,
+        seed: int = 0,
+    ):
         self.adapter, self.saes, self.device = adapter, saes, device
+        self.kind = adapter.kind
         self.hooks = sorted({s.hook for s in saes}, key=hook_depth)
         self.by_name = {s.name: s for s in saes}
         self.measured = {s.name: measured_after(s.hook, self.hooks) for s in saes}
@@ -127,7 +141,9 @@ class Propagation:
             for s in saes
         }
         self.chains = compound_chains(saes)
-        self.metric = OUTPUT_METRIC[adapter.kind]
+        self.metric = loss.METRIC[adapter.kind]
+        self.context_len, self.random_draws, self.seed = context_len, random_draws, seed
+        self.lengths = loss.encoder_lengths(context_len) if self.kind == "encoder" else []
         self.n_seqs = 0
         zero = lambda n: torch.zeros(n, dtype=torch.float64, device=device)  # noqa: E731
         # (i, hook) -> [tokens, sum ||x' - x||^2, sum ||x||^2]
@@ -139,30 +155,55 @@ class Propagation:
             for ts in self.targets[s.name].values():
                 for t in ts:
                     self.recon[(s.name, t.name)] = _Recon.zeros(d[t.name], device)
-        # (mode, i) -> [n, sum of the clean metric, sum of the spliced (or ablated) one]
-        self.output = {(mode, s.name): zero(3) for s in saes for mode in ("alone", "ablated")}
-        for chain in self.chains.values():
-            for s in chain:
-                self.output[("compound", s.name)] = zero(3)
+        self.outputs: dict[tuple[str, str, int], dict[int, torch.Tensor]] = defaultdict(dict)
+        """(mode, SAE or "" for the clean model, draw or text length) -> sequence -> its output
+        (per-token losses, or the pooled embedding); the losses are computed from these once the
+        whole sample is in, since an encoder's contrastive loss pairs sequences"""
+        self.tokens: dict[int, torch.Tensor] = {}
+        """the sample's token ids by sequence, for the steering sweep at the end of the run"""
 
     CHUNK = 8
     """sequences spliced at a time: a causal model's logits for the output metric are
     [rows, T, vocab] floats (50,257 wide for GPT-2), so the sample goes through in chunks"""
 
     @torch.no_grad()
-    def update(self, tokens: torch.Tensor, clean: dict[str, torch.Tensor], mask: torch.Tensor) -> None:
+    def update(
+        self, tokens: torch.Tensor, clean: dict[str, torch.Tensor], mask: torch.Tensor, seqs: np.ndarray
+    ) -> None:
         """One batch of the splice sample: tokens [b, T], clean activations at the run's hooks,
-        mask [b, T] of the tokens that count (special tokens excluded). Sums add up, so
-        chunking changes nothing but memory."""
+        mask [b, T] of the tokens that count (special tokens excluded), the sequence numbers.
+        Sums add up and outputs are kept per sequence, so chunking changes nothing but memory."""
         for start in range(0, len(tokens), self.CHUNK):
             rows = slice(start, start + self.CHUNK)
-            self._update(tokens[rows], {h: a[rows] for h, a in clean.items()}, mask[rows])
+            self._update(tokens[rows], {h: a[rows] for h, a in clean.items()}, mask[rows], list(seqs[rows]))
 
-    def _update(self, tokens: torch.Tensor, clean: dict[str, torch.Tensor], mask: torch.Tensor) -> None:
+    def _keep(self, key: tuple[str, str, int], seqs: list[int], out: torch.Tensor) -> None:
+        for s, row in zip(seqs, out):
+            self.outputs[key][int(s)] = row.detach().float().cpu()
+
+    def random_like(self, s: LoadedSAE, x: torch.Tensor, x_hat: torch.Tensor, seqs: list[int], draw: int):
+        """x plus a random direction per token with the norm of that token's reconstruction error,
+        drawn from a generator seeded by (run seed, SAE, sequence, draw): shards draw the same."""
+        norm = (x_hat.float() - x.float()).norm(dim=-1, keepdim=True)
+        z = torch.stack(
+            [
+                torch.randn(
+                    x.shape[1:],
+                    generator=torch.Generator().manual_seed(zlib.crc32(f"{self.seed}/{s.name}/{q}/{draw}".encode())),
+                )
+                for q in seqs
+            ]
+        ).to(x.device)
+        return (x.float() + norm * torch.nn.functional.normalize(z, dim=-1)).to(x.dtype)
+
+    def _update(self, tokens: torch.Tensor, clean: dict[str, torch.Tensor], mask: torch.Tensor, seqs) -> None:
         m = mask.to(self.device, torch.float64)
         self.n_seqs += len(tokens)
+        for q, row in zip(seqs, tokens):
+            self.tokens[int(q)] = row.cpu()
         run = self.adapter.spliced_forward
         _, clean_out = run(tokens, clean, {}, [])
+        self._keep(("clean", "", 0), seqs, clean_out)
         n_tok = m.sum()
         clean_sq = {h: (clean[h].double().pow(2).sum(-1) * m).sum() for h in self.hooks}  # the same for every splice
         alone, ablated = {}, {}
@@ -171,10 +212,13 @@ class Propagation:
             self.recon[(None, s.name)].add(clean[s.hook], x_hat, m)
             got, out = run(tokens, clean, {s.hook: constant_splice(x_hat)}, self.measured[s.name])
             alone[s.name] = (got, out)
-            self._add_output(("alone", s.name), clean_out, out)
+            self._keep(("alone", s.name, 0), seqs, out)
             if s.hook not in ablated:
                 ablated[s.hook] = self.adapter.ablated_output(tokens, clean, s.hook)
-            self._add_output(("ablated", s.name), clean_out, ablated[s.hook])
+            self._keep(("ablated", s.name, 0), seqs, ablated[s.hook])
+            for draw in range(self.random_draws):
+                noisy = self.random_like(s, clean[s.hook], x_hat, seqs, draw)
+                self._keep(("random", s.name, draw), seqs, run(tokens, clean, {s.hook: constant_splice(noisy)}, [])[1])
             for h, x_new in got.items():
                 cell = self.resid[(s.name, h)]
                 cell[0] += n_tok
@@ -187,42 +231,47 @@ class Propagation:
             # spliced, is captured on the way, and the forward starts from there with that SAE's
             # reconstruction put in. The first link is the first SAE alone, which already ran.
             got, out = alone[chain[0].name]
-            self._add_output(("compound", chain[0].name), clean_out, out)
+            self._keep(("compound", chain[0].name, 0), seqs, out)
             for k in range(1, len(chain)):
                 x_hat = splice_fn(chain[k])(got[chain[k].hook])
                 nxt = [chain[k + 1].hook] if k + 1 < len(chain) else []
                 got, out = run(tokens, clean, {chain[k].hook: constant_splice(x_hat)}, nxt)
-                self._add_output(("compound", chain[k].name), clean_out, out)
+                self._keep(("compound", chain[k].name, 0), seqs, out)
+        for length in self.lengths:  # encoders: the same pairs as shorter texts
+            short = loss.truncate(tokens, seqs, length)
+            acts = self.adapter.activations(short, self.hooks)
+            self._keep(("clean", "", length), seqs, run(short, acts, {}, [])[1])
+            for s in self.saes:
+                x_hat = splice_fn(s)(acts[s.hook])
+                self._keep(("alone", s.name, length), seqs, run(short, acts, {s.hook: constant_splice(x_hat)}, [])[1])
 
-    def _add_output(self, key, clean_out: torch.Tensor, out: torch.Tensor) -> None:
-        cell = self.output[key]
-        if self.metric == "ce_loss":  # per-token losses [b, T-1]
-            cell[0] += out.numel()
-            cell[1] += clean_out.double().sum()
-            cell[2] += out.double().sum()
-        else:  # pooled embeddings [b, d]: cosine to the clean one, which is 1 for the clean run
-            cos = torch.nn.functional.cosine_similarity(out.double(), clean_out.double(), dim=-1)
-            cell[0] += len(cos)
-            cell[1] += len(cos)
-            cell[2] += cos.sum()
+    def loss(self, mode: str, name: str = "", arg: int = 0) -> tuple[float | None, int]:
+        return loss.sample_loss(self.kind, self.outputs.get((mode, name, arg), {}))
 
     def downstream(self, name: str) -> dict[str, float | str | None]:
-        """The `saes` table's downstream columns for one SAE: the output metric clean, with the
-        SAE spliced in, and with its hook zero-ablated, and how much of the clean model the splice
-        keeps (CE loss or cosine recovered); all None without a splice sample."""
-        n, clean, spliced = self.output[("alone", name)].tolist()
-        ablated = self.output[("ablated", name)][2].item()
-        metric = f"{self.metric}_recovered"
+        """The `saes` table's downstream columns for one SAE: the model's own loss clean, with the
+        SAE spliced in, and with its hook zero-ablated, how much of the clean loss the splice
+        keeps (CE / contrastive loss recovered), and for encoders the mean cosine of the spliced
+        embedding to the clean one; all None without a splice sample (or, for an encoder, a pair)."""
+        (c, n), (s, _), (a, _) = self.loss("clean"), self.loss("alone", name), self.loss("ablated", name)
+        cos = loss.mean_cosine(self.outputs.get(("alone", name, 0), {}), self.outputs.get(("clean", "", 0), {}))
         if not n:
-            return dict.fromkeys(("metric", "value", "clean", "spliced", "ablated"))
-        c, s, a = clean / n, spliced / n, ablated / n
-        return {"metric": metric, "value": recovered(metric, c, s, a), "clean": c, "spliced": s, "ablated": a}
+            return dict.fromkeys(("metric", "value", "clean", "spliced", "ablated", "cosine"))
+        return {
+            "metric": f"{self.metric}_recovered",
+            "value": recovered(c, s, a),
+            "clean": c,
+            "spliced": s,
+            "ablated": a,
+            "cosine": cos if self.kind == "encoder" else None,
+        }
 
     def state_dict(self) -> dict:
         return {
             "resid": {k: v.cpu() for k, v in self.resid.items()},
             "recon": {k: {f: getattr(v, f).cpu() for f in ("n", "x2", "err", "sum_x")} for k, v in self.recon.items()},
-            "output": {k: v.cpu() for k, v in self.output.items()},
+            "outputs": {k: dict(v) for k, v in self.outputs.items()},
+            "tokens": dict(self.tokens),
             "n_seqs": self.n_seqs,
         }
 
@@ -231,13 +280,14 @@ class Propagation:
             self.resid[k] += v.to(self.device)
         for k, v in d["recon"].items():
             self.recon[k].merge(_Recon(**{f: t.to(self.device) for f, t in v.items()}))
-        for k, v in d["output"].items():
-            self.output[k] += v.to(self.device)
+        for k, v in d["outputs"].items():
+            self.outputs[k].update(v)
+        self.tokens.update(d["tokens"])
         self.n_seqs += d["n_seqs"]
 
     # ---- tables ----
     def frames(self, run_id: str, names: dict[str, str]) -> dict[str, pd.DataFrame]:
-        """Rows of `propagation`, `propagation_recon` and `splice_output` (see schema.sql);
+        """Rows of `propagation`, `propagation_recon`, `splice_output` and `splice_context` (see schema.sql);
         `names` maps each SAE to its id in the database. No rows when the sample was empty."""
         if not self.n_seqs:
             return {t: pd.DataFrame(columns=c) for t, c in _COLUMNS.items()}
@@ -273,11 +323,16 @@ class Propagation:
                     **{f"{k}_spliced": p[k] for k in ("err", "var", "x2", "ev", "rel_error")},
                 }
             )
+        clean, _ = self.loss("clean")
         output = []
-        for (mode, i), (n, clean, spliced) in ((k, v.tolist()) for k, v in self.output.items()):
+        keys = sorted({(mode, i) for mode, i, _ in self.outputs if mode != "clean"})
+        for mode, i in keys:
             s = self.by_name[i]
-            chain = self.chains.get(family(s), []) if mode == "compound" else [s]  # alone, ablated
+            chain = self.chains.get(family(s), []) if mode == "compound" else [s]  # alone, ablated, random
             upto = [c for c in chain if hook_depth(c.hook) <= hook_depth(s.hook)]
+            draws = range(self.random_draws) if mode == "random" else [0]
+            values = [self.loss(mode, i, d) for d in draws]
+            spliced = [v for v, _ in values if v is not None]
             output.append(
                 {
                     "run_id": run_id,
@@ -286,18 +341,71 @@ class Propagation:
                     "family": family(s),
                     "depth": hook_depth(s.hook),
                     "n_spliced": len(upto),
+                    "draws": len(draws) if mode == "random" else None,
                     "metric": self.metric,
-                    "n": int(n),
-                    "clean_sum": clean,
-                    "spliced_sum": spliced,
-                    "clean": clean / n if n else None,
-                    "spliced": spliced / n if n else None,
+                    "n": values[0][1],
+                    "clean": clean,
+                    "spliced": float(np.mean(spliced)) if spliced else None,
+                    "cosine": (
+                        float(
+                            np.mean(
+                                [
+                                    loss.mean_cosine(self.outputs[(mode, i, d)], self.outputs[("clean", "", 0)])
+                                    for d in draws
+                                ]
+                            )
+                        )
+                        if self.kind == "encoder"
+                        else None
+                    ),
                 }
             )
         return {
             "propagation": pd.DataFrame(resid, columns=_COLUMNS["propagation"]),
             "propagation_recon": pd.DataFrame(recon, columns=_COLUMNS["propagation_recon"]),
             "splice_output": pd.DataFrame(output, columns=_COLUMNS["splice_output"]),
+            "splice_context": pd.DataFrame(self.context_rows(run_id, names), columns=_COLUMNS["splice_context"]),
+        }
+
+    def context_rows(self, run_id: str, names: dict[str, str]) -> list[dict]:
+        """The loss with each SAE alone spliced in, by context: causal models per range of tokens
+        a prediction sees (from the full sample's per-token losses), encoders per text length
+        (the sample run again at shorter lengths, and at the run's own)."""
+        rows = []
+        if self.kind == "causal":
+            clean = self.outputs[("clean", "", 0)]
+            for lo, hi in loss.context_buckets(self.context_len):
+                cols = slice(lo - 1, hi)  # the prediction at position p sees p + 1 tokens
+                c = torch.cat([clean[q][cols].double() for q in sorted(clean)])
+                for s in self.saes:
+                    spl = self.outputs[("alone", s.name, 0)]
+                    v = torch.cat([spl[q][cols].double() for q in sorted(spl)])
+                    rows.append(self._context_row(run_id, names, s, lo, hi, len(c), float(c.mean()), float(v.mean())))
+            return rows
+        for length in [*self.lengths, self.context_len]:
+            arg = 0 if length == self.context_len else length
+            c, n = self.loss("clean", "", arg)
+            if c is None:
+                continue
+            for s in self.saes:
+                rows.append(
+                    self._context_row(run_id, names, s, length, length, n, c, self.loss("alone", s.name, arg)[0])
+                )
+        return rows
+
+    def _context_row(self, run_id, names, s, lo, hi, n, clean, spliced) -> dict:
+        return {
+            "run_id": run_id,
+            "sae": names[s.name],
+            "family": family(s),
+            "depth": hook_depth(s.hook),
+            "metric": self.metric,
+            "ctx_lo": lo,
+            "ctx_hi": hi,
+            "n": n,
+            "clean": clean,
+            "spliced": spliced,
+            "increase": spliced - clean,
         }
 
 
@@ -312,11 +420,24 @@ _COLUMNS = {
         "family",
         "depth",
         "n_spliced",
+        "draws",
         "metric",
         "n",
-        "clean_sum",
-        "spliced_sum",
         "clean",
         "spliced",
+        "cosine",
+    ],
+    "splice_context": [
+        "run_id",
+        "sae",
+        "family",
+        "depth",
+        "metric",
+        "ctx_lo",
+        "ctx_hi",
+        "n",
+        "clean",
+        "spliced",
+        "increase",
     ],
 }

@@ -69,6 +69,7 @@ class SaeRow(LayerMetrics, ContextMetrics):
     downstream_clean: float | None
     downstream_spliced: float | None
     downstream_ablated: float | None
+    downstream_cosine: float | None
     effect_kind: str
     hist_lo: float
     hist_hi: float
@@ -113,6 +114,7 @@ def sae_row(
         downstream_clean=ds["clean"],
         downstream_spliced=ds["spliced"],
         downstream_ablated=ds["ablated"],
+        downstream_cosine=ds["cosine"],
         effect_kind=effect_kind,
         hist_lo=st.spec.hist_lo,
         hist_hi=st.spec.hist_hi,

@@ -3,9 +3,10 @@ position, and see what the model does. Strength is in multiples of the feature's
 (from the database), so +1 pushes as hard as the feature's strongest firing; negative subtracts.
 
 Causal models: continuations with and without steering (greedy, and sampled with a fixed seed),
-the next tokens that gain and lose the most probability, and CE loss on a fixed corpus sample
-against strength. Encoders: cosine of the sentence embedding to the unsteered one against
-strength, and the nearest corpus sequences before and after.
+the next tokens that gain and lose the most probability. Encoders: cosine of the sentence
+embedding to the unsteered one against strength, and the nearest corpus sequences before and
+after. Both: the model's own loss on the run's splice sample against strength (loss_curve), the
+live twin of the stored steering sweep (engine.steering).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from backend.engine.steering import steered_losses
 from backend.errors import UserError
 from backend.live.model import Live
 from backend.store import queries
@@ -87,17 +89,19 @@ def generate(
     return out
 
 
-def ce_curve(live: Live, sample: torch.Tensor, sae: str, f: int, max_act: float, strengths=STRENGTHS) -> pd.DataFrame:
-    """Mean next-token CE loss on a fixed sample of the run's sequences, at each strength."""
+def loss_curve(
+    live: Live, tokens: torch.Tensor, seqs: list[int], sae: str, f: int, max_act: float, strengths=STRENGTHS
+) -> pd.DataFrame:
+    """The model's own loss (engine.loss) on the run's splice sample with the feature's direction
+    added at every position, at each strength, and its change from the unsteered loss: the same
+    computation as the stored steering sweep, so at +1 and -1 it equals the stored exact values."""
     hook = live.sae(sae).hook
-    rows = []
+    vectors = torch.stack([steering_vector(live, sae, f, s, max_act) for s in (0.0, *strengths)])
     with live.using() as adapter:
-        sample = sample.to(adapter.device)
-        for s in strengths:
-            v = steering_vector(live, sae, f, s, max_act)
-            _, loss = adapter.spliced_forward(sample, {}, {hook: _add(v)}, [])
-            rows.append({"strength": s, "ce_loss": float(loss.double().mean())})
-    return pd.DataFrame(rows)
+        tokens = tokens.to(adapter.device)
+        clean = adapter.activations(tokens, [hook])[hook]
+        losses = steered_losses(adapter, tokens, seqs, hook, clean, vectors)
+    return pd.DataFrame({"strength": list(strengths), "loss": losses[1:], "change": losses[1:] - losses[0]})
 
 
 # ---- encoders ----

@@ -462,20 +462,88 @@ def propagation_recon(path: str) -> pd.DataFrame:
 
 @cached
 def splice_output(path: str) -> pd.DataFrame:
-    """The model's output with SAEs spliced in (alone, or the family's compounding chain);
-    `harm` is how much worse it is than clean: CE increase in nats per token, or 1 - cosine."""
+    """The model's own loss with SAEs spliced in (alone, ablated, against random errors, or the
+    family's compounding chain); `harm` is the loss increase over the clean model."""
     return _df(
         path,
-        f"""SELECT t.*, s.hook AS spliced_hook, s.architecture,
-                   CASE WHEN t.metric = 'ce_loss' THEN t.spliced - t.clean ELSE t.clean - t.spliced END AS harm
+        f"""SELECT t.*, s.hook AS spliced_hook, s.architecture, t.spliced - t.clean AS harm
             FROM splice_output t {_SPLICED} ORDER BY t.mode, t.family, t.depth, t.sae""",
     )
+
+
+@cached
+def loss_per_sae(path: str) -> pd.DataFrame:
+    """One row per spliced SAE: the loss increase with its reconstruction and with random errors
+    of the same norm, their ratio (how pathological its errors are), and loss recovered."""
+    return _df(
+        path,
+        f"""SELECT t.sae, s.hook, s.depth, s.architecture, s.train_context, t.metric, t.clean,
+                   t.spliced - t.clean AS increase, q.spliced - q.clean AS random_increase,
+                   (t.spliced - t.clean) / nullif(q.spliced - q.clean, 0) AS ratio, q.draws,
+                   s.downstream_value AS recovered, s.downstream_ablated AS ablated, t.cosine
+            FROM splice_output t
+            LEFT JOIN splice_output q ON q.run_id = t.run_id AND q.sae = t.sae AND q.mode = 'random'
+            {_SPLICED} AND t.mode = 'alone'
+            ORDER BY s.architecture, s.depth, s.sae""",
+    )
+
+
+@cached
+def splice_context(path: str) -> pd.DataFrame:
+    """The loss increase from each SAE alone, by context (tokens seen, or text length), with the
+    SAE's hook, family and training context."""
+    return _df(
+        path,
+        f"""SELECT t.*, s.hook, s.architecture, s.train_context
+            FROM splice_context t {_SPLICED} ORDER BY s.architecture, s.depth, t.sae, t.ctx_lo""",
+    )
+
+
+@cached
+def steering_summary(path: str) -> pd.DataFrame:
+    return _df(
+        path,
+        """SELECT t.*, s.hook, s.depth, s.architecture FROM steering_summary t JOIN saes s USING (sae)
+           JOIN runs r USING (run_id) WHERE r.status = 'complete' ORDER BY s.architecture, s.depth, t.sae""",
+    )
+
+
+@cached
+def steering(path: str, sae: str) -> pd.DataFrame:
+    """Every feature's steering estimate (and exact changes where measured) with its density."""
+    return _df(
+        path,
+        """SELECT t.*, f.density, f.max_act FROM steering t JOIN features f USING (sae, feature)
+           WHERE t.sae = ? ORDER BY t.feature""",
+        [sae],
+    )
+
+
+def steering_feature(path: str, sae: str, f: int) -> dict | None:
+    df = _df(path, "SELECT * FROM steering WHERE sae = ? AND feature = ?", [sae, f])
+    return None if df.empty else df.iloc[0].to_dict()
 
 
 def sequences_head(path: str, run_id: str, n: int) -> list[np.ndarray]:
     """The token ids of a run's first n sequences (a fixed corpus sample)."""
     df = _df(path, "SELECT tokens FROM sequences WHERE run_id = ? ORDER BY seq LIMIT ?", [run_id, n])
     return [np.asarray(t) for t in df["tokens"]]
+
+
+@cached
+def splice_sample(path: str, run_id: str) -> tuple[np.ndarray, list[int]]:
+    """The run's splice sample (sequences numbered below its --splice-seqs): token ids [n, T] and
+    the sequence numbers; empty when the run had none."""
+    df = _df(
+        path,
+        """SELECT q.seq, q.tokens FROM sequences q JOIN runs r USING (run_id)
+           WHERE q.run_id = ? AND q.seq < coalesce(TRY_CAST(json_extract(r.config, '$.splice_seqs') AS INTEGER), 0)
+           ORDER BY q.seq""",
+        [run_id],
+    )
+    if df.empty:
+        return np.zeros((0, 0), dtype=np.int64), []
+    return np.stack([np.asarray(t) for t in df["tokens"]]), [int(q) for q in df["seq"]]
 
 
 @cached

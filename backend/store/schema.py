@@ -10,7 +10,7 @@ import duckdb
 from backend.errors import UserError
 
 SCHEMA = Path(__file__).with_name("schema.sql").read_text()
-VERSION = "8"
+VERSION = "9"
 """Bumped whenever a table or column changes; files of another version are refused by name."""
 
 SAE_TABLES = (
@@ -22,8 +22,10 @@ SAE_TABLES = (
     "density_hist",
     "feature_diagnostics",
     "sae_diagnostics",
+    "steering",
+    "steering_summary",
 )
-PROPAGATION_TABLES = ("propagation", "propagation_recon", "splice_output")
+PROPAGATION_TABLES = ("propagation", "propagation_recon", "splice_output", "splice_context")
 RUN_TABLES = ("sequences", "vocab", *PROPAGATION_TABLES)
 
 _REQUIRED = {
@@ -33,7 +35,10 @@ _REQUIRED = {
     "examples": {"sae", "feature", "kind", "quantile", "seq", "pos", "ctx_start", "acts"},
     "propagation": {"run_id", "sae", "hook", "resid_change"},
     "feature_diagnostics": {"sae", "feature", "map_x", "tail_cos", "pos_corr", "anti_partner"},
-    "splice_output": {"run_id", "sae", "mode", "metric", "clean", "spliced"},
+    "splice_output": {"run_id", "sae", "mode", "metric", "clean", "spliced", "cosine", "draws"},
+    "splice_context": {"run_id", "sae", "ctx_lo", "ctx_hi", "increase"},
+    "steering": {"sae", "feature", "estimate", "exact_plus", "exact_minus", "pick"},
+    "steering_summary": {"sae", "hurt_plus", "spearman"},
 }
 
 

@@ -49,13 +49,15 @@ CREATE TABLE IF NOT EXISTS saes (
     explained_variance DOUBLE,
     n_dead            INTEGER,
     n_dense           INTEGER,             -- density > backend.density.DENSE
-    -- downstream_*: on the splice sample (propagation.Propagation.downstream): the output metric
-    -- clean, with the SAE spliced in, with its hook zero-ablated, and how much the splice recovers
-    downstream_metric VARCHAR,             -- ce_loss_recovered | cosine_recovered
+    -- downstream_*: on the splice sample (propagation.Propagation.downstream): the model's own loss
+    -- (engine.loss) clean, with the SAE spliced in, with its hook zero-ablated, and how much the
+    -- splice recovers: (ablated - spliced) / (ablated - clean)
+    downstream_metric VARCHAR,             -- ce_loss_recovered | contrastive_loss_recovered
     downstream_value  DOUBLE,
     downstream_clean  DOUBLE,
     downstream_spliced DOUBLE,
     downstream_ablated DOUBLE,
+    downstream_cosine DOUBLE,              -- encoders: mean cosine of the spliced sentence embedding to the clean one
     effect_kind       VARCHAR,             -- unembed (W_dec . W_U) | embed (W_dec . W_E)
     hist_lo           DOUBLE,              -- log10 range of the per-feature activation histogram
     hist_hi           DOUBLE,
@@ -194,11 +196,13 @@ CREATE TABLE IF NOT EXISTS propagation_recon (
     rel_error_spliced DOUBLE
 );
 
--- The model's output with SAEs spliced in. mode 'alone': only `sae`; mode 'ablated': `sae`'s hook
--- set to zero instead (spliced_* then hold the ablated output); mode 'compound': every SAE
--- of its family (architecture) at hooks up to its own, `n_spliced` of them. metric 'ce_loss':
--- next-token cross-entropy, n = predicted tokens; 'cosine': cosine of the mean-pooled final
--- embedding to the clean one, n = sequences (the clean run scores 1).
+-- The model's own loss (engine.loss) with SAEs spliced in. mode 'alone': only `sae`; 'ablated':
+-- `sae`'s hook set to zero instead; 'compound': every SAE of its family (architecture) at hooks
+-- up to its own, `n_spliced` of them; 'random': instead of the SAE's reconstruction, the clean
+-- activation plus a random direction with the norm of the SAE's error at each token (seeded per
+-- SAE, sequence and draw), `draws` of them averaged. metric 'ce_loss': next-token cross-entropy,
+-- n = predicted tokens; 'contrastive_loss': sentence-transformers' MultipleNegativesRankingLoss
+-- (scale 20) over the sample's adjacent-window pairs, n = pairs.
 CREATE TABLE IF NOT EXISTS splice_output (
     run_id      VARCHAR NOT NULL,
     sae         VARCHAR NOT NULL,
@@ -206,12 +210,63 @@ CREATE TABLE IF NOT EXISTS splice_output (
     family      VARCHAR NOT NULL,
     depth       DOUBLE NOT NULL,
     n_spliced   INTEGER NOT NULL,
+    draws       INTEGER,               -- mode 'random': directions averaged
     metric      VARCHAR NOT NULL,
     n           BIGINT NOT NULL,
-    clean_sum   DOUBLE NOT NULL,
-    spliced_sum DOUBLE NOT NULL,
-    clean       DOUBLE,                -- clean_sum / n
-    spliced     DOUBLE                 -- spliced_sum / n
+    clean       DOUBLE,                -- the clean model's loss on the sample
+    spliced     DOUBLE,                -- with the intervention
+    cosine      DOUBLE                 -- encoders: mean cosine of each sequence's embedding to its clean one
+);
+
+-- The loss increase from splicing one SAE in, by context (propagation.Propagation.context_rows).
+-- Causal models: predictions that see ctx_lo .. ctx_hi tokens (BOS included), from the full
+-- sample; encoders: the sample's pairs cut to texts of ctx_lo = ctx_hi tokens (engine.loss.truncate).
+CREATE TABLE IF NOT EXISTS splice_context (
+    run_id   VARCHAR NOT NULL,
+    sae      VARCHAR NOT NULL,
+    family   VARCHAR NOT NULL,
+    depth    DOUBLE NOT NULL,
+    metric   VARCHAR NOT NULL,
+    ctx_lo   INTEGER NOT NULL,
+    ctx_hi   INTEGER NOT NULL,
+    n        BIGINT NOT NULL,      -- predicted tokens, or pairs
+    clean    DOUBLE,
+    spliced  DOUBLE,
+    increase DOUBLE                -- spliced - clean
+);
+
+-- Steering every feature (engine.steering): the change of the model's loss on the splice sample
+-- when strength x max_act x W_dec[f] is added at the SAE's hook on every position. `estimate`:
+-- first order at strength +1 (at -1 it is the negative); exact_*: a real steered forward at +1 / -1,
+-- for the features `pick` names (steering.Pick: 1 the estimate's best, 2 its worst, 3 a
+-- density-stratified sample; 0 not measured, NULL). NULL estimate: a dead feature.
+CREATE TABLE IF NOT EXISTS steering (
+    sae         VARCHAR NOT NULL,
+    feature     INTEGER NOT NULL,
+    estimate    DOUBLE,
+    exact_plus  DOUBLE,
+    exact_minus DOUBLE,
+    pick        TINYINT NOT NULL
+);
+
+-- Per SAE (steering.Sweep.summary): est_hurt_*: share of live features the estimate says raise the
+-- loss at +1 / -1; hurt_*: share of the density-stratified sample whose exact change raises it at
+-- +1 / -1 / both; how the estimate agrees with the exact changes (both signs, every measured feature).
+CREATE TABLE IF NOT EXISTS steering_summary (
+    sae           VARCHAR NOT NULL,
+    metric        VARCHAR NOT NULL,
+    clean_loss    DOUBLE,
+    n_seqs        INTEGER,
+    n_live        INTEGER,
+    est_hurt_plus DOUBLE,
+    est_hurt_minus DOUBLE,
+    n_sample      INTEGER,
+    hurt_plus     DOUBLE,
+    hurt_minus    DOUBLE,
+    hurt_both     DOUBLE,
+    n_exact       INTEGER,
+    spearman      DOUBLE,
+    sign_agree    DOUBLE
 );
 
 -- Why features sit where they do in density (engine.clusters, at the end of a run). One row

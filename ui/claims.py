@@ -1,0 +1,78 @@
+"""Sentences that state what a run's numbers say about the research notes' claims on model
+performance. Pure functions of query results (no Streamlit), so tests can check them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ui.figures import context_label, short_hook
+
+
+def rank_corr(x, y) -> float:
+    x, y = pd.Series(list(x), dtype=float), pd.Series(list(y), dtype=float)
+    return float(x.corr(y, method="spearman")) if len(x) > 2 and x.nunique() > 1 and y.nunique() > 1 else float("nan")
+
+
+def context_claims(ctx: pd.DataFrame) -> list[str]:
+    """Per family: which layer hurts most in the shortest and the longest context, whether depth
+    and harm go together there as the notes say (short: later worse; long: earlier worse), and
+    whether SAEs hurt more past their training context than inside it."""
+    out = []
+    for fam, g in ctx.groupby("architecture"):
+        short, long_ = g["ctx_lo"].min(), g["ctx_lo"].max()
+        parts = []
+        for lo, word, want in ((short, "shortest", 1), (long_, "longest", -1)):
+            col = g[g["ctx_lo"] == lo]
+            worst = col.loc[col["increase"].idxmax()]
+            rho = rank_corr(col["depth"], col["increase"])
+            agree = "" if np.isnan(rho) else (" (as the notes say)" if np.sign(rho) == want else " (against the notes)")
+            trend = "" if np.isnan(rho) else f", depth vs harm ρ = {rho:+.2f}{agree}"
+            parts.append(
+                f"in the {word} contexts ({context_label(int(col['ctx_lo'].iloc[0]), int(col['ctx_hi'].iloc[0]))}) "
+                f"{short_hook(worst['hook'])} hurts most ({worst['increase']:+.3f}{trend})"
+            )
+        beyond = []
+        for _, r in g.groupby("sae"):
+            tc = r["train_context"].iloc[0]
+            if pd.isna(tc):
+                continue
+            inside, past = r[r["ctx_hi"] <= tc]["increase"], r[r["ctx_lo"] > tc]["increase"]
+            if len(inside) and len(past):
+                beyond.append(past.mean() > inside.mean())
+        tail = (
+            f"; {sum(beyond)} of {len(beyond)} SAEs hurt more past their training context than inside it"
+            if beyond
+            else ""
+        )
+        out.append(f"**{fam}**: " + "; ".join(parts) + tail + ".")
+    return out
+
+
+def pathological_claim(df: pd.DataFrame) -> str | None:
+    """How many SAEs' errors raise the loss more than random errors of the same norm."""
+    d = df[df["random_increase"].notna()]
+    if d.empty:
+        return None
+    worse = d[d["increase"] > d["random_increase"]]
+    med = d["ratio"].replace([np.inf, -np.inf], np.nan).median()
+    return (
+        f"{len(worse)} of {len(d)} SAEs' reconstruction errors raise the loss more than random directions of the "
+        f"same norm per token (median ratio {med:.1f}×)."
+    )
+
+
+def steering_claim(summary: pd.DataFrame) -> str | None:
+    """Over every SAE's density-spread sample: the share of steered features that raise the loss."""
+    s = summary[summary["n_sample"] > 0]
+    if s.empty:
+        return None
+    n = int(s["n_sample"].sum())
+    w = s["n_sample"] / n
+    plus, minus, both = (float((s[c] * w).sum()) for c in ("hurt_plus", "hurt_minus", "hurt_both"))
+    helps = 1 - both
+    return (
+        f"Across the {len(s)} SAEs' samples ({n} features, measured exactly): steering at +1 raises the loss for "
+        f"{plus:.0%} of features, at −1 for {minus:.0%}; {both:.0%} hurt at both signs and {helps:.0%} help at one "
+        f"of them at least."
+    )
