@@ -9,10 +9,11 @@ from ui.tokens import md
 
 common.setup("Overview")
 DOWNSTREAM_HELP = (
-    "The SAE's reconstruction spliced into the model at its hook, on a fixed sample of sequences. "
-    "cosine_recovered (encoders): (cos(clean, spliced) − cos(clean, ablated)) / (1 − cos(clean, ablated)) "
-    "for the mean-pooled sentence embedding, where ablated zeroes the hook; 1 = nothing lost, 0 = as bad as "
-    "zeroing. ce_loss_recovered (causal LMs): (CE ablated − CE spliced) / (CE ablated − CE clean)."
+    "The SAE's reconstruction spliced into the model at its hook, on the run's splice sample: how much of the "
+    "model's own loss it keeps, (loss ablated − loss spliced) / (loss ablated − loss clean), where ablated zeroes "
+    "the hook; 1 = nothing lost, 0 = as bad as zeroing, above 1 = the splice lowered the loss. The loss: next-token "
+    "CE for causal LMs (ce_loss_recovered); for sentence encoders the contrastive loss they were trained with "
+    "(contrastive_loss_recovered: sentence-transformers' MultipleNegativesRankingLoss over adjacent-window pairs)."
 )
 
 

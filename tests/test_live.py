@@ -222,6 +222,8 @@ def test_feature_page_tries_text_and_steers(minilm_db, monkeypatch):
     assert any("the stored max over the corpus" in c.value for c in at.caption)
     specs = [c.proto.spec for c in at.get("plotly_chart")]
     assert any("cosine to the unsteered embedding" in s for s in specs)
+    assert any("contrastive loss (MNRL)" in s for s in specs)  # the encoder's own loss on the splice sample
+    assert any("**Steering sweep**" in m.value for m in at.markdown)
     assert any("Nearest corpus sequences" in m.value for m in at.markdown)
     at = run("pages/2_Feature.py", sae="sae-b2", feature=str(f), prompt=TEXT, strength="lots")
     assert not at.exception and _warned(at, "strength='lots' is not a number")
@@ -320,7 +322,7 @@ def test_feature_page_steers_a_causal_model(tmp_path, tokenizer_dir, corpus_file
     assert "**greedy** continuation" in md and "**sampled** continuation" in md
     assert "gain and lose the most probability" in md
     assert any("CE loss, nats" in c.proto.spec for c in at.get("plotly_chart"))
-    assert any("Stored sweep: first-order estimate" in c.value for c in at.caption)
+    assert any("**Steering sweep**" in m.value and "first-order estimate" in m.value for m in at.markdown)
     # the live curve at +1 and -1 is the stored sweep's exact value
     from backend.live.model import load_live
     from backend.live.steer import loss_curve

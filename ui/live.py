@@ -80,6 +80,9 @@ STRENGTH_HELP = "multiples of the feature's max activation on the corpus; negati
 def steer_panel(db: str, sae: str, f: int, row: dict) -> None:
     """Feature page: add strength x max_act x W_dec[f] at the SAE's hook and compare."""
     st.subheader("Steer along this feature")
+    stored = stored_sweep(db, sae, f)
+    if stored:
+        st.markdown(stored)
     prompt = text_box("prompt", "Prompt", "A prompt (causal models) or a sentence (encoders) to steer.", height=80)
     try:
         strength = common.float_param("strength")
@@ -136,17 +139,27 @@ def loss_panel(db, live, sae, f, strength, max_act) -> None:
     curve = steer.loss_curve(live, torch.as_tensor(tokens, dtype=torch.long), seqs, sae, f, max_act)
     unit = UNIT[live.adapter.kind]
     st.plotly_chart(figures.strength_curve(curve, "loss", unit, strength), key="loss_curve")
-    stored = queries.steering_feature(db, sae, f)
-    told = ""
-    if stored is not None and stored["estimate"] == stored["estimate"]:  # not NaN: a live feature
-        told = f" Stored sweep: first-order estimate {stored['estimate']:+.4f} at +1 ({-stored['estimate']:+.4f} at −1)"
-        if stored["exact_plus"] == stored["exact_plus"]:
-            told += f"; measured {stored['exact_plus']:+.4f} at +1 and {stored['exact_minus']:+.4f} at −1"
-        told += "."
     st.caption(
         f"The model's own loss ({unit}) on the run's splice sample ({len(seqs)} sequences of {tokens.shape[1]} tokens) "
-        f"with the feature's direction added at every position, against strength; 0 is the unsteered model." + told
+        f"with the feature's direction added at every position, against strength; 0 is the unsteered model. At ±1 "
+        "it is the stored sweep's measurement (above), recomputed live."
     )
+
+
+def stored_sweep(db: str, sae: str, f: int) -> str | None:
+    """One line: the precompute's steering sweep for this feature (engine.steering)."""
+    stored = queries.steering_feature(db, sae, f)
+    if stored is None or stored["estimate"] != stored["estimate"]:  # no sweep, or a dead feature (NaN)
+        return None
+    line = (
+        f"**Steering sweep** (the model's loss on the splice sample, ± max activation): first-order estimate "
+        f"{stored['estimate']:+.4f} at +1, {-stored['estimate']:+.4f} at −1"
+    )
+    if stored["exact_plus"] == stored["exact_plus"]:
+        line += f"; measured {stored['exact_plus']:+.4f} at +1 and {stored['exact_minus']:+.4f} at −1"
+    else:
+        line += " (not among the features measured exactly)"
+    return line + ". Below 0 the steering helps the model."
 
 
 def _steer_encoder(db, live, prompt, sae, f, strength, max_act) -> None:
