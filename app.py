@@ -4,6 +4,7 @@ import streamlit as st
 
 from backend.density import DENSE, ULTRALOW, resolution_floor
 from backend.store import queries
+from backend.store.schema import RunStatus
 from ui import common, figures, labeling
 from ui.tokens import md
 
@@ -28,14 +29,14 @@ def overview() -> None:
         st.info("This database has no complete SAE yet. `python -m backend info` shows its runs.")
         return
     runs = queries.runs(db)
-    done = runs[runs["status"] == "complete"]
+    done = runs[runs["status"] == RunStatus.COMPLETE]
     st.caption(
         md(
             f"{len(saes)} SAEs · model {', '.join(done['model'].unique())} · "
             f"corpus {', '.join(done['corpus'].unique())} · {int(done['n_tokens'].sum()):,} tokens"
         )
     )
-    unfinished = runs[runs["status"] != "complete"]
+    unfinished = runs[runs["status"] != RunStatus.COMPLETE]
     if len(unfinished):
         st.warning(
             md(

@@ -151,6 +151,13 @@ class PrecomputeConfig(InputConfig):
         if self.workers < 0 or (self.workers and self.shard):
             raise UserError("--workers must be >= 0, and cannot be combined with --shard")
 
+    @classmethod
+    def from_dict(cls, d: dict, **overrides) -> PrecomputeConfig:
+        """The config `asdict` wrote (a shard's state, a Ray task's arguments), with overrides."""
+        values = {**d, **overrides}
+        values["saes"] = [s if isinstance(s, SAESource) else SAESource(**s) for s in values.get("saes", [])]
+        return cls(**values)
+
     def shard_index(self) -> tuple[int, int] | None:
         if self.shard is None:
             return None

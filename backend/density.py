@@ -33,6 +33,13 @@ lower edge but not dense by `is_dense`; buckets are for sampling, `is_dense` is 
 DEAD = "dead"
 
 
+def density(count, n_tokens):
+    """The fraction of counted tokens a feature fires on: the one formula every table and page
+    uses (0 for every feature when no token was counted). Floats, numpy arrays, pandas Series
+    and torch tensors alike."""
+    return count / max(int(n_tokens), 1)
+
+
 def is_dense(density):
     """Works on floats, numpy arrays, pandas Series and torch tensors alike."""
     return density > DENSE

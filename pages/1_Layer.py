@@ -31,8 +31,8 @@ def layer() -> None:
     st.title(md(f"Layer · {sae}"))
     st.caption(
         md(
-            f"{row['hook']} · {row['architecture']} · {row['d_sae']:,} features · L0 {row['l0']:.1f} · "
-            f"explained variance {row['explained_variance']:.3f} · {row['n_dead']:,} dead · {row['n_dense']:,} dense"
+            f"{row.hook} · {row.architecture} · {row.d_sae:,} features · L0 {row.l0:.1f} · "
+            f"explained variance {row.explained_variance:.3f} · {row.n_dead:,} dead · {row.n_dense:,} dense"
         )
     )
 
@@ -56,7 +56,7 @@ def layer() -> None:
     sel = (
         (lo if lo is not None else -10.0, hi if hi is not None else 0.0) if (lo is not None or hi is not None) else None
     )
-    floor = resolution_floor(row["n_tokens"])
+    floor = resolution_floor(row.n_tokens)
     fig = figures.layer_histogram(feats, other, names=(sae, overlay or ""), selected=sel, floor=floor)
     reset = st.session_state.setdefault("_hist_reset", 0)
     event = st.plotly_chart(fig, on_select="rerun", selection_mode="box", key=f"hist{reset}")
@@ -87,15 +87,15 @@ def layer() -> None:
     status = labeling.status_table(db, sae)  # empty, with a warning, if the labels store is unreadable
     preset = st.session_state["w_filter"] or "all"
     shown = layer_table(db, sae, status, preset, lo, hi, SORTS[sort], firing)
-    if st.session_state["w_filter"] == "ultralow" and below_floor(ULTRALOW, row["n_tokens"]):
+    if st.session_state["w_filter"] == "ultralow" and below_floor(ULTRALOW, row.n_tokens):
         st.warning(
-            f"This run read {int(row['n_tokens']):,} tokens, so the smallest density it can measure is "
-            f"1 / {int(row['n_tokens']):,} = {10**floor:.1e}, above the ultralow cut {ULTRALOW:g}: no feature can show "
+            f"This run read {row.n_tokens:,} tokens, so the smallest density it can measure is "
+            f"1 / {row.n_tokens:,} = {10**floor:.1e}, above the ultralow cut {ULTRALOW:g}: no feature can show "
             "as ultralow here, and an empty list says nothing about the SAE. Precompute on more tokens to resolve it."
         )
     rng = f" with log10 density in [{lo if lo is not None else '-∞'}, {hi if hi is not None else 0}]" if sel else ""
     st.markdown(
-        f"**{len(shown):,}** of {len(feats):,} features{rng}, over {int(row['n_tokens']):,} tokens; "
+        f"**{len(shown):,}** of {len(feats):,} features{rng}, over {row.n_tokens:,} tokens; "
         f"firing counts {FIRING_LABELS[firing]}. Click a row to open it."
     )
     picked = st.dataframe(
@@ -121,11 +121,11 @@ def layer() -> None:
         st.plotly_chart(figures.verdict_histogram(by_verdict, floor), key="verdicts")
         n_labeled = int(by_verdict["label"].fillna("").ne("").sum())
         st.caption(
-            f"{n_labeled:,} labeled of {len(feats):,} features; densities over {int(row['n_tokens']):,} tokens "
+            f"{n_labeled:,} labeled of {len(feats):,} features; densities over {row.n_tokens:,} tokens "
             f"({FIRING_LABELS[firing]}). Dead features are not drawn."
         )
     go = st.columns([1, 1, 4])
-    target = go[0].number_input("Open feature #", 0, int(row["d_sae"]) - 1, step=1, key="w_goto")
+    target = go[0].number_input("Open feature #", 0, row.d_sae - 1, step=1, key="w_goto")
     if go[1].button("Go to feature", key="goto"):
         st.switch_page(common.FEATURE, query_params=common.link_params(sae=sae, feature=int(target)))
     rows = picked.selection.rows if picked else []

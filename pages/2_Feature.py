@@ -19,7 +19,7 @@ def feature() -> None:
     sae = common.choose_sae(db)
     common.copy_link()
     row_sae = queries.sae_row(db, sae)
-    n = int(row_sae["d_sae"])
+    n = row_sae.d_sae
     f = common.int_param("feature", 0, n - 1)
     if f is None:
         f = 0
@@ -51,14 +51,14 @@ def feature() -> None:
     st.dataframe(feature_view.summary(row, n), hide_index=True)
     c1, c2 = st.columns(2)
     with c1:
-        bucket = density_bucket(log10_density(row["density"]))
+        bucket = density_bucket(log10_density(row.density))
         st.markdown(f"**Density in its layer** · {bucket}")
         feature_view.density_panel(db, sae, row)
     with c2:
         st.markdown("**Activation histogram** (nonzero activations, log-spaced bins)")
-        fig = figures.activation_histogram(row["hist"], row_sae["hist_lo"], row_sae["hist_hi"])
+        fig = figures.activation_histogram(row.hist, row_sae.hist_lo, row_sae.hist_hi)
         if fig is None:
-            st.caption(f"This feature never fired on the {int(row_sae['n_tokens']):,} tokens read: no activations.")
+            st.caption(f"This feature never fired on the {row_sae.n_tokens:,} tokens read: no activations.")
         else:
             st.plotly_chart(fig, key="act_hist")
 

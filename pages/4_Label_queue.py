@@ -34,7 +34,7 @@ def queue() -> None:
         labeling.store_warning(e)
         return
     current = current[current["sae"] == sae] if not current.empty else current
-    f = common.int_param("qf", 0, int(queries.sae_row(db, sae)["d_sae"]) - 1)
+    f = common.int_param("qf", 0, queries.sae_row(db, sae).d_sae - 1)
     saved_key = f"_queue_saved_{sae}_{f}"
     if f is not None and not st.session_state.get(saved_key) and not still_eligible(feats, current, me, mode, f):
         f = None  # the mode changed, or someone labeled it meanwhile: this one no longer belongs here
@@ -60,8 +60,8 @@ def queue() -> None:
     if saved:
         row = queries.feature(db, sae, f)
         st.success(
-            f"Saved “{st.session_state[saved_key]}”. Density was {row['density']:.2e} "
-            f"({density_bucket(log10_density(row['density']))})."
+            f"Saved “{st.session_state[saved_key]}”. Density was {row.density:.2e} "
+            f"({density_bucket(log10_density(row.density))})."
         )
         st.button("Next →", on_click=advance, type="primary", key="next")
     else:

@@ -66,7 +66,7 @@ def probe_page() -> None:
     rows = event.selection.rows if event and event.selection else []
     if rows and int(top.iloc[rows[0]]["feature"]) != common.int_param("feature"):
         common.set_params(feature=int(top.iloc[rows[0]]["feature"]))
-    f = common.int_param("feature", 0, int(queries.sae_row(db, sae)["d_sae"]) - 1)
+    f = common.int_param("feature", 0, queries.sae_row(db, sae).d_sae - 1)
     f = int(top.iloc[0]["feature"]) if f is None else f
     st.caption(
         f"{len(p.tokens)} tokens, {int(p.counted.sum())} counted (special tokens are not). "
@@ -76,7 +76,7 @@ def probe_page() -> None:
 
     st.subheader(f"Feature {f}, token by token")
     acts = p.codes[sae].feature_acts(f, len(p.tokens))
-    stored = float(queries.feature(db, sae, f)["max_act"])
+    stored = queries.feature(db, sae, f).max_act
     live.shaded(p.tokens, acts, p.counted, stored if stored > 0 else float(acts.max() or 1))
     st.caption(f"Shading relative to the feature's max over the corpus ({stored:.3g}); hover a token for its value.")
     st.page_link(

@@ -3,8 +3,8 @@ and dense features with their antipodal partners and position correlation."""
 
 import streamlit as st
 
-from backend.density import DENSE, format_density, resolution_floor
-from backend.engine.clusters import TAIL_COSINE
+from backend.density import DENSE, format_density, is_dense, resolution_floor
+from backend.engine.clusters import ANTIPODAL_COSINE, TAIL_COSINE
 from backend.errors import UserError
 from backend.store import queries
 from ui import common, figures, labeling
@@ -27,10 +27,10 @@ def clusters() -> None:
     status = labeling.status_table(db, sae)
     df = df.merge(status[["feature", "label"]], on="feature", how="left") if not status.empty else df.assign(label="")
     df["label"] = df["label"].fillna("")
-    n_tok = int(row["n_tokens"])
+    n_tok = row.n_tokens
 
     st.subheader("Feature map")
-    method = summary["map_method"]
+    method = summary.map_method
     st.caption(
         f"Each point is one of the {len(df):,} features, placed by its decoder direction "
         + (
@@ -65,8 +65,8 @@ def clusters() -> None:
         )
 
     st.subheader("The low-density tail: one shared encoder direction?")
-    cut, n_tail, share = summary["tail_cut"], int(summary["tail_n"]), summary["tail_share"]
-    how = "the valley above the layer's low-density mode" if summary["tail_auto"] else "given with --tail-below"
+    cut, n_tail, share = summary.tail_cut, summary.tail_n, summary.tail_share
+    how = "the valley above the layer's low-density mode" if summary.tail_auto else "given with --tail-below"
     if n_tail == 0:
         st.info(
             f"No live feature lies below the tail cut ({format_density(cut)}, {how}): this SAE has no low-density "
@@ -87,7 +87,7 @@ def clusters() -> None:
         st.caption(f"On {len(df):,} features' encoder weights; densities over {n_tok:,} tokens.")
 
     st.subheader(f"Dense features (> {DENSE:.0%})")
-    dense = df[df["density"] > DENSE].sort_values("density", ascending=False)
+    dense = df[is_dense(df["density"])].sort_values("density", ascending=False)
     if dense.empty:
         st.info(f"No feature of this SAE fires on more than {DENSE:.0%} of the {n_tok:,} tokens.")
         return
@@ -119,10 +119,11 @@ def clusters() -> None:
             "partner_page": st.column_config.LinkColumn("partner", display_text="open"),
         },
     )
-    pairs = int((dense["anti_cos"] < -0.9).sum())
+    pairs = int((dense["anti_cos"] < ANTIPODAL_COSINE).sum())
     st.caption(
         f"{len(dense):,} dense features. Partner: the feature whose decoder direction is most anti-aligned "
-        f"(minimum cosine among all {len(df):,}); {pairs} of them have one below -0.9, an antipodal pair. Position "
+        f"(minimum cosine among all {len(df):,}); {pairs} of them have one below {ANTIPODAL_COSINE}, an antipodal "
+        "pair. Position "
         f"correlation: Pearson, of the activation (0 where silent) with the token's position, over all {n_tok:,} "
         "counted tokens."
     )

@@ -5,19 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
-import torch
+
+from tests.helpers import D_MODEL, make_sae, tiny_config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-D_MODEL = 16
-D_SAE = 64
 N_CTX = 64
 
 
@@ -71,24 +67,6 @@ def adapter(tiny_model):
     return HookedAdapter(tiny_model, name="tiny-random")
 
 
-def make_sae(kind: str, hook: str, d_in: int = D_MODEL, d_sae: int = D_SAE, seed: int = 0):
-    from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
-    from sae_lens.saes.sae import SAEMetadata
-
-    torch.manual_seed(seed)
-    meta = SAEMetadata(hook_name=hook)
-    if kind == "topk":
-        sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=8, metadata=meta))
-    else:
-        sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae, metadata=meta))
-    with torch.no_grad():
-        sae.W_enc.normal_(0, 1 / d_in**0.5)
-        sae.W_dec.copy_(sae.W_enc.T / sae.W_enc.T.norm(dim=1, keepdim=True))
-        sae.b_enc.normal_(-1.5, 1.0)  # densities spread from rare to common
-        sae.b_enc[:4] = -100.0  # and a few dead features
-    return sae
-
-
 @pytest.fixture(scope="session")
 def sae_dirs(tmp_path_factory) -> dict[str, str]:
     """Two SAEs in sae_lens's saved format: ReLU on block 0's output, TopK on block 1's input."""
@@ -121,28 +99,6 @@ def corpus_file(tmp_path_factory) -> str:
         for k in sorted(topics)[:120]:
             fh.write(json.dumps({"text": topics[k]}) + "\n")
     return str(path)
-
-
-def tiny_config(db: str, corpus: str, sae_dirs: dict[str, str], **overrides):
-    """Precompute options sized for the tiny model: one place for the numbers tests share."""
-    from backend.config import PrecomputeConfig, SAESource
-
-    base = dict(
-        db=db,
-        model="tiny-random",
-        corpus=corpus,
-        n_tokens=40 * 32,
-        context_len=32,
-        batch_size=8,
-        n_top=6,
-        n_buckets=3,
-        per_bucket=2,
-        left=4,
-        right=2,
-        saes=[SAESource(path=p) for p in sae_dirs.values()],
-    )
-    base.update(overrides)
-    return PrecomputeConfig(**base)
 
 
 @pytest.fixture()
@@ -197,84 +153,3 @@ def _fresh_query_caches():
     queries.clear_caches()
     yield
     queries.clear_caches()
-
-
-def repo_root() -> Path:
-    return Path(__file__).resolve().parents[1]
-
-
-def run_backend(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """`python -m backend ARGS` from the repository root, as a user types it; output captured."""
-    return subprocess.run(
-        [sys.executable, "-m", "backend", *args], cwd=repo_root(), capture_output=True, text=True, timeout=timeout
-    )
-
-
-def app_runner(data_dir, monkeypatch):
-    """AppTest of the dashboard over `data_dir`, as a fresh browser session would open a URL:
-    `make(page, labeler=None, **url_params)`; `labeler` stands for a name typed earlier in the
-    session's sidebar (names never travel in URLs)."""
-    from streamlit.testing.v1 import AppTest
-
-    from backend.store import queries
-
-    monkeypatch.setenv("SAE_DASHBOARD_DATA", str(data_dir))
-    monkeypatch.delenv("SAE_DASHBOARD_PASSWORD", raising=False)
-    monkeypatch.delenv("SAE_DASHBOARD_LABELS", raising=False)
-    queries.clear_caches()
-
-    def make(page: str = "app.py", labeler: str | None = None, **params) -> AppTest:
-        at = AppTest.from_file(str(repo_root() / "app.py"), default_timeout=60)
-        if page != "app.py":
-            at.switch_page(page)
-        for k, v in params.items():
-            at.query_params[k] = v
-        if labeler is not None:
-            at.session_state["_labeler"] = labeler
-        return at.run()
-
-    return make
-
-
-def save_tiny_gpt2(folder: Path, tokenizer_dir: str) -> str:
-    """A tiny random GPT-2 saved as a Hugging Face folder (loadable by name in any process, as a
-    hub model would be); returns its `--model` value, hf:FOLDER."""
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    torch.manual_seed(0)
-    cfg = GPT2Config(
-        n_layer=2,
-        n_embd=16,
-        n_head=4,
-        n_positions=64,
-        vocab_size=len(tok),
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    GPT2LMHeadModel(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return f"hf:{folder}"
-
-
-def build_minilm_db(db: Path, sae_folder: Path, n_tokens: int = 64 * 24) -> str:
-    """A small database over the embedded MiniLM and one TopK SAE (saved in sae_lens's format at
-    `sae_folder`) at blocks.2.hook_resid_post, under run id "mini"."""
-    from backend.config import PrecomputeConfig, SAESource
-    from backend.engine.pipeline import precompute
-
-    make_sae("topk", "blocks.2.hook_resid_post", d_in=384, d_sae=256, seed=3).save_model(str(sae_folder))
-    precompute(
-        PrecomputeConfig(
-            db=str(db),
-            model="embedded",
-            corpus="embedded:heldout",
-            n_tokens=n_tokens,
-            context_len=64,
-            batch_size=8,
-            splice_seqs=2,
-            run_name="mini",
-            saes=[SAESource(path=str(sae_folder))],
-        )
-    )
-    return str(db)

@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import repo_root
+from tests.helpers import repo_root
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
@@ -297,7 +297,7 @@ def test_propagation_cell_opens_the_spliced_saes_layer_page(server, browser):
 def minilm_in_server(server, tmp_path_factory):
     """A MiniLM database (the embedded model, one SAE saved in sae_lens's format) beside the
     tiny one, so the live model can be loaded from what it recorded."""
-    from tests.conftest import build_minilm_db
+    from tests.helpers import build_minilm_db
 
     _, data = server
     build_minilm_db(data / "mini.duckdb", tmp_path_factory.mktemp("live-sae") / "sae-b2", n_tokens=64 * 16)

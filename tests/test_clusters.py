@@ -9,8 +9,6 @@ import torch
 
 from backend.engine import clusters
 
-pytestmark = pytest.mark.unit
-
 D_IN, D_SAE = 32, 200
 
 
@@ -33,6 +31,7 @@ def _planted():
     return W_enc, W_dec, density
 
 
+@pytest.mark.unit
 def test_the_tail_is_found_and_shares_one_direction():
     W_enc, _, density = _planted()
     cut = clusters.tail_cut(density, floor=1e-7)
@@ -47,6 +46,7 @@ def test_the_tail_is_found_and_shares_one_direction():
     assert (tail.cosine[:30] > clusters.TAIL_COSINE).all() and (tail.cosine[30:40] < 0.6).all()
 
 
+@pytest.mark.unit
 def test_a_unimodal_layer_falls_back_to_the_ultralow_cut():
     from backend.density import ULTRALOW
 
@@ -56,6 +56,7 @@ def test_a_unimodal_layer_falls_back_to_the_ultralow_cut():
     assert tail.n == 0 and tail.share is None and np.isnan(tail.cosine).all()
 
 
+@pytest.mark.unit
 def test_dense_features_find_their_antipodal_partner():
     _, W_dec, density = _planted()
     partner, cosine = clusters.antipodal(W_dec, density)
@@ -64,6 +65,7 @@ def test_dense_features_find_their_antipodal_partner():
     assert (partner[:198] == -1).all() and np.isnan(cosine[:198]).all()
 
 
+@pytest.mark.unit
 def test_feature_map_is_the_decoder_directions_principal_plane():
     _, W_dec, _ = _planted()
     xy, method = clusters.feature_map(W_dec)
@@ -82,7 +84,7 @@ def test_feature_map_is_the_decoder_directions_principal_plane():
 def test_clusters_page_and_verdict_histogram(tmp_path, corpus_file, sae_dirs, adapter, loaded_saes, monkeypatch):
     from backend.engine.pipeline import precompute
     from backend.labels import Label, add
-    from tests.conftest import app_runner, tiny_config
+    from tests.helpers import app_runner, tiny_config
 
     d = tmp_path / "data"
     d.mkdir()

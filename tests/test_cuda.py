@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 OTHER = os.environ.get("SAE_TEST_SECOND_DEVICE", "cuda")
 """the device compared with the CPU; `cpu` checks this test itself on a machine without a GPU"""

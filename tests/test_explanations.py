@@ -11,7 +11,7 @@ import pytest
 from backend.errors import UserError
 from backend.explanations import store
 from backend.explanations.formats import import_explanations
-from tests.conftest import run_backend
+from tests.helpers import run_backend
 
 pytestmark = pytest.mark.integration
 
@@ -154,7 +154,7 @@ def test_cli_import_error_is_one_line(tiny_db, tmp_path):
 def test_pages_show_search_and_offer_explanations(tiny_db, tmp_path, monkeypatch):
     import shutil
 
-    from tests.conftest import app_runner
+    from tests.helpers import app_runner
 
     data = tmp_path / "data"
     data.mkdir()

@@ -14,7 +14,7 @@ import pytest
 
 from backend import labels
 from backend.errors import UserError
-from tests.conftest import repo_root, run_backend
+from tests.helpers import repo_root, run_backend
 
 
 def _label(feature=1, verdict="interpretable", who="ann", **kw):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from backend.errors import UserError
-from tests.conftest import build_minilm_db, make_sae, save_tiny_gpt2
+from tests.helpers import build_minilm_db, make_sae, save_tiny_gpt2
 
 pytestmark = pytest.mark.integration
 
@@ -186,7 +186,7 @@ def _warned(at, text: str) -> bool:
 
 
 def test_probe_page(minilm_db, monkeypatch):
-    from tests.conftest import app_runner
+    from tests.helpers import app_runner
 
     run = app_runner(minilm_db / "data", monkeypatch)
     at = run("pages/7_Probe.py")
@@ -213,7 +213,7 @@ def test_probe_page(minilm_db, monkeypatch):
 
 
 def test_feature_page_tries_text_and_steers(minilm_db, monkeypatch):
-    from tests.conftest import app_runner
+    from tests.helpers import app_runner
 
     f, _ = _busiest(minilm_db)
     run = app_runner(minilm_db / "data", monkeypatch)
@@ -232,7 +232,7 @@ def test_feature_page_tries_text_and_steers(minilm_db, monkeypatch):
 
 def test_pages_say_what_is_missing_and_keep_working(minilm_db, tmp_path, monkeypatch):
     from backend.live.model import SAE_DIR_ENV
-    from tests.conftest import app_runner
+    from tests.helpers import app_runner
 
     data = tmp_path / "data"
     data.mkdir()
@@ -292,7 +292,7 @@ def test_feature_page_steers_a_causal_model(tmp_path, tokenizer_dir, corpus_file
     next-token shifts and the loss curve."""
     from backend.config import PrecomputeConfig, SAESource
     from backend.engine.pipeline import precompute
-    from tests.conftest import app_runner
+    from tests.helpers import app_runner
 
     model = save_tiny_gpt2(tmp_path / "gpt", tokenizer_dir)
     make_sae("topk", "transformer.h.0").save_model(str(tmp_path / "sae-h0"))

@@ -7,7 +7,7 @@ from streamlit.testing.v1 import AppTest
 
 from backend import labels
 from backend.store import queries
-from tests.conftest import app_runner, repo_root
+from tests.helpers import app_runner, repo_root
 
 pytestmark = pytest.mark.integration
 
@@ -365,7 +365,7 @@ def test_across_layers_page(app, data_dir):
 
 def test_across_layers_page_with_a_training_context(tmp_path, corpus_file, sae_dirs, adapter, loaded_saes, monkeypatch):
     from backend.engine.pipeline import precompute
-    from tests.conftest import tiny_config
+    from tests.helpers import tiny_config
 
     d = tmp_path / "data"
     d.mkdir()

@@ -15,7 +15,7 @@ import torch
 
 from backend.engine.pipeline import merge_states, precompute
 from backend.errors import UserError
-from tests.conftest import make_sae, repo_root, run_backend, save_tiny_gpt2
+from tests.helpers import make_sae, repo_root, run_backend, save_tiny_gpt2
 
 pytestmark = pytest.mark.integration
 
@@ -247,7 +247,17 @@ def test_topk_choice_is_sae_lens_encode(loaded_saes):
     # statistics from the kept choice equal those from scanning the dense codes, masked tokens too
     from backend.engine.stats import FeatureStats, StatsSpec
 
-    spec = StatsSpec(d_sae=plain.cfg.d_sae, d_in=plain.cfg.d_in, seq_len=7, n_top=3, left=2, right=1)
+    spec = StatsSpec(
+        d_sae=plain.cfg.d_sae,
+        d_in=plain.cfg.d_in,
+        seq_len=7,
+        n_top=3,
+        n_buckets=5,
+        per_bucket=5,
+        left=2,
+        right=1,
+        seed=0,
+    )
     mask = torch.ones(3, 7, dtype=torch.bool)
     mask[:, 0] = mask[1, 4] = False
     a, b = FeatureStats(spec), FeatureStats(spec)
@@ -634,3 +644,38 @@ def test_context_metrics_are_null_where_they_do_not_apply(small_cfg, adapter, lo
                 assert context == 64 and inside == pytest.approx(ev, rel=1e-9)  # every position is inside
             else:
                 assert context is None and inside is None
+
+
+def test_merge_equals_one_pass_on_tied_activations(tmp_path, adapter, tmp_path_factory):
+    """An SAE at the embeddings reads the same value wherever the same token sits at the same
+    position, and a periodic corpus puts it there in many sequences: examples with tied values
+    must get the same rank and quantile from a shard merge as from one pass."""
+    import json
+
+    from backend.config import SAESource
+    from backend.engine.saes import load_saes
+    from tests.helpers import tiny_config
+
+    corpus = tmp_path / "periodic.jsonl"
+    corpus.write_text("".join(json.dumps({"text": "a b c d e f g " * 60}) + "\n" for _ in range(6)))
+    folder = tmp_path_factory.mktemp("tied") / "embed-relu"
+    make_sae("standard", "blocks.0.hook_resid_pre", seed=5).save_model(str(folder))
+    saes = load_saes([SAESource(path=str(folder))], adapter, "cpu", "float32")
+    kw = dict(corpus=str(corpus), sae_dirs={"embed-relu": str(folder)}, n_tokens=24 * 32, batch_size=5)
+    kw.update(splice_seqs=0, no_steering=True)
+    one = tiny_config(str(tmp_path / "one.duckdb"), **kw)
+    precompute(one, adapter, saes)
+    states, files = [], []
+    for i in range(3):
+        out = precompute(tiny_config(str(tmp_path / "m.duckdb"), shard=f"{i}/3", **kw), adapter, saes)
+        states.append(torch.load(f"{out}/state.pt", weights_only=False))
+        files.append(f"{out}/tokens.parquet")
+    merge_states(tiny_config(str(tmp_path / "m.duckdb"), **kw), adapter, saes, states, files)
+    order = "sae, feature, kind, rank"
+    a, b = _table(one.db, "examples", order), _table(str(tmp_path / "m.duckdb"), "examples", order)
+    q = a[a["kind"] == 1]
+    # the data has ties within a feature's sampled examples, or this would test nothing
+    assert q.duplicated(["feature", "value"]).sum() > 5
+    assert len(a) == len(b) > 0
+    for col in ("feature", "kind", "rank", "quantile", "seq", "pos", "ctx_start", "value"):
+        assert a[col].tolist() == b[col].tolist(), col

@@ -11,7 +11,7 @@ import torch
 
 from backend.engine.models import hook_depth
 from backend.engine.pipeline import merge_states, precompute
-from tests.conftest import make_sae
+from tests.helpers import make_sae
 
 pytestmark = pytest.mark.integration
 
@@ -326,7 +326,7 @@ def test_encoder_splice_equals_a_hooked_hugging_face_forward():
 
 
 def test_layers_page_draws_the_propagation(small_cfg, adapter, chain_saes, tmp_path, monkeypatch):
-    from tests.conftest import app_runner
+    from tests.helpers import app_runner
 
     d = tmp_path / "data"
     d.mkdir()
@@ -365,7 +365,7 @@ def test_layers_page_draws_the_propagation(small_cfg, adapter, chain_saes, tmp_p
 
 
 def test_layers_page_says_why_without_a_splice_sample(small_cfg, adapter, chain_saes, tmp_path, monkeypatch):
-    from tests.conftest import app_runner
+    from tests.helpers import app_runner
 
     d = tmp_path / "data"
     d.mkdir()

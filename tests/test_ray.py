@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import make_sae, save_tiny_gpt2
+from tests.helpers import make_sae, save_tiny_gpt2
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -42,6 +42,8 @@ def gpt_inputs(tmp_path_factory, tokenizer_dir):
     save_tiny_gpt2(root / "gpt", tokenizer_dir)
     make_sae("topk", "transformer.h.0", seed=1).save_model(str(root / "sae-h0"))
     make_sae("standard", "transformer.h.1", seed=2).save_model(str(root / "sae-h1"))
+    # the embeddings (token + position): the same token at the same position reads the same value
+    make_sae("standard", "transformer.drop", seed=3).save_model(str(root / "sae-emb"))
     return root
 
 
@@ -58,7 +60,7 @@ def _cfg(root, corpus, db, **kw):
         n_top=5,
         splice_seqs=6,
         run_name="r",
-        saes=[SAESource(path=str(root / "sae-h0")), SAESource(path=str(root / "sae-h1"))],
+        saes=[SAESource(path=str(root / n)) for n in ("sae-h0", "sae-h1", "sae-emb")],
         **kw,
     )
 
@@ -82,12 +84,24 @@ def _assert_equal(a_db, b_db):
                 assert list(map(_plain, a[col])) == list(map(_plain, b[col])), f"{name}.{col}"
 
 
-def test_ray_workers_equal_one_pass(gpt_inputs, corpus_file, tmp_path):
+def test_ray_workers_equal_one_pass(gpt_inputs, tmp_path):
+    """On a periodic corpus, where the embedding SAE's sampled examples tie: examples are compared
+    row for row, rank and quantile included."""
+    import json
+
     from backend.engine.pipeline import precompute
 
-    one = _cfg(gpt_inputs, corpus_file, tmp_path / "one.duckdb")
+    corpus = tmp_path / "periodic.jsonl"
+    corpus.write_text("".join(json.dumps({"text": "a b c d e f g " * 60}) + "\n" for _ in range(8)))
+    one = _cfg(gpt_inputs, str(corpus), tmp_path / "one.duckdb")
     precompute(one)
-    many = _cfg(gpt_inputs, corpus_file, tmp_path / "ray.duckdb", workers=2)
+    q = (
+        duckdb.connect(one.db, read_only=True)
+        .execute("SELECT feature, value FROM examples WHERE sae = 'sae-emb' AND kind = 1")
+        .df()
+    )
+    assert q.duplicated().sum() > 5  # ties, or the comparison below would not test tie-breaking
+    many = _cfg(gpt_inputs, str(corpus), tmp_path / "ray.duckdb", workers=2)
     assert precompute(many) == "r"
     _assert_equal(one.db, many.db)
     status = duckdb.connect(many.db, read_only=True).execute("SELECT status FROM runs").fetchall()

@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from backend import labels
 from backend.store import queries
-from tests.conftest import app_runner, repo_root, run_backend
+from tests.helpers import app_runner, repo_root, run_backend
 
 pytestmark = pytest.mark.integration
 

@@ -164,7 +164,7 @@ def test_encoder_loss_context_and_steering_match_a_hooked_hugging_face_model(tmp
 
     from backend.config import PrecomputeConfig, SAESource
     from backend.engine.loss import truncate
-    from tests.conftest import make_sae
+    from tests.helpers import make_sae
 
     folder = tmp_path / "sae"
     make_sae("topk", "blocks.2.hook_resid_post", d_in=384, d_sae=64, seed=3).save_model(str(folder))

@@ -65,9 +65,9 @@ def sampled_panel(db: str, sae: str, f: int, q: pd.DataFrame) -> None:
             )
             st.html(example_rows_html(g, lambda r, top=float(g["value"].max()): top))
         return
-    groups = equal_width_groups(q, row["max_act"], int(q["quantile"].max()) + 1)
+    groups = equal_width_groups(q, row.max_act, int(q["quantile"].max()) + 1)
     for lo, hi, g in groups:
-        share = activation_share(row["hist"], s["hist_lo"], s["hist_hi"], lo, hi * (1 + 1e-9))
+        share = activation_share(row.hist, s.hist_lo, s.hist_hi, lo, hi * (1 + 1e-9))
         st.caption(f"activations {lo:.3g} – {hi:.3g}: about {share:.1%} of all activations, {len(g)} sampled")
         if len(g):
             st.html(example_rows_html(g, lambda r, top=hi: top))
@@ -75,7 +75,7 @@ def sampled_panel(db: str, sae: str, f: int, q: pd.DataFrame) -> None:
 
 def effects_panel(db: str, sae: str, f: int) -> None:
     eff = queries.token_effects(db, sae, f)
-    kind = queries.sae_row(db, sae)["effect_kind"]
+    kind = queries.sae_row(db, sae).effect_kind
     what = (
         "W_dec · W_U (logit effect)"
         if kind == "unembed"
@@ -107,9 +107,9 @@ def neighbours_panel(db: str, sae: str, f: int) -> None:
 
 def density_panel(db: str, sae: str, row: dict) -> None:
     feats = queries.features(db, sae)
-    marker = log10_density(row["density"])
+    marker = log10_density(row.density)
     marker = None if np.isnan(marker) else marker
-    floor = resolution_floor(queries.sae_row(db, sae)["n_tokens"])
+    floor = resolution_floor(queries.sae_row(db, sae).n_tokens)
     st.plotly_chart(
         figures.layer_histogram(feats, marker=marker, floor=floor), key="feat_density", config={"displayModeBar": False}
     )
@@ -119,10 +119,10 @@ def summary(row: dict, n_features: int) -> pd.DataFrame:
     return pd.DataFrame(
         [
             {
-                "density": format_density(row["density"]),
-                "count": row["count"],
-                "max activation": row["max_act"],
-                "mean when active": row["mean_act"],
+                "density": format_density(row.density),
+                "count": row.count,
+                "max activation": row.max_act,
+                "mean when active": row.mean_act,
                 "of features": n_features,
             }
         ]

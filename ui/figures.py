@@ -16,7 +16,8 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from backend.density import DENSE, LOG_BIN_WIDTH, activation_bin_edges, bucket_order, log_density_edges
+from backend.density import DENSE, LOG_BIN_WIDTH, activation_bin_edges, bucket_order, is_dense, log_density_edges
+from backend.engine.clusters import TAIL_COSINE
 
 DASHES = ["solid", "dash", "dot", "dashdot", "longdash"]
 DENSE_X = math.log10(DENSE)
@@ -517,7 +518,7 @@ def feature_map(df: pd.DataFrame, method: str) -> go.Figure:
             g = df[(labels == verdict) & (dead == is_dead)]
             if g.empty:
                 continue
-            dense = g["density"] > DENSE
+            dense = is_dense(g["density"])
             fig.add_trace(
                 go.Scattergl(
                     x=g["map_x"],
@@ -561,7 +562,7 @@ def tail_cosines(df: pd.DataFrame, cut: float) -> go.Figure:
                 x=g["tail_cos"], name=name, marker_color=colour, opacity=0.7, xbins=dict(start=-1, end=1, size=0.05)
             )
         )
-    fig.add_vline(x=0.9, line_dash="dash", line_color="#333", line_width=1)
+    fig.add_vline(x=TAIL_COSINE, line_dash="dash", line_color="#333", line_width=1)
     fig.update_layout(barmode="overlay", height=300, margin=dict(t=10, l=10, r=10, b=10))
     fig.update_xaxes(title_text="encoder cosine to the tail's mean direction", range=[-1, 1])
     fig.update_yaxes(title_text="features")

@@ -135,7 +135,7 @@ def _save(db_path: str, sae: str, feature: int, key: str, who: str, verdict: str
             labels_location(),
             labels.Label(
                 db=db_name(db_path),
-                run_id=queries.sae_row(db_path, sae)["run_id"],
+                run_id=queries.sae_row(db_path, sae).run_id,
                 sae=sae,
                 feature=feature,
                 verdict=verdict,

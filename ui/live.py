@@ -30,7 +30,7 @@ def _live(db: str, run_id: str, mtime: float) -> Live:
 
 
 def live_for(db: str, sae: str) -> Live:
-    run_id = queries.sae_row(db, sae)["run_id"]
+    run_id = queries.sae_row(db, sae).run_id
     return _live(db, run_id, os.path.getmtime(db))
 
 
@@ -66,7 +66,7 @@ def try_text_panel(db: str, sae: str, f: int, row: dict) -> None:
         st.warning(md(e))
         return
     acts = p.codes[sae].feature_acts(f, len(p.tokens))
-    stored = float(row["max_act"])
+    stored = float(row.max_act)
     shaded(p.tokens, acts, p.counted, stored if stored > 0 else float(acts.max()))
     st.caption(
         f"Max on your text {acts.max():.3g} on {int((acts > 0).sum())} of {int(p.counted.sum())} counted tokens; "
@@ -104,7 +104,7 @@ def steer_panel(db: str, sae: str, f: int, row: dict) -> None:
         return
     try:
         live = live_for(db, sae)
-        max_act = float(row["max_act"])
+        max_act = float(row.max_act)
         if live.adapter.kind == "causal":
             _steer_causal(db, live, prompt, sae, f, strength, max_act)
         else:
@@ -130,7 +130,7 @@ def _steer_causal(db, live, prompt, sae, f, strength, max_act) -> None:
 
 def loss_panel(db, live, sae, f, strength, max_act) -> None:
     """The model's own loss on the splice sample against strength, with the stored sweep's figures."""
-    tokens, seqs = queries.splice_sample(db, queries.sae_row(db, sae)["run_id"])
+    tokens, seqs = queries.splice_sample(db, queries.sae_row(db, sae).run_id)
     if not seqs:
         st.info(
             "This run has no splice sample, so the loss under steering is not drawn (precompute with --splice-seqs)."
@@ -169,7 +169,7 @@ def _steer_encoder(db, live, prompt, sae, f, strength, max_act) -> None:
         "How far the sentence embedding (mean-pooled last layer) moves when the feature's direction is added at "
         "every position of the text: cosine to the unsteered embedding, against strength."
     )
-    index = steer.corpus_index(live, db, queries.sae_row(db, sae)["run_id"])
+    index = steer.corpus_index(live, db, queries.sae_row(db, sae).run_id)
     near = steer.nearest(live, index, prompt, sae, f, strength, max_act)
     c1, c2 = st.columns(2)
     for col, name, title in (

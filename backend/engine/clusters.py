@@ -25,6 +25,8 @@ from backend.density import ULTRALOW, is_dense
 
 TAIL_COSINE = 0.9
 """a tail feature "shares the direction" when its encoder cosine to the tail's mean is above this"""
+ANTIPODAL_COSINE = -0.9
+"""a dense feature and its most anti-aligned decoder partner are an antipodal pair below this cosine"""
 
 
 def feature_map(W_dec: torch.Tensor, seed: int = 0) -> tuple[np.ndarray, str]:

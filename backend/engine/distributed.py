@@ -20,20 +20,21 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from backend.config import PrecomputeConfig, SAESource
+from backend.config import PrecomputeConfig
+from backend.engine.finish import finish_states, new_file_removed_on_failure, run_meta
+from backend.engine.harvest import Harvest
+from backend.engine.models import load_model
+from backend.engine.saes import expand_sources, load_saes
 from backend.errors import UserError
 from backend.paths import REPO
+from backend.store import writes
 
 MAX_RETRIES = 3
 
 
 def _shard_state(cfg_dict: dict, progress) -> tuple[bytes, bytes]:
     """Run one shard in a Ray worker: (torch-saved state, token parquet bytes)."""
-    from backend.engine.harvest import Harvest
-    from backend.engine.models import load_model
-    from backend.engine.saes import load_saes
-
-    cfg = PrecomputeConfig(**{**cfg_dict, "saes": [SAESource(**s) for s in cfg_dict["saes"]]})
+    cfg = PrecomputeConfig.from_dict(cfg_dict)
     adapter = load_model(cfg.model, cfg.device, cfg.dtype)
     saes = load_saes(cfg.saes, adapter, cfg.device, cfg.dtype)
     with tempfile.TemporaryDirectory() as tmp:
@@ -52,11 +53,6 @@ def precompute_ray(cfg: PrecomputeConfig) -> str:
         import ray
     except ImportError:
         raise UserError("--workers needs Ray: pip install ray") from None
-    from backend.engine.models import load_model
-    from backend.engine.pipeline import _meta, _new_file_removed_on_failure, merge_states
-    from backend.engine.saes import expand_sources, load_saes
-    from backend.store import writes
-
     expand_sources(cfg.saes)
     writes.check_path(cfg.db)
     adapter = load_model(cfg.model, cfg.device, cfg.dtype)
@@ -93,7 +89,7 @@ def precompute_ray(cfg: PrecomputeConfig) -> str:
     db = Path(cfg.db)
     total = cfg.n_tokens or None
     try:
-        with _new_file_removed_on_failure(db), writes.running(cfg.db, run_id, _meta(cfg, adapter), force=cfg.force):
+        with new_file_removed_on_failure(db), writes.running(cfg.db, run_id, run_meta(cfg, adapter), force=cfg.force):
             progress = Progress.remote()
             refs = [task.remote({**base, "shard": f"{i}/{n}"}, progress) for i in range(n)]
             bar = tqdm(total=total, unit="tok", desc=f"harvest ({n} Ray workers)", unit_scale=True, file=sys.stderr)
@@ -121,9 +117,7 @@ def precompute_ray(cfg: PrecomputeConfig) -> str:
                     states.append(torch.load(io.BytesIO(state), weights_only=False))
                     files.append(os.path.join(tmp, f"tokens-{i}.parquet"))
                     Path(files[-1]).write_bytes(tokens)
-                # merge_states registers the run again (same id) and completes it; the
-                # registration above only covered the tasks
-                merge_states(replace(cfg, force=True), adapter, saes, states, files)
+                finish_states(cfg, adapter, saes, states, files)
     finally:
         if started_here:
             ray.shutdown()

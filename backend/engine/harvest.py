@@ -136,18 +136,7 @@ class Harvest:
         """tokens done, reported after each batch instead of this process's own bar (Ray workers)"""
 
     def spec(self, s: LoadedSAE) -> StatsSpec:
-        c = self.cfg
-        return StatsSpec(
-            d_sae=s.sae.cfg.d_sae,
-            d_in=s.sae.cfg.d_in,
-            seq_len=c.context_len,
-            n_top=c.n_top,
-            n_buckets=c.n_buckets,
-            per_bucket=c.per_bucket,
-            left=c.left,
-            right=c.right,
-            seed=c.seed,
-        )
+        return StatsSpec.for_run(self.cfg, s.sae.cfg.d_sae, s.sae.cfg.d_in)
 
     @torch.no_grad()
     def step(self, seq_ids: np.ndarray, content: np.ndarray) -> None:

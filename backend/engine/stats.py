@@ -18,7 +18,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from backend.config import PrecomputeConfig
 from backend.density import activation_bin_width, is_dense
+from backend.density import density as density_of
 from backend.engine.topset import TopSet
 from backend.store.schema import ExampleKind
 
@@ -27,26 +29,37 @@ _M32 = 0xFFFFFFFF
 
 @dataclass(frozen=True)
 class StatsSpec:
-    """Sizes of what is kept per feature; fixed for a run so states from shards can merge."""
+    """Sizes of what is kept per feature; fixed for a run so states from shards can merge. The
+    run's options (n_top ... seed) have their defaults and help in config.PrecomputeConfig only:
+    build one with `for_run`."""
 
     d_sae: int
     d_in: int
     seq_len: int
-    n_top: int = 20
-    """top-activating examples kept per feature"""
-    n_buckets: int = 5
-    """activation-quantile buckets for sampled examples"""
-    per_bucket: int = 5
-    """sampled examples per quantile bucket"""
-    left: int = 24
-    """context tokens kept before the activating token"""
-    right: int = 8
-    """context tokens kept after the activating token"""
+    n_top: int
+    n_buckets: int
+    per_bucket: int
+    left: int
+    right: int
+    seed: int
     hist_lo: float = -4.0
     """log10 of the smallest activation the per-feature histogram resolves"""
     hist_hi: float = 4.0
     hist_bins: int = 64
-    seed: int = 0
+
+    @classmethod
+    def for_run(cls, cfg: PrecomputeConfig, d_sae: int, d_in: int) -> StatsSpec:
+        return cls(
+            d_sae=d_sae,
+            d_in=d_in,
+            seq_len=cfg.context_len,
+            n_top=cfg.n_top,
+            n_buckets=cfg.n_buckets,
+            per_bucket=cfg.per_bucket,
+            left=cfg.left,
+            right=cfg.right,
+            seed=cfg.seed,
+        )
 
     @property
     def window(self) -> int:
@@ -273,17 +286,16 @@ class FeatureStats:
 
     # ---- final figures ----
     def layer_metrics(self) -> LayerMetrics:
-        n = max(self.n_tokens, 1)
         nr = self.n_recon
         mean = self.pos_sum_x.sum(0) / max(nr, 1)
         # explained variance = 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2, pooled over the
         # tokens whose reconstruction was measured (see recon_every)
         total_var = float(self.sum_x2 - nr * mean.pow(2).sum())
         count = self.count
-        density = count.double() / n
+        density = density_of(count.double(), self.n_tokens)
         return LayerMetrics(
             n_tokens=self.n_tokens,
-            l0=float(count.sum()) / n,
+            l0=float(density_of(float(count.sum()), self.n_tokens)),
             mse=float(self.sse) / nr if nr else float("nan"),
             explained_variance=1.0 - float(self.sse) / total_var if total_var > 0 else float("nan"),
             n_dead=int((count == 0).sum()),
@@ -325,14 +337,13 @@ class FeatureStats:
 
     def feature_table(self) -> dict[str, np.ndarray]:
         self.flush()
-        n = max(self.n_tokens, 1)
         count = self.count.cpu().numpy()
         sum_act = self.sum_act.cpu().numpy()
         top = self.top.score.max(1).values.cpu().numpy()
         return {
             "feature": np.arange(self.spec.d_sae, dtype=np.int32),
             "count": count,
-            "density": count / n,
+            "density": density_of(count, self.n_tokens),
             "mean_act": np.where(count > 0, sum_act / np.maximum(count, 1), 0.0),
             "pos_corr": self.position_correlation(),
             "max_act": np.where(count > 0, top, 0.0),
@@ -359,7 +370,9 @@ class FeatureStats:
         r_ids = self.reservoir.ids.cpu().numpy()
         r_win = self.reservoir.win.float().cpu().numpy()
         r_val = np.where(r_ids >= 0, self.reservoir.val.cpu().numpy(), -np.inf)
-        order = np.argsort(-r_val, axis=1, kind="stable")  # descending activation
+        # descending activation, ties by smaller token id as the top sets break them (topset.rank_order):
+        # the reservoir's slots fill in arrival order, which differs between one pass and merged shards
+        order = np.lexsort((r_ids, -r_val), axis=1)
         n_have = (r_ids >= 0).sum(1)
         ids_sorted = np.take_along_axis(r_ids, order, 1)
         val_sorted = np.take_along_axis(r_val, order, 1)

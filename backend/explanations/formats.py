@@ -190,7 +190,7 @@ def import_explanations(
         raise UserError(f"unknown format {fmt!r}: use auto, neuronpedia or delphi")
     if df.empty:
         raise UserError(f"{path}: no explanation in it")
-    d_sae = int(queries.sae_row(db_path, sae)["d_sae"])
+    d_sae = queries.sae_row(db_path, sae).d_sae
     bad = df[(df["feature"] < 0) | (df["feature"] >= d_sae)]
     if len(bad):
         raise UserError(f"{path}: feature {int(bad['feature'].iloc[0])} does not exist in {sae} (0 .. {d_sae - 1})")

@@ -44,11 +44,10 @@ def export(
     """Write the three files; `human`: the team's label descriptions by feature, exported as
     explanations too. Returns rows written per file."""
     row = queries.sae_row(db_path, sae)
-    strings = queries.vocab(db_path, row["run_id"])
+    strings = queries.vocab(db_path, row.run_id)
     feats = queries.sae_table(db_path, "features", sae, "feature")
     effects = queries.sae_table(db_path, "token_effects", sae, "feature, direction DESC, rank")
     neigh = queries.sae_table(db_path, "neighbours", sae, "feature, rank")
-    n_tok = max(int(row["n_tokens"]), 1)
     base = {"modelId": model_id, "layer": source_id}
     eff = {k: g for k, g in effects.groupby("feature")}
     nb = {k: g for k, g in neigh.groupby("feature")}
@@ -63,9 +62,9 @@ def export(
                 **base,
                 "index": str(int(f.feature)),
                 "creatorId": author,
-                "hookName": row["hook"],
+                "hookName": row.hook,
                 "maxActApprox": float(f.max_act),
-                "frac_nonzero": float(f.count) / n_tok,
+                "frac_nonzero": float(f.density),
                 "pos_str": [strings[i] for i in pos["token_id"]] if pos is not None else [],
                 "pos_values": [float(v) for v in pos["value"]] if pos is not None else [],
                 "neg_str": [strings[i] for i in neg["token_id"]] if neg is not None else [],

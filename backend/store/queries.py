@@ -18,11 +18,12 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from backend.density import FIRING_THRESHOLDS, is_dense, is_ultralow, log10_density
+from backend.density import FIRING_THRESHOLDS, density, is_dense, is_ultralow, log10_density
 from backend.errors import UserError
 from backend.paths import data_dir
 from backend.store import schema
-from backend.store.schema import ExampleKind
+from backend.store.records import FeatureInfo, SaeDiagnostics, SaeInfo
+from backend.store.schema import COMPLETE, ExampleKind
 
 IDLE_CLOSE_S = 3.0
 """seconds after its last query that a read connection is closed (writers wait for that)"""
@@ -198,11 +199,11 @@ def saes(path: str) -> pd.DataFrame:
     measured on (precompute --recon-every samples batches)."""
     return _df(
         path,
-        """
+        f"""
         SELECT s.* EXCLUDE (sae_config), s.n_dead / s.d_sae AS dead_frac, s.n_dense / s.d_sae AS dense_frac,
                r.model, r.corpus,
                coalesce((SELECT sum(p.n) FROM position_error p WHERE p.sae = s.sae), 0)::BIGINT AS recon_tokens
-        FROM saes s JOIN runs r USING (run_id) WHERE r.status = 'complete' ORDER BY s.depth, s.sae""",
+        FROM saes s JOIN runs r USING (run_id) WHERE {COMPLETE} ORDER BY s.depth, s.sae""",
     )
 
 
@@ -212,14 +213,14 @@ def database_info(path: str) -> dict:
     return {"runs": runs(path).to_dict("records"), "saes": saes(path).to_dict("records")}
 
 
-def sae_row(path: str, sae: str) -> dict:
+def sae_row(path: str, sae: str) -> SaeInfo:
     df = saes(path)
     row = df[df["sae"] == sae]
     if row.empty:
         raise UserError(
             f"no SAE {sae!r} in this database (it has {', '.join(df['sae'][:6])}{' ...' if len(df) > 6 else ''})"
         )
-    return row.iloc[0].to_dict()
+    return SaeInfo.from_row(row.iloc[0].to_dict())
 
 
 @cached
@@ -248,7 +249,7 @@ def _per_sae_rows(path: str, table: str, within: str) -> pd.DataFrame:
         path,
         f"""
         SELECT t.*, s.hook, s.depth, s.architecture FROM {table} t JOIN saes s USING (sae)
-        JOIN runs r USING (run_id) WHERE r.status = 'complete' ORDER BY s.depth, t.sae, t.{within}""",
+        JOIN runs r USING (run_id) WHERE {COMPLETE} ORDER BY s.depth, t.sae, t.{within}""",
     )
 
 
@@ -276,11 +277,12 @@ def features(path: str, sae: str, firing: str = "any") -> pd.DataFrame:
     count = "count" if firing == "any" else f"count_ge_{firing}"
     df = _df(
         path,
-        f"""SELECT feature, {count} AS count, mean_act, max_act, top_tokens FROM features
-            WHERE sae = ? ORDER BY feature""",
+        f"""SELECT feature, {count} AS count, density AS stored_density, mean_act, max_act, top_tokens
+            FROM features WHERE sae = ? ORDER BY feature""",
         [sae],
     )
-    df["density"] = df["count"] / max(int(s["n_tokens"]), 1)
+    # the stored density, or for a firing threshold the same rule over the thresholded count
+    df["density"] = df["stored_density"] if firing == "any" else density(df["count"], s.n_tokens)
     df["log10_density"] = log10_density(df["density"].to_numpy())
     return df[["feature", "count", "density", "mean_act", "max_act", "top_tokens", "log10_density"]]
 
@@ -305,14 +307,14 @@ def filter_features(
 
 
 @cached
-def feature(path: str, sae: str, f: int) -> dict:
+def feature(path: str, sae: str, f: int) -> FeatureInfo:
     s = sae_row(path, sae)
-    if not 0 <= f < s["d_sae"]:
-        raise UserError(f"feature {f} is out of range: {sae} has features 0 .. {s['d_sae'] - 1}")
+    if not 0 <= f < s.d_sae:
+        raise UserError(f"feature {f} is out of range: {sae} has features 0 .. {s.d_sae - 1}")
     df = _df(path, "SELECT * FROM features WHERE sae = ? AND feature = ?", [sae, f])
     row = df.iloc[0].to_dict()
     row["hist"] = np.asarray(row["hist"], dtype=np.int64)
-    return row
+    return FeatureInfo.from_row(row)
 
 
 @cached
@@ -327,9 +329,9 @@ def examples(path: str, sae: str, f: int) -> pd.DataFrame:
                list_slice(q.tokens, e.ctx_start + 1, e.ctx_start + len(e.acts)) AS token_ids
         FROM examples e JOIN sequences q ON q.run_id = ? AND q.seq = e.seq
         WHERE e.sae = ? AND e.feature = ? ORDER BY e.kind, e.quantile DESC, e.rank""",
-        [s["run_id"], sae, f],
+        [s.run_id, sae, f],
     )
-    strings, skip = vocab(path, s["run_id"]), uncounted(path, s["run_id"])
+    strings, skip = vocab(path, s.run_id), uncounted(path, s.run_id)
     df["tokens"] = [list(strings[np.asarray(ids, dtype=np.int64)]) for ids in df["token_ids"]]
     df["counted"] = [~skip[np.asarray(ids, dtype=np.int64)] for ids in df["token_ids"]]
     df["acts"] = [np.asarray(a, dtype=np.float32) for a in df["acts"]]
@@ -345,7 +347,7 @@ def token_effects(path: str, sae: str, f: int) -> pd.DataFrame:
                       WHERE sae = ? AND feature = ? ORDER BY direction DESC, rank""",
         [sae, f],
     )
-    df["token"] = vocab(path, s["run_id"])[df["token_id"].to_numpy()] if len(df) else []
+    df["token"] = vocab(path, s.run_id)[df["token_id"].to_numpy()] if len(df) else []
     return df
 
 
@@ -432,8 +434,8 @@ def search(path: str, text: str, sae: str | None, limit: int = 200) -> pd.DataFr
 
 
 # ---- across layers: error propagation (engine.propagation) ----
-_SPLICED = """JOIN saes s ON s.run_id = t.run_id AND s.sae = t.sae
-              JOIN runs r ON r.run_id = t.run_id WHERE r.status = 'complete'"""
+_SPLICED = f"""JOIN saes s ON s.run_id = t.run_id AND s.sae = t.sae
+              JOIN runs r ON r.run_id = t.run_id WHERE {COMPLETE}"""
 
 
 @cached
@@ -503,8 +505,8 @@ def splice_context(path: str) -> pd.DataFrame:
 def steering_summary(path: str) -> pd.DataFrame:
     return _df(
         path,
-        """SELECT t.*, s.hook, s.depth, s.architecture FROM steering_summary t JOIN saes s USING (sae)
-           JOIN runs r USING (run_id) WHERE r.status = 'complete' ORDER BY s.architecture, s.depth, t.sae""",
+        f"""SELECT t.*, s.hook, s.depth, s.architecture FROM steering_summary t JOIN saes s USING (sae)
+           JOIN runs r USING (run_id) WHERE {COMPLETE} ORDER BY s.architecture, s.depth, t.sae""",
     )
 
 
@@ -559,11 +561,11 @@ def diagnostics(path: str, sae: str) -> pd.DataFrame:
 
 
 @cached
-def sae_diagnostics(path: str, sae: str) -> dict:
+def sae_diagnostics(path: str, sae: str) -> SaeDiagnostics:
     df = _df(path, "SELECT * FROM sae_diagnostics WHERE sae = ?", [sae])
     if df.empty:
         raise UserError(f"{sae} has no density diagnostics (computed by precompute since layout 7)")
-    return df.iloc[0].to_dict()
+    return SaeDiagnostics.from_row(df.iloc[0].to_dict())
 
 
 # ---- whole-SAE reads for export ----
@@ -578,7 +580,7 @@ def top_examples_all(path: str, sae: str, n: int) -> pd.DataFrame:
                   list_slice(q.tokens, e.ctx_start + 1, e.ctx_start + len(e.acts)) AS token_ids
            FROM examples e JOIN sequences q ON q.run_id = ? AND q.seq = e.seq
            WHERE e.sae = ? AND e.kind = 0 AND e.rank < ? ORDER BY e.feature, e.rank""",
-        [s["run_id"], sae, n],
+        [s.run_id, sae, n],
     )
 
 

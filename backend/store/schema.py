@@ -42,6 +42,20 @@ _REQUIRED = {
 }
 
 
+class RunStatus(enum.StrEnum):
+    """`runs.status`: a run's rows are visible to readers only once it is COMPLETE."""
+
+    RUNNING = "running"
+    COMPLETE = "complete"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+    """stopped by Ctrl-C; the same command restarts it cleanly"""
+
+
+COMPLETE = f"r.status = '{RunStatus.COMPLETE}'"
+"""the SQL condition every read of a run's tables joins on (runs aliased r)"""
+
+
 class ExampleKind(enum.IntEnum):
     """`examples.kind`: how an example was chosen."""
 

@@ -21,7 +21,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from backend.errors import UserError
-from backend.store.schema import PROPAGATION_TABLES, RUN_TABLES, SAE_TABLES, SCHEMA, VERSION, ExampleKind, problem
+from backend.store.schema import (
+    PROPAGATION_TABLES,
+    RUN_TABLES,
+    SAE_TABLES,
+    SCHEMA,
+    VERSION,
+    ExampleKind,
+    RunStatus,
+    problem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,15 +105,16 @@ def begin_run(path: str | Path, run_id: str, meta: dict, force: bool = False) ->
     an unfinished one (crash, Ctrl-C) is cleared and restarted, so rows never duplicate."""
     with connect_write(path) as con:
         row = con.execute("SELECT status FROM runs WHERE run_id = ?", [run_id]).fetchone()
-        if row and row[0] == "complete" and not force:
+        if row and row[0] == RunStatus.COMPLETE and not force:
             raise UserError(f"run {run_id!r} is already complete in {path}; pass --force to recompute it")
         con.execute("BEGIN")
         _delete_run(con, run_id)
         con.execute(
             "INSERT INTO runs (run_id, status, model, model_kind, corpus, context_len, dtype, device,"
-            " config, versions, started_at) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " config, versions, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 run_id,
+                RunStatus.RUNNING,
                 meta["model"],
                 meta["model_kind"],
                 meta["corpus"],
@@ -136,12 +146,12 @@ def running(path: str | Path, run_id: str, meta: dict, force: bool = False):
     try:
         yield
     except BaseException as e:
-        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        status = RunStatus.INTERRUPTED if isinstance(e, KeyboardInterrupt) else RunStatus.FAILED
         mark_run(path, run_id, status, f"{type(e).__name__}: {e}"[:500])
         raise
 
 
-def mark_run(path: str | Path, run_id: str, status: str, error: str | None = None) -> None:
+def mark_run(path: str | Path, run_id: str, status: RunStatus, error: str | None = None) -> None:
     with connect_write(path) as con:
         con.execute(
             "UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE run_id = ?", [status, error, now(), run_id]
@@ -234,8 +244,8 @@ class RunWriter:
                     _insert(con, name, tables.get(name))
                 sets = ", ".join(f"{k} = ?" for k in run_fields)
                 con.execute(
-                    f"UPDATE runs SET {sets}, status = 'complete', finished_at = ?, error = NULL WHERE run_id = ?",
-                    [*run_fields.values(), now(), self.run_id],
+                    f"UPDATE runs SET {sets}, status = ?, finished_at = ?, error = NULL WHERE run_id = ?",
+                    [*run_fields.values(), RunStatus.COMPLETE, now(), self.run_id],
                 )
                 con.execute("COMMIT")
             except BaseException:
@@ -276,4 +286,4 @@ def _insert_features(con, run_id: str, saes: list[str], source: str) -> None:
 
 def has_complete_run(path: str | Path) -> bool:
     with connect_write(path, wait_s=0) as con:
-        return bool(con.execute("SELECT count(*) FROM runs WHERE status = 'complete'").fetchone()[0])
+        return bool(con.execute("SELECT count(*) FROM runs WHERE status = ?", [RunStatus.COMPLETE]).fetchone()[0])
