@@ -7,6 +7,8 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 from backend.errors import UserError
 
 
@@ -30,6 +32,15 @@ class SAESource:
 
 
 DTYPES = ("float32", "bfloat16", "float16")
+
+
+def splice_members(seqs: np.ndarray, size: int, every: int) -> np.ndarray:
+    """True for the sequence numbers in a splice sample of `size` sequences taken as consecutive
+    pairs from every `every`-th pair (sequence 2 * every * k and the one after it). The one
+    definition, used by the pass and by the read side."""
+    period = 2 * every
+    index = 2 * (seqs // period) + seqs % period  # position in the sample
+    return (seqs % period < 2) & (index < size)
 
 
 @dataclass
@@ -88,12 +99,16 @@ class PrecomputeConfig(InputConfig):
     """context length the SAEs were trained on, for SAEs whose sae_lens config does not record one
     (cfg.metadata.context_size): reconstruction is then reported inside and beyond it"""
     splice_seqs: int | None = None
-    """sequences numbered below this are the sample on which each SAE is spliced into the model: the model's
-    own loss recovered, by context length, against random errors, its error followed through the later hooks
-    and to the output, and the steering sweep (the Layers page);
-    a global rule, so shards splice the same sequences as one pass; 0 skips it. Default: a 32nd of the
-    run's sequences, between 1 and 32 (32 for a whole corpus): each spliced sequence ends in a full
-    vocabulary's logits once per SAE and more, so a fixed 32 would dominate a small run"""
+    """size of the splice sample, on which each SAE is spliced into the model: the model's own loss recovered,
+    by context length, against random errors, its error followed through the later hooks and to the output,
+    and the steering sweep (the Layers page); 0 skips it. Default: a 32nd of the run's sequences, between 1
+    and 32 (32 for a whole corpus): each spliced sequence ends in a full vocabulary's logits once per SAE and
+    more, so a fixed 32 would dominate a small run"""
+    splice_every: int = 1
+    """the splice sample is pairs of consecutive sequences (an encoder's loss pairs them), taken from every N-th
+    pair of the corpus: sequences 0, 1, 2N, 2N + 1, 4N, ... until --splice-seqs of them; 1 takes the first
+    --splice-seqs sequences. Spreading it over the corpus gives an encoder's contrastive loss negatives from
+    other documents. A rule of sequence numbers alone, so shards splice the same sequences as one pass"""
     random_draws: int = 2
     """random directions per token, each of the norm of the SAE's reconstruction error there, whose effect on
     the model's loss is set against the error's own (are the SAE's errors worse than random ones of the same
@@ -105,6 +120,10 @@ class PrecomputeConfig(InputConfig):
     """steering sweep: features per SAE, drawn evenly across density quantiles, whose exact loss change at +1
     and -1 is measured (the share of features that hurt or help comes from these); with --steer-extremes 0 and
     this 0 only the estimate is kept"""
+    steer_len: int | None = None
+    """steering sweep: tokens per text of its sample (encoders: each pair of the splice sample cut to this length
+    as the context breakdown cuts it; causal models: each sequence's first tokens); default: the whole splice
+    sample. Its cost is one forward of the sample per measured feature and sign, so shorter is cheaper"""
     no_steering: bool = False
     """skip the steering sweep (every feature's first-order estimate from one backward pass per run, and the
     exact steered forwards above, on the splice sample)"""
@@ -133,11 +152,15 @@ class PrecomputeConfig(InputConfig):
         self._check_positive("context_len", "batch_size", "n_top", "n_buckets", "per_bucket", "recon_every")
         if min(self.random_draws, self.steer_extremes, self.steer_sample) < 0:
             raise UserError("--random-draws, --steer-extremes and --steer-sample must be >= 0")
+        if self.steer_len is not None and not 4 <= self.steer_len <= self.context_len:
+            raise UserError(f"--steer-len must be between 4 and --context-len ({self.context_len})")
         if self.splice_seqs is None:
             n_seqs = math.ceil(self.n_tokens / self.context_len) if self.n_tokens > 0 else None
             self.splice_seqs = min(32, max(1, math.ceil(n_seqs / 32))) if n_seqs else 32
         if self.splice_seqs < 0:
             raise UserError("--splice-seqs must be >= 0")
+        if self.splice_every < 1:
+            raise UserError("--splice-every must be >= 1")
         if self.n_tokens < 0:
             raise UserError(f"--n-tokens must be positive, or 0 for the whole corpus; got {self.n_tokens}")
         if self.dtype not in DTYPES:
@@ -157,6 +180,10 @@ class PrecomputeConfig(InputConfig):
         values = {**d, **overrides}
         values["saes"] = [s if isinstance(s, SAESource) else SAESource(**s) for s in values.get("saes", [])]
         return cls(**values)
+
+    def in_splice_sample(self, seqs) -> np.ndarray:
+        """Which of these sequence numbers belong to the splice sample (see splice_every)."""
+        return splice_members(np.asarray(seqs), self.splice_seqs, self.splice_every)
 
     def shard_index(self) -> tuple[int, int] | None:
         if self.shard is None:

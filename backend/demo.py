@@ -40,12 +40,16 @@ class DemoConfig:
             n_tokens=0,
             context_len=256,
             batch_size=16,
-            splice_seqs=8,
+            splice_seqs=16,
+            splice_every=24,
+            steer_len=32,
             run_name="demo",
         )
     )
     """and read at 256 tokens (MiniLM takes 512): reconstruction is measured inside and past their training context;
-    error propagation splices all 14 SAEs on 8 sequences, under a tenth of the precompute's time (bench/splice.py)"""
+    the splice sample is 8 pairs of adjacent windows spread over the held-out split (the encoder's contrastive loss
+    needs negatives from other documents); the steering sweep measures on 32-token texts of those pairs, since each
+    exact value is a forward of the sample (bench/splice.py)"""
 
     @classmethod
     def quick(cls, db: str) -> DemoConfig:

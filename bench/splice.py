@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--splice-seqs", type=int, default=None, help="default: the demo's")
     ap.add_argument("--paired", action="store_true", help="also run without the model-loss parts, interleaved")
+    ap.add_argument("--baseline-seqs", type=int, default=8, help="splice sample of the run without them")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     folders = sorted(p.parent for p in Path(args.saes).glob("*/cfg.json"))
@@ -65,10 +66,12 @@ def main() -> None:
             cfg.device = args.device
             if args.splice_seqs is not None:
                 cfg.splice_seqs = args.splice_seqs
-            # without the parts: no shorter texts, no random errors, no steering sweep
+            # without the parts: no shorter texts, no random errors, no steering sweep, and the splice
+            # sample the demo had before them (--baseline-seqs consecutive sequences)
             loss.encoder_lengths = lengths if with_parts else (lambda n: [])
             if not with_parts:
                 cfg.random_draws, cfg.no_steering = 0, True
+                cfg.splice_seqs, cfg.splice_every = args.baseline_seqs, 1
             with tempfile.TemporaryDirectory() as tmp:
                 cfg.db = str(Path(tmp) / "demo.duckdb")
                 spent.update(splice=0.0, steer=0.0)

@@ -195,8 +195,9 @@ def propagation(db: str, saes) -> None:
     links = {s: common.url("Layer", sae=s) for s in saes["sae"]}
     out = queries.splice_output(db)
     harm = HARM[out["metric"].iloc[0]] if not out.empty else "output harm"
-    n_tok, n_seq = int(prop["n_tokens"].max()), prop["splice_seqs"].max()
-    sample = f"on the splice sample: {n_tok:,} tokens of the sequences numbered below {n_seq} (--splice-seqs)"
+    n_tok, n_seq, every = int(prop["n_tokens"].max()), prop["splice_seqs"].max(), int(prop["splice_every"].max())
+    spread = "the first ones" if every == 1 else f"consecutive pairs from every {every}th pair (--splice-every)"
+    sample = f"on the splice sample: {n_tok:,} tokens of {n_seq} sequences (--splice-seqs), {spread}"
     if which == "resid":
         df, col, fmt, bar = prop, "resid_change", ".3f", "Σ‖x′ − x‖² / Σ‖x‖²"
         text = (

@@ -342,7 +342,7 @@ def test_layers_page_draws_the_propagation(small_cfg, adapter, chain_saes, tmp_p
         assert "Layer?db=chain.duckdb&sae=relu-pre0" in heat and "heatmap" in heat
         assert "all up to here" in compound
         captions = " ".join(c.value for c in at.caption)
-        assert "sequences numbered below 7 (--splice-seqs)" in captions
+        assert "of 7 sequences (--splice-seqs), the first ones" in captions
     at = run("pages/6_Layers.py", spread="resid")
     text = " ".join(m.value for m in at.markdown)
     assert "Which SAE hurts later layers most" in text

@@ -252,3 +252,54 @@ def test_encoder_loss_context_and_steering_match_a_hooked_hugging_face_model(tmp
 
 def _grad_loss(mnrl, emb):
     return mnrl.compute_loss_from_embeddings([emb[0::2], emb[1::2]], torch.arange(len(emb) // 2))
+
+
+def test_steer_len_cuts_the_sample_and_the_live_curve_follows(small_cfg, adapter, loaded_saes, tmp_path):
+    """--steer-len 12: the sweep measures on each sequence's first 12 tokens, and the Feature
+    page's live curve, which reads the option back from the run, gives the same values at +-1."""
+    from backend.live.model import Live
+    from backend.live.steer import loss_curve, steering_sample
+    from backend.store import queries
+
+    cfg = _steer_cfg(small_cfg, str(tmp_path / "short.duckdb"), steer_len=12)
+    precompute(cfg, adapter, loaded_saes)
+    tokens = _sample(cfg.db, 7)[:, :12]
+    model = adapter.model
+    s = loaded_saes[1]
+    t = queries.steering(cfg.db, s.name)
+    row = t[t["exact_plus"].notna()].iloc[0]
+    d = float(row.max_act) * s.sae.W_dec[int(row.feature)].detach()
+    with torch.no_grad():
+        clean = float(model(tokens, return_type="loss").double())
+        with model.hooks(fwd_hooks=[(s.hook, lambda x, hook: x + d)]):
+            steered = float(model(tokens, return_type="loss").double())
+    assert row.exact_plus == pytest.approx(steered - clean, rel=1e-4, abs=1e-6)
+    live = Live(adapter, {x.name: x for x in loaded_saes})
+    sample, seqs = steering_sample(live, cfg.db, cfg.run_id())
+    assert sample.shape == (7, 12) and seqs == list(range(7))
+    curve = loss_curve(live, sample, seqs, s.name, int(row.feature), float(row.max_act), (-1.0, 1.0))
+    np.testing.assert_allclose(curve["change"], [row.exact_minus, row.exact_plus], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.unit
+def test_splice_sample_takes_consecutive_pairs_spread_over_the_corpus():
+    from backend.config import splice_members
+
+    seqs = np.arange(40)
+    assert seqs[splice_members(seqs, 7, 1)].tolist() == [0, 1, 2, 3, 4, 5, 6]
+    assert seqs[splice_members(seqs, 6, 4)].tolist() == [0, 1, 8, 9, 16, 17]
+    assert seqs[splice_members(seqs, 5, 4)].tolist() == [0, 1, 8, 9, 16]
+    assert seqs[splice_members(seqs, 0, 4)].tolist() == []
+
+
+def test_a_spread_sample_is_the_same_in_the_pass_and_on_the_read_side(small_cfg, adapter, loaded_saes, tmp_path):
+    from backend.store import queries
+
+    cfg = _steer_cfg(small_cfg, str(tmp_path / "spread.duckdb"), splice_every=2, splice_seqs=6)
+    precompute(cfg, adapter, loaded_saes)
+    _, seqs = queries.splice_sample(cfg.db, cfg.run_id())
+    assert seqs == [0, 1, 4, 5, 8, 9]
+    out = _df(cfg.db, "SELECT DISTINCT n FROM splice_output")
+    assert out["n"].tolist() == [6 * 31]  # six sequences of 32 tokens, 31 predictions each
+    summary = _df(cfg.db, "SELECT n_seqs FROM steering_summary")
+    assert set(summary["n_seqs"]) == {6}

@@ -8,7 +8,6 @@ import os
 
 import pandas as pd
 import streamlit as st
-import torch
 
 from backend.engine.loss import UNIT
 from backend.errors import UserError
@@ -130,13 +129,8 @@ def _steer_causal(db, live, prompt, sae, f, strength, max_act) -> None:
 
 def loss_panel(db, live, sae, f, strength, max_act) -> None:
     """The model's own loss on the splice sample against strength, with the stored sweep's figures."""
-    tokens, seqs = queries.splice_sample(db, queries.sae_row(db, sae).run_id)
-    if not seqs:
-        st.info(
-            "This run has no splice sample, so the loss under steering is not drawn (precompute with --splice-seqs)."
-        )
-        return
-    curve = steer.loss_curve(live, torch.as_tensor(tokens, dtype=torch.long), seqs, sae, f, max_act)
+    tokens, seqs = steer.steering_sample(live, db, queries.sae_row(db, sae).run_id)
+    curve = steer.loss_curve(live, tokens, seqs, sae, f, max_act)
     unit = UNIT[live.adapter.kind]
     st.plotly_chart(figures.strength_curve(curve, "loss", unit, strength), key="loss_curve")
     st.caption(

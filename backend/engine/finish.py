@@ -67,7 +67,9 @@ def finalize(h: Harvest, token_files: list[str]) -> str:
     n_tokens = h.stats[h.saes[0].name].n_tokens
     sweep = None
     if not cfg.no_steering and h.propagation.tokens:
-        spec = steering.SteerSpec(extremes=cfg.steer_extremes, sample=cfg.steer_sample, seed=cfg.seed)
+        spec = steering.SteerSpec(
+            extremes=cfg.steer_extremes, sample=cfg.steer_sample, length=cfg.steer_len, seed=cfg.seed
+        )
         sweep = steering.Sweep(adapter, h.saes, h.propagation.tokens, spec)
     rows = []
     with writes.RunWriter(cfg.db, run_id) as w:

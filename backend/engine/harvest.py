@@ -154,7 +154,7 @@ class Harvest:
             for lo in range(0, len(seq_ids), per):
                 rows = slice(lo, lo + per)  # the whole batch at once unless the SAE is wide
                 self._encode(s, x[rows], seq_ids[rows], seq_t[rows], mask[rows])
-        sample = np.flatnonzero(np.asarray(seq_ids) < self.cfg.splice_seqs)
+        sample = np.flatnonzero(self.cfg.in_splice_sample(seq_ids))
         if sample.size:  # a global rule, so one pass and any set of shards splice the same sequences
             rows = torch.as_tensor(sample, device=tokens.device)
             self.propagation.update(
@@ -217,6 +217,7 @@ class Harvest:
                 bar.update(n)
                 if self.progress is not None:
                     self.progress(n)
+            self.propagation.flush()
         finally:
             bar.close()
             self.close()

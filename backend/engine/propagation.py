@@ -1,7 +1,8 @@
 """How an SAE's error travels: splice its reconstruction into the model and measure downstream.
 
-Measured on the splice sample, the sequences numbered below `--splice-seqs` (a global rule, so a
-single pass and any set of shards use the same sequences). For each SAE i of the run:
+Measured on the splice sample, `--splice-seqs` sequences taken as consecutive pairs from every
+`--splice-every`-th pair (config.splice_members: a rule of sequence numbers, so a single pass and
+any set of shards use the same sequences). For each SAE i of the run:
 
 - at every hook j at or after i's hook that has an SAE in the run: the residual change
   sum ||x'_j - x_j||^2 / sum ||x_j||^2, and, for each SAE of i's family (architecture) at j, its
@@ -161,6 +162,7 @@ class Propagation:
         whole sample is in, since an encoder's contrastive loss pairs sequences"""
         self.tokens: dict[int, torch.Tensor] = {}
         """the sample's token ids by sequence, for the steering sweep at the end of the run"""
+        self._pending: list = []
 
     CHUNK = 8
     """sequences spliced at a time: a causal model's logits for the output metric are
@@ -170,12 +172,32 @@ class Propagation:
     def update(
         self, tokens: torch.Tensor, clean: dict[str, torch.Tensor], mask: torch.Tensor, seqs: np.ndarray
     ) -> None:
-        """One batch of the splice sample: tokens [b, T], clean activations at the run's hooks,
-        mask [b, T] of the tokens that count (special tokens excluded), the sequence numbers.
-        Sums add up and outputs are kept per sequence, so chunking changes nothing but memory."""
-        for start in range(0, len(tokens), self.CHUNK):
+        """One batch's share of the splice sample: tokens [b, T], clean activations at the run's
+        hooks, mask [b, T] of the tokens that count (special tokens excluded), the sequence numbers.
+        Rows wait until CHUNK of them are in (a sample spread over the corpus brings a pair per
+        batch, and two-row forwards waste most of a CPU's time); `flush` runs the rest. Sums add up
+        and outputs are kept per sequence, so chunking changes nothing but memory."""
+        self._pending.append((tokens, clean, mask, np.asarray(seqs)))
+        if sum(len(p[0]) for p in self._pending) >= self.CHUNK:
+            self.flush(whole_chunks=True)
+
+    @torch.no_grad()
+    def flush(self, whole_chunks: bool = False) -> None:
+        """Run the waiting rows (with `whole_chunks`, only full chunks; the rest keeps waiting)."""
+        if not self._pending:
+            return
+        tokens = torch.cat([p[0] for p in self._pending])
+        clean = {h: torch.cat([p[1][h] for p in self._pending]) for h in self._pending[0][1]}
+        mask = torch.cat([p[2] for p in self._pending])
+        seqs = np.concatenate([p[3] for p in self._pending])
+        self._pending = []
+        stop = len(tokens) - len(tokens) % self.CHUNK if whole_chunks else len(tokens)
+        for start in range(0, stop, self.CHUNK):
             rows = slice(start, start + self.CHUNK)
             self._update(tokens[rows], {h: a[rows] for h, a in clean.items()}, mask[rows], list(seqs[rows]))
+        if stop < len(tokens):
+            rest = slice(stop, None)
+            self._pending = [(tokens[rest], {h: a[rest] for h, a in clean.items()}, mask[rest], seqs[rest])]
 
     def _keep(self, key: tuple[str, str, int], seqs: list[int], out: torch.Tensor) -> None:
         for s, row in zip(seqs, out):
@@ -253,6 +275,7 @@ class Propagation:
         SAE spliced in, and with its hook zero-ablated, how much of the clean loss the splice
         keeps (CE / contrastive loss recovered), and for encoders the mean cosine of the spliced
         embedding to the clean one; all None without a splice sample (or, for an encoder, a pair)."""
+        self.flush()
         (c, n), (s, _), (a, _) = self.loss("clean"), self.loss("alone", name), self.loss("ablated", name)
         cos = loss.mean_cosine(self.outputs.get(("alone", name, 0), {}), self.outputs.get(("clean", "", 0), {}))
         if not n:
@@ -267,6 +290,7 @@ class Propagation:
         }
 
     def state_dict(self) -> dict:
+        self.flush()
         return {
             "resid": {k: v.cpu() for k, v in self.resid.items()},
             "recon": {k: {f: getattr(v, f).cpu() for f in ("n", "x2", "err", "sum_x")} for k, v in self.recon.items()},
@@ -289,6 +313,7 @@ class Propagation:
     def frames(self, run_id: str, names: dict[str, str]) -> dict[str, pd.DataFrame]:
         """Rows of `propagation`, `propagation_recon`, `splice_output` and `splice_context` (see schema.sql);
         `names` maps each SAE to its id in the database. No rows when the sample was empty."""
+        self.flush()
         if not self.n_seqs:
             return {t: pd.DataFrame(columns=c) for t, c in _COLUMNS.items()}
         resid = []

@@ -47,8 +47,19 @@ class Pick(enum.IntEnum):
 class SteerSpec:
     extremes: int = 10
     sample: int = 32
+    length: int | None = None
+    """tokens per text of the sample (config.PrecomputeConfig.steer_len); None: all"""
     density_groups: int = 4
     seed: int = 0
+
+
+def sample_tokens(kind: str, tokens: torch.Tensor, seqs: list[int], length: int | None) -> torch.Tensor:
+    """The steering sample: the splice sample's texts cut to `length` tokens, encoder pairs the way
+    the context breakdown cuts them (engine.loss.truncate), causal sequences to their first tokens.
+    The live loss curve cuts the same way, so its values at +-1 are the stored ones."""
+    if length is None or length >= tokens.shape[1]:
+        return tokens
+    return loss.truncate(tokens, seqs, length) if kind == "encoder" else tokens[:, :length]
 
 
 def loss_of(kind: str, outputs: torch.Tensor, seqs: list[int]) -> torch.Tensor:
@@ -108,7 +119,8 @@ class Sweep:
         self.adapter, self.spec = adapter, spec
         self.seqs = sorted(sample)
         self.hooks = sorted({s.hook for s in saes})
-        self.tokens = torch.stack([sample[q] for q in self.seqs]).to(adapter.device)
+        full = torch.stack([sample[q] for q in self.seqs]).to(adapter.device)
+        self.tokens = sample_tokens(adapter.kind, full, self.seqs, spec.length)
         rows = rows_per_forward(adapter, self.tokens.shape[1])
         chunks = [slice(r, r + rows) for r in range(0, len(self.tokens), rows)]
         acts = [adapter.activations(self.tokens[c], self.hooks) for c in chunks]

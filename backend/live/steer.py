@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from backend.engine.steering import steered_losses
+from backend.engine.steering import sample_tokens, steered_losses
 from backend.errors import UserError
 from backend.live.model import Live
 from backend.store import queries
@@ -87,6 +87,15 @@ def generate(
                 pair.append(adapter.tokenizer.decode(seq[0, tokens.shape[1] :].tolist()))
             out[mode] = (pair[0], pair[1])
     return out
+
+
+def steering_sample(live: Live, db: str, run_id: str) -> tuple[torch.Tensor, list[int]]:
+    """The stored sweep's sample: the run's splice sample cut to its --steer-len (engine.steering)."""
+    tokens, seqs = queries.splice_sample(db, run_id)
+    if not seqs:
+        raise UserError("this run has no splice sample, so the loss under steering is not drawn (--splice-seqs)")
+    full = torch.as_tensor(tokens, dtype=torch.long)
+    return sample_tokens(live.adapter.kind, full, seqs, queries.run_option(db, run_id, "steer_len")), seqs
 
 
 def loss_curve(

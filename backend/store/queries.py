@@ -9,6 +9,7 @@ rebuilt database is picked up without restarting the app. No Streamlit here.
 from __future__ import annotations
 
 import functools
+import json
 import threading
 import time
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from backend.config import splice_members
 from backend.density import FIRING_THRESHOLDS, density, is_dense, is_ultralow, log10_density
 from backend.errors import UserError
 from backend.paths import data_dir
@@ -445,7 +447,8 @@ def propagation(path: str) -> pd.DataFrame:
     return _df(
         path,
         f"""SELECT t.*, s.hook AS spliced_hook, s.depth AS spliced_depth, s.architecture,
-                   TRY_CAST(json_extract(r.config, '$.splice_seqs') AS INTEGER) AS splice_seqs
+                   TRY_CAST(json_extract(r.config, '$.splice_seqs') AS INTEGER) AS splice_seqs,
+                   coalesce(TRY_CAST(json_extract(r.config, '$.splice_every') AS INTEGER), 1) AS splice_every
             FROM propagation t {_SPLICED} ORDER BY s.depth, t.sae, t.depth""",
     )
 
@@ -533,15 +536,25 @@ def sequences_head(path: str, run_id: str, n: int) -> list[np.ndarray]:
 
 
 @cached
+def run_option(path: str, run_id: str, key: str):
+    """One option of the run's recorded config (None where the run did not record it)."""
+    df = _df(path, "SELECT json_extract(config, ?) AS v FROM runs WHERE run_id = ?", [f"$.{key}", run_id])
+    if df.empty or df["v"].iloc[0] is None:
+        return None
+    return json.loads(df["v"].iloc[0])
+
+
+@cached
 def splice_sample(path: str, run_id: str) -> tuple[np.ndarray, list[int]]:
-    """The run's splice sample (sequences numbered below its --splice-seqs): token ids [n, T] and
-    the sequence numbers; empty when the run had none."""
+    """The run's splice sample (config.splice_members): token ids [n, T] and the sequence
+    numbers; empty when the run had none."""
+    size, every = run_option(path, run_id, "splice_seqs") or 0, run_option(path, run_id, "splice_every") or 1
+    seqs = _df(path, "SELECT seq FROM sequences WHERE run_id = ? AND seq % ? < 2", [run_id, 2 * every])["seq"]
+    want = seqs[splice_members(seqs.to_numpy(), size, every)].tolist()
     df = _df(
         path,
-        """SELECT q.seq, q.tokens FROM sequences q JOIN runs r USING (run_id)
-           WHERE q.run_id = ? AND q.seq < coalesce(TRY_CAST(json_extract(r.config, '$.splice_seqs') AS INTEGER), 0)
-           ORDER BY q.seq""",
-        [run_id],
+        "SELECT seq, tokens FROM sequences WHERE run_id = ? AND seq IN (SELECT unnest(?::INTEGER[])) ORDER BY seq",
+        [run_id, want],
     )
     if df.empty:
         return np.zeros((0, 0), dtype=np.int64), []

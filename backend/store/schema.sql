@@ -161,7 +161,7 @@ CREATE TABLE IF NOT EXISTS density_hist (
 );
 
 -- Error propagation (engine.propagation.Propagation), measured on the splice sample: the
--- sequences numbered below config.splice_seqs. Stored as sums so shard states add up exactly;
+-- sequences config.splice_members picks. Stored as sums so shard states add up exactly;
 -- the ratio columns are those sums divided.
 -- One row per spliced SAE `sae` and hook measured at or after its own hook (hooks with an SAE).
 CREATE TABLE IF NOT EXISTS propagation (
