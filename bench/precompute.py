@@ -105,6 +105,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--corpus", default="embedded:all")
+    ap.add_argument(
+        "--loss-parts",
+        action="store_true",
+        help="also run the random-error baseline and the steering sweep (bench/splice.py times those); "
+        "off, the figure is the streaming pass's overhead as before them",
+    )
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-precompute-"))
@@ -132,6 +138,7 @@ def main() -> None:
         batch_size=args.batch_size,
         device=args.device,
         saes=sources,
+        **({} if args.loss_parts else {"random_draws": 0, "no_steering": True}),
     )
     hooks = sorted({s.hook for s in saes})
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)

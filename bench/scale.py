@@ -109,6 +109,7 @@ def _run(args: dict, q) -> None:
         saes=sources,
         run_name="scale",
         splice_seqs=args["splice_seqs"],
+        **({} if args["loss_parts"] else {"random_draws": 0, "no_steering": True}),
     )
     times = {"splice": 0.0}
     real = pipeline.finalize
@@ -190,6 +191,9 @@ def main() -> None:
         "--splice-seqs", type=int, default=None, help="splice sample (0: none; default: 32 on cuda, 4 on cpu)"
     )
     ap.add_argument("--splice-chunk", type=int, default=0, help="sequences spliced at a time (0: the engine's)")
+    ap.add_argument(
+        "--loss-parts", action="store_true", help="also run the random-error baseline and the steering sweep"
+    )
     ap.add_argument("--samples", type=int, default=100, help="features whose drilldown is timed")
     args = ap.parse_args()
     if args.splice_seqs is None:

@@ -46,7 +46,7 @@ def performance(db: str, saes) -> None:
         return
     metric = df["metric"].iloc[0]
     unit = UNIT[KIND[metric]]
-    cols = ["sae", "hook", "architecture", "clean", "increase", "recovered", "random_increase", "ratio"]
+    cols = ["sae", "clean", "increase", "recovered", "random_increase", "ratio"]
     if metric == "contrastive_loss":
         cols.append("cosine")
     st.dataframe(
@@ -60,7 +60,9 @@ def performance(db: str, saes) -> None:
                 "loss recovered", format="%.3f", help="(ablated − spliced) / (ablated − clean)"
             ),
             "random_increase": st.column_config.NumberColumn("increase, random error", format="%+.4f"),
-            "ratio": st.column_config.NumberColumn("ratio", format="%.2f", help="SAE error's increase / random's"),
+            "ratio": st.column_config.NumberColumn(
+                "ratio", format="%.2f", help="SAE error's increase / random's; blank where random errors lower the loss"
+            ),
             "cosine": st.column_config.NumberColumn("cosine to clean", format="%.4f"),
         },
     )
@@ -68,8 +70,8 @@ def performance(db: str, saes) -> None:
         "next-token cross-entropy over every predicted token of the sample"
         if metric == "ce_loss"
         else "the contrastive loss the sentence encoder was trained with (sentence-transformers' "
-        "MultipleNegativesRankingLoss, scale 20) over the sample's pairs of adjacent windows: sequence 2k is "
-        "the anchor, 2k + 1 its positive, the other positives the negatives"
+        "MultipleNegativesRankingLoss, scale 20) over the sample's pairs of adjacent windows (an even-numbered "
+        "sequence is the anchor, the next one its positive, the other pairs' positives the negatives)"
     )
     st.caption(
         f"Loss: {what} ({unit}). Loss recovered: 1 keeps the clean loss, 0 is no better than zero-ablating the hook; "
@@ -115,7 +117,6 @@ def steering(db: str) -> None:
         summary[
             [
                 "sae",
-                "hook",
                 "n_live",
                 "n_sample",
                 "hurt_plus",
@@ -128,6 +129,8 @@ def steering(db: str) -> None:
         ],
         hide_index=True,
         column_config={
+            "sae": st.column_config.TextColumn("SAE"),
+            "n_live": st.column_config.NumberColumn("live features"),
             "n_sample": st.column_config.NumberColumn("sampled", help="features measured exactly, spread over density"),
             "hurt_plus": st.column_config.NumberColumn("hurt at +1", format="percent"),
             "hurt_minus": st.column_config.NumberColumn("hurt at −1", format="percent"),

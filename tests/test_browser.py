@@ -285,6 +285,7 @@ def test_propagation_cell_opens_the_spliced_saes_layer_page(server, browser):
     _no_traceback(page)
     cell = page.locator(".js-plotly-plot .annotation a[*|href*='sae=topk-b1']").first
     cell.wait_for()
+    cell.scroll_into_view_if_needed()  # the loss sections above put the heatmap below the first screen
     box = cell.bounding_box()  # a real click where the value is drawn: nothing may sit above it
     page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     page.get_by_role("heading", name=re.compile("Layer · topk-b1")).wait_for()

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import torch
 
-from backend.engine.pipeline import merge_states, precompute
+from backend.engine.pipeline import precompute
 from backend.errors import UserError
-from tests.helpers import make_sae, repo_root, run_backend, save_tiny_gpt2
+from tests.helpers import make_sae, merge_from_shards, repo_root, run_backend, save_tiny_gpt2
 
 pytestmark = pytest.mark.integration
 
@@ -276,14 +276,8 @@ def test_two_shards_merge_to_one_pass(small_cfg, adapter, loaded_saes, tmp_path)
     single pass and falls differently into the shards' batches."""
     one = small_cfg(db=str(tmp_path / "one.duckdb"), splice_seqs=7)
     precompute(one, adapter, loaded_saes)
-    states, files = [], []
-    for i in range(2):
-        shard = small_cfg(db=str(tmp_path / "sharded.duckdb"), shard=f"{i}/2", splice_seqs=7)
-        out = precompute(shard, adapter, loaded_saes)
-        states.append(torch.load(f"{out}/state.pt", weights_only=False))
-        files.append(f"{out}/tokens.parquet")
     merged = small_cfg(db=str(tmp_path / "sharded.duckdb"), splice_seqs=7)
-    merge_states(merged, adapter, loaded_saes, states, files)
+    merge_from_shards(lambda **kw: small_cfg(db=merged.db, splice_seqs=7, **kw), 2, adapter, loaded_saes)
 
     for name, order in (
         ("features", "sae, feature"),
@@ -665,12 +659,7 @@ def test_merge_equals_one_pass_on_tied_activations(tmp_path, adapter, tmp_path_f
     kw.update(splice_seqs=0, no_steering=True)
     one = tiny_config(str(tmp_path / "one.duckdb"), **kw)
     precompute(one, adapter, saes)
-    states, files = [], []
-    for i in range(3):
-        out = precompute(tiny_config(str(tmp_path / "m.duckdb"), shard=f"{i}/3", **kw), adapter, saes)
-        states.append(torch.load(f"{out}/state.pt", weights_only=False))
-        files.append(f"{out}/tokens.parquet")
-    merge_states(tiny_config(str(tmp_path / "m.duckdb"), **kw), adapter, saes, states, files)
+    merge_from_shards(lambda **s: tiny_config(str(tmp_path / "m.duckdb"), **kw, **s), 3, adapter, saes)
     order = "sae, feature, kind, rank"
     a, b = _table(one.db, "examples", order), _table(str(tmp_path / "m.duckdb"), "examples", order)
     q = a[a["kind"] == 1]

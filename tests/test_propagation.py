@@ -3,15 +3,15 @@ merging of its tables, and runs where most of its cells do not apply."""
 
 from __future__ import annotations
 
-import duckdb
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from backend.engine.models import hook_depth
-from backend.engine.pipeline import merge_states, precompute
-from tests.helpers import make_sae
+from backend.engine.pipeline import precompute
+from tests.helpers import make_sae, merge_from_shards
+from tests.helpers import query as _df
 
 pytestmark = pytest.mark.integration
 
@@ -43,14 +43,6 @@ def chain_saes(tmp_path_factory, adapter):
 def _cfg(small_cfg, db, **kw):
     # 12 sequences in batches of 5; the 7-sequence sample spans two batches
     return small_cfg(db=db, n_tokens=12 * 32, batch_size=5, splice_seqs=7, recon_every=1, **kw)
-
-
-def _df(db, sql):
-    con = duckdb.connect(db, read_only=True)
-    try:
-        return con.execute(sql).df()
-    finally:
-        con.close()
 
 
 def _brute_force(model, tokens, counted, saes):
@@ -236,13 +228,8 @@ def test_propagation_matches_transformer_lens_hooks(small_cfg, adapter, chain_sa
 def test_propagation_shards_merge_to_one_pass(small_cfg, adapter, chain_saes, tmp_path):
     one = _cfg(small_cfg, str(tmp_path / "one.duckdb"))
     precompute(one, adapter, chain_saes)
-    states, files = [], []
-    for i in range(3):
-        out = precompute(_cfg(small_cfg, str(tmp_path / "m.duckdb"), shard=f"{i}/3"), adapter, chain_saes)
-        states.append(torch.load(f"{out}/state.pt", weights_only=False))
-        files.append(f"{out}/tokens.parquet")
     merged = _cfg(small_cfg, str(tmp_path / "m.duckdb"))
-    merge_states(merged, adapter, chain_saes, states, files)
+    merge_from_shards(lambda **kw: _cfg(small_cfg, merged.db, **kw), 3, adapter, chain_saes)
     for table, order in (
         ("propagation", "sae, hook"),
         ("propagation_recon", "sae, target"),
@@ -354,7 +341,10 @@ def test_layers_page_draws_the_propagation(small_cfg, adapter, chain_saes, tmp_p
     assert "in the shortest contexts (1–16)" in text and "in the longest contexts (17–31)" in text
     assert "steering at +1 raises the loss for" in text
     loss_table = at.dataframe[0].value
-    assert set(loss_table["sae"]) == {n for n, _, _ in CHAIN} and loss_table["ratio"].notna().all()
+    assert set(loss_table["sae"]) == {n for n, _, _ in CHAIN}
+    # the ratio stands where random errors raise the loss, and is blank where they lower it
+    rises = loss_table["random_increase"] > 0
+    assert loss_table["ratio"][rises].notna().all() and loss_table["ratio"][~rises].isna().all()
     charts = " ".join(c.proto.spec for c in at.get("plotly_chart"))
     assert "context (tokens)" in charts and "violin" in charts
     at = run("pages/6_Layers.py", steer_sae="relu-pre1")

@@ -4,23 +4,16 @@ and a Hugging Face encoder changed by forward hooks on its layer modules."""
 
 from __future__ import annotations
 
-import duckdb
 import numpy as np
 import pytest
 import torch
 
-from backend.engine.pipeline import merge_states, precompute
+from backend.engine.pipeline import precompute
 from backend.engine.steering import Pick
+from tests.helpers import merge_from_shards
+from tests.helpers import query as _df
 
 pytestmark = pytest.mark.integration
-
-
-def _df(db, sql):
-    con = duckdb.connect(db, read_only=True)
-    try:
-        return con.execute(sql).df()
-    finally:
-        con.close()
 
 
 def _sample(db, n):
@@ -121,12 +114,7 @@ def test_steering_matches_autograd_and_steered_transformer_lens_runs(small_cfg, 
 def test_steering_and_context_tables_merge_from_shards_to_one_pass(small_cfg, adapter, loaded_saes, tmp_path):
     one = _steer_cfg(small_cfg, str(tmp_path / "one.duckdb"))
     precompute(one, adapter, loaded_saes)
-    states, files = [], []
-    for i in range(3):
-        out = precompute(_steer_cfg(small_cfg, str(tmp_path / "m.duckdb"), shard=f"{i}/3"), adapter, loaded_saes)
-        states.append(torch.load(f"{out}/state.pt", weights_only=False))
-        files.append(f"{out}/tokens.parquet")
-    merge_states(_steer_cfg(small_cfg, str(tmp_path / "m.duckdb")), adapter, loaded_saes, states, files)
+    merge_from_shards(lambda **kw: _steer_cfg(small_cfg, str(tmp_path / "m.duckdb"), **kw), 3, adapter, loaded_saes)
     for table, order in (
         ("steering", "sae, feature"),
         ("steering_summary", "sae"),

@@ -55,10 +55,11 @@ def pathological_claim(df: pd.DataFrame) -> str | None:
     if d.empty:
         return None
     worse = d[d["increase"] > d["random_increase"]]
-    med = d["ratio"].replace([np.inf, -np.inf], np.nan).median()
+    rated = d["ratio"].dropna()
+    med = f" (median ratio {rated.median():.1f}× over the {len(rated)} where random errors raise it at all)"
     return (
         f"{len(worse)} of {len(d)} SAEs' reconstruction errors raise the loss more than random directions of the "
-        f"same norm per token (median ratio {med:.1f}×)."
+        f"same norm per token" + (med if len(rated) else "") + "."
     )
 
 

@@ -577,14 +577,14 @@ def context_heatmap(ctx: pd.DataFrame, links: dict[str, str], unit: str) -> go.F
     """The loss increase from each SAE alone (rows, shallow at the top) by context (columns), one
     panel per family; each SAE's training context is outlined in its row."""
     fams = sorted(ctx["architecture"].unique())
-    fig = make_subplots(rows=1, cols=len(fams), subplot_titles=fams, horizontal_spacing=0.12)
+    fig = make_subplots(rows=1, cols=len(fams), subplot_titles=fams, horizontal_spacing=0.16)
     lo, hi = float(ctx["increase"].min()), float(ctx["increase"].max())
     for c, fam in enumerate(fams, start=1):
         g = ctx[ctx["architecture"] == fam]
         rows = g.drop_duplicates("sae").sort_values(["depth", "sae"])
         spans = g.drop_duplicates(["ctx_lo", "ctx_hi"]).sort_values("ctx_lo")
         xl = [context_label(a, b) for a, b in zip(spans["ctx_lo"], spans["ctx_hi"])]
-        yl = [f"{short_hook(h)} · {s}" for h, s in zip(rows["hook"], rows["sae"])]
+        yl = [short_hook(h) for h in rows["hook"]]
         z = g.pivot_table(index="sae", columns="ctx_lo", values="increase").loc[rows["sae"], spans["ctx_lo"]]
         fig.add_trace(
             go.Heatmap(
@@ -596,7 +596,8 @@ def context_heatmap(ctx: pd.DataFrame, links: dict[str, str], unit: str) -> go.F
                 ygap=2,
                 text=np.vectorize(lambda v: f"{v:+.3f}")(z.to_numpy()),
                 texttemplate="%{text}",
-                hovertemplate="%{y}<br>context %{x}: %{z:+.4f}<extra></extra>",
+                customdata=np.array(rows["sae"])[:, None].repeat(len(xl), 1),
+                hovertemplate="%{customdata} (%{y})<br>context %{x} tokens: %{z:+.4f}<extra></extra>",
             ),
             row=1,
             col=c,
@@ -619,7 +620,8 @@ def context_heatmap(ctx: pd.DataFrame, links: dict[str, str], unit: str) -> go.F
                 yref=f"y{axis}",
             )
         fig.update_yaxes(autorange="reversed", row=1, col=c, showticklabels=True)
-    fig.update_xaxes(title_text="context (tokens)")
+    fig.update_xaxes(title_text="context (tokens)", type="category")
+    fig.update_yaxes(type="category")
     scale = dict(colorscale="RdBu_r", cmid=0.0) if lo < 0 < hi else dict(colorscale="Reds", cmin=min(lo, 0.0))
     fig.update_layout(
         coloraxis=dict(**scale, colorbar_title=unit),
@@ -664,16 +666,19 @@ def steering_spread(t: pd.DataFrame, unit: str) -> go.Figure:
     exact changes where measured (points)."""
     live = t[t["estimate"].notna()]
     fig = go.Figure()
-    for sign, est, col in (("+1", live["estimate"], "exact_plus"), ("−1", -live["estimate"], "exact_minus")):
+    for sign, est, col in (
+        ("+1 × max", live["estimate"], "exact_plus"),
+        ("−1 × max", -live["estimate"], "exact_minus"),
+    ):
         fig.add_trace(
             go.Violin(
                 x=[sign] * len(est),
                 y=est,
-                name=f"estimate {sign}",
+                name="estimate, every live feature",
                 side="negative",
                 line_color="#1f77b4",
                 points=False,
-                showlegend=sign == "+1",
+                showlegend=sign == "+1 × max",
                 legendgroup="est",
             )
         )
@@ -683,9 +688,9 @@ def steering_spread(t: pd.DataFrame, unit: str) -> go.Figure:
                 x=[sign] * len(ex),
                 y=ex[col],
                 mode="markers",
-                name="exact",
+                name="exact, measured features",
                 legendgroup="exact",
-                showlegend=sign == "+1",
+                showlegend=sign == "+1 × max",
                 marker=dict(color="#d62728", size=6, opacity=0.7),
                 customdata=ex["feature"],
                 hovertemplate="feature %{customdata}: %{y:+.4f}<extra></extra>",
@@ -693,11 +698,13 @@ def steering_spread(t: pd.DataFrame, unit: str) -> go.Figure:
         )
     fig.add_hline(y=0, line_dash="dot")
     fig.update_layout(
-        yaxis_title=f"loss change ({unit}); below 0 helps",
-        xaxis_title="strength (× max activation)",
+        yaxis_title="loss change (below 0 helps)",
+        xaxis_title="strength",
+        xaxis_type="category",
         height=380,
         margin=dict(t=20, l=10, r=10, b=10),
         violinmode="overlay",
+        legend=dict(orientation="h", y=-0.25),
     )
     return fig
 

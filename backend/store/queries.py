@@ -484,7 +484,9 @@ def loss_per_sae(path: str) -> pd.DataFrame:
         path,
         f"""SELECT t.sae, s.hook, s.depth, s.architecture, s.train_context, t.metric, t.clean,
                    t.spliced - t.clean AS increase, q.spliced - q.clean AS random_increase,
-                   (t.spliced - t.clean) / nullif(q.spliced - q.clean, 0) AS ratio, q.draws,
+                   -- the ratio only where random errors raise the loss at all; a fall would flip its sign
+                   CASE WHEN q.spliced > q.clean THEN (t.spliced - t.clean) / (q.spliced - q.clean) END AS ratio,
+                   q.draws,
                    s.downstream_value AS recovered, s.downstream_ablated AS ablated, t.cosine
             FROM splice_output t
             LEFT JOIN splice_output q ON q.run_id = t.run_id AND q.sae = t.sae AND q.mode = 'random'
