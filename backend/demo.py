@@ -11,7 +11,8 @@ import logging
 import os
 import subprocess
 import sys
-from dataclasses import dataclass, field
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from backend.config import PrecomputeConfig, SAESource, TrainConfig
@@ -29,10 +30,18 @@ class DemoConfig:
     """where the trained SAEs live (reused when present)"""
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            model="embedded", corpus="embedded:train", n_tokens=150_000, context_len=64, expansion=4, k=64, epochs=3
+            model="embedded",
+            corpus="embedded:train",
+            n_tokens=150_000,
+            context_len=64,
+            expansion=4,
+            k=64,
+            epochs=2,
+            lr=2e-3,
         )
     )
-    """the SAEs are trained on 64-token contexts"""
+    """the SAEs are trained on 64-token contexts; 2 epochs at lr 2e-3 reach the explained variance 3 epochs at 1e-3
+    did (each SAE within 0.01, the ReLU SAEs at lower L0) in two thirds of the time"""
     precompute: PrecomputeConfig = field(
         default_factory=lambda: PrecomputeConfig(
             model="embedded",
@@ -98,13 +107,22 @@ def build_demo(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg.train.out = cfg.saes
     split = Path(cfg.saes) / "split.json"
-    want = json.dumps({"heldout_fraction": HELDOUT_FRACTION, "context_len": cfg.train.context_len})
+    recipe = {k: v for k, v in asdict(cfg.train).items() if k not in ("out", "force", "device")}
+    want = json.dumps({"heldout_fraction": HELDOUT_FRACTION, "context_len": cfg.train.context_len, "train": recipe})
     if not split.exists() or split.read_text() != want:
         # SAEs trained on another train/held-out split would have seen some of the held-out text,
-        # and SAEs trained on another context length would misstate where "beyond" begins
+        # SAEs trained on another context length would misstate where "beyond" begins, and SAEs
+        # of another recipe are not the ones the README's figures describe
         cfg.train.force = cfg.train.force or any(Path(cfg.saes).glob("*/cfg.json"))
+    log.info("demo 1/2: the SAEs in %s (those missing are trained: about 30 s each on 2 CPU cores)", cfg.saes)
+    t0 = time.monotonic()
     results = train_saes(cfg.train)
     split.write_text(want)
+    log.info(
+        "demo 2/2: the feature database (%s after the SAEs; the pass over the held-out split, then the "
+        "final step with the steering sweep, each with its own bar and time left; about 3 min on 2 cores)",
+        _minutes(time.monotonic() - t0),
+    )
     # Build beside the target and move into place when complete: readers never see half a file.
     tmp = Path(cfg.db).with_name(f".building-{Path(cfg.db).name}")
     for leftover in (tmp, Path(str(tmp) + ".wal")):
@@ -120,6 +138,10 @@ def build_demo(
     os.replace(tmp, cfg.db)
     log.info("built %s", cfg.db)
     return cfg.db
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min"
 
 
 def serve(db: str | None, port: int = 8501) -> None:
