@@ -35,6 +35,7 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.store import queries, writes  # noqa: E402
+from backend.store.schema import RunStatus  # noqa: E402
 
 
 def build(
@@ -54,8 +55,8 @@ def build(
     con.execute("BEGIN")
     con.execute(
         "INSERT INTO runs (run_id, status, model, model_kind, corpus, n_tokens, n_seqs, context_len) "
-        "VALUES ('synthetic', 'complete', 'gpt2-small (synthetic)', 'causal', 'synthetic', ?, ?, ?)",
-        [n_seqs * seq_len, n_seqs, seq_len],
+        "VALUES ('synthetic', ?, 'gpt2-small (synthetic)', 'causal', 'synthetic', ?, ?, ?)",
+        [RunStatus.COMPLETE, n_seqs * seq_len, n_seqs, seq_len],
     )
     toks = rng.integers(0, vocab, size=(n_seqs, seq_len), dtype=np.int32)
     seq_tbl = pa.table(
