@@ -114,7 +114,7 @@ def build_demo(
         # SAEs trained on another context length would misstate where "beyond" begins, and SAEs
         # of another recipe are not the ones the README's figures describe
         cfg.train.force = cfg.train.force or any(Path(cfg.saes).glob("*/cfg.json"))
-    log.info("demo 1/2: the SAEs in %s (those missing are trained: about 30 s each on 2 CPU cores)", cfg.saes)
+    log.info("demo 1/2: the SAEs in %s (those missing are trained: about 20 s each on 2 CPU cores)", cfg.saes)
     t0 = time.monotonic()
     results = train_saes(cfg.train)
     split.write_text(want)

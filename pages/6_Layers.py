@@ -14,7 +14,6 @@ common.setup("Layers")
 METRICS = {"ev": "explained variance", "rel": "relative error"}
 SPREAD = {"resid": "residual change", "ev_drop": "EV drop of the later SAE", "output": "model output"}
 HARM = {"ce_loss": "CE loss increase (nats / token)", "contrastive_loss": "contrastive loss increase (nats / pair)"}
-KIND = {"ce_loss": "causal", "contrastive_loss": "encoder"}
 
 
 @common.page
@@ -45,7 +44,7 @@ def performance(db: str, saes) -> None:
         )
         return
     metric = df["metric"].iloc[0]
-    unit = UNIT[KIND[metric]]
+    unit = UNIT[metric]
     cols = ["sae", "clean", "increase", "recovered", "random_increase", "ratio"]
     if metric == "contrastive_loss":
         cols.append("cosine")
@@ -90,8 +89,7 @@ def performance(db: str, saes) -> None:
     if ctx.empty:
         st.info("No context breakdown in this run (no splice sample).")
         return
-    links = {s: common.url("Layer", sae=s) for s in saes["sae"]}
-    st.plotly_chart(figures.context_heatmap(ctx, links, unit), key="context_heat")
+    st.plotly_chart(figures.context_heatmap(ctx, unit), key="context_heat")
     how = (
         "columns are ranges of how many tokens a prediction sees (BOS included), from the same forwards"
         if metric == "ce_loss"
@@ -112,7 +110,7 @@ def steering(db: str) -> None:
     if summary.empty:
         st.info("This run has no steering sweep (precompute without --no-steering, with a splice sample).")
         return
-    unit = UNIT[KIND[summary["metric"].iloc[0]]]
+    unit = UNIT[summary["metric"].iloc[0]]
     st.dataframe(
         summary[
             [

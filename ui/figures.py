@@ -355,6 +355,12 @@ def context_ev(saes: pd.DataFrame, metric: str = "ev") -> go.Figure:
     return fig
 
 
+def _harm_scale(lo: float, hi: float) -> dict:
+    """Colours of a harm heatmap. One sign: white to red; both signs (a later SAE can reconstruct a
+    perturbed stream better, a splice can lower the loss): blue below zero, red above, white at zero."""
+    return dict(colorscale="RdBu_r", cmid=0.0) if lo < 0 < hi else dict(colorscale="Reds", cmin=min(lo, 0.0))
+
+
 def propagation_heatmap(
     df: pd.DataFrame, value: str, links: dict[str, str], fmt: str = ".3f", colorbar: str = ""
 ) -> go.Figure:
@@ -417,11 +423,8 @@ def propagation_heatmap(
         fig.update_yaxes(autorange="reversed", row=1, col=c)
     fig.update_xaxes(title_text="measured at hook", tickangle=-45)
     fig.update_yaxes(title_text="spliced SAE (hook)", col=1)
-    # one sign: white to red; both signs (a later SAE can reconstruct a perturbed stream better):
-    # blue below zero, red above, white at zero
-    scale = dict(colorscale="RdBu_r", cmid=0.0) if lo < 0 < hi else dict(colorscale="Reds", cmin=min(lo, 0.0))
     fig.update_layout(
-        coloraxis=dict(**scale, colorbar_title=colorbar),
+        coloraxis=dict(**_harm_scale(lo, hi), colorbar_title=colorbar),
         height=120 + 42 * max(df.groupby("architecture")["sae"].nunique().max(), 1),
         margin=dict(t=40, l=10, r=10, b=10),
     )
@@ -573,7 +576,7 @@ def context_label(lo: int, hi: int) -> str:
     return f"{lo}" if lo == hi else f"{lo}–{hi}"
 
 
-def context_heatmap(ctx: pd.DataFrame, links: dict[str, str], unit: str) -> go.Figure:
+def context_heatmap(ctx: pd.DataFrame, unit: str) -> go.Figure:
     """The loss increase from each SAE alone (rows, shallow at the top) by context (columns), one
     panel per family; each SAE's training context is outlined in its row."""
     fams = sorted(ctx["architecture"].unique())
@@ -622,9 +625,8 @@ def context_heatmap(ctx: pd.DataFrame, links: dict[str, str], unit: str) -> go.F
         fig.update_yaxes(autorange="reversed", row=1, col=c, showticklabels=True)
     fig.update_xaxes(title_text="context (tokens)", type="category")
     fig.update_yaxes(type="category")
-    scale = dict(colorscale="RdBu_r", cmid=0.0) if lo < 0 < hi else dict(colorscale="Reds", cmin=min(lo, 0.0))
     fig.update_layout(
-        coloraxis=dict(**scale, colorbar_title=unit),
+        coloraxis=dict(**_harm_scale(lo, hi), colorbar_title=unit),
         height=140 + 40 * max(ctx.groupby("architecture")["sae"].nunique().max(), 1),
         margin=dict(t=40, l=10, r=10, b=10),
     )

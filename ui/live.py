@@ -9,7 +9,7 @@ import os
 import pandas as pd
 import streamlit as st
 
-from backend.engine.loss import UNIT
+from backend.engine.loss import METRIC, UNIT
 from backend.errors import UserError
 from backend.live import steer
 from backend.live.model import Live, load_live
@@ -131,7 +131,7 @@ def loss_panel(db, live, sae, f, strength, max_act) -> None:
     """The model's own loss on the splice sample against strength, with the stored sweep's figures."""
     tokens, seqs = steer.steering_sample(live, db, queries.sae_row(db, sae).run_id)
     curve = steer.loss_curve(live, tokens, seqs, sae, f, max_act)
-    unit = UNIT[live.adapter.kind]
+    unit = UNIT[METRIC[live.adapter.kind]]
     st.plotly_chart(figures.strength_curve(curve, "loss", unit, strength), key="loss_curve")
     st.caption(
         f"The model's own loss ({unit}) on the run's splice sample ({len(seqs)} sequences of {tokens.shape[1]} tokens) "

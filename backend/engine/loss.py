@@ -26,7 +26,8 @@ SCALE = 20.0
 """sentence-transformers' MultipleNegativesRankingLoss scale (1 / temperature)"""
 
 METRIC = {"causal": "ce_loss", "encoder": "contrastive_loss"}
-UNIT = {"causal": "CE loss, nats / token", "encoder": "contrastive loss (MNRL), nats / pair"}
+UNIT = {"ce_loss": "CE loss, nats / token", "contrastive_loss": "contrastive loss (MNRL), nats / pair"}
+"""what a loss increase is counted in, by METRIC"""
 
 
 def contrastive_loss(anchors: torch.Tensor, positives: torch.Tensor, scale: float = SCALE) -> torch.Tensor:
@@ -45,22 +46,25 @@ def pairs(seqs: list[int]) -> tuple[list[int], list[int]]:
     return anchors, [s + 1 for s in anchors]
 
 
-def sample_loss(kind: str, outputs: dict[int, torch.Tensor]) -> tuple[float | None, int]:
-    """(the loss over the whole sample, how many terms it averages): predicted tokens for causal
-    models (outputs: per-token losses per sequence), pairs for encoders (outputs: pooled
-    embeddings). None where the sample has no term (an encoder sample of one sequence)."""
-    if not outputs:
-        return None, 0
+def loss_of(kind: str, outputs: torch.Tensor, seqs: list[int]) -> torch.Tensor:
+    """The sample's loss (differentiable) from outputs [n, ...] of the sequences `seqs`, in order:
+    per-token losses [n, T - 1] for causal models, pooled embeddings [n, d] for encoders."""
     if kind == "causal":
-        rows = [outputs[s].double() for s in sorted(outputs)]
-        n = sum(r.numel() for r in rows)
-        return (float(sum(r.sum() for r in rows)) / n if n else None), n
-    anchors, positives = pairs(list(outputs))
-    if not anchors:
+        return outputs.double().mean()
+    anchors, positives = pairs(seqs)
+    where = {q: i for i, q in enumerate(seqs)}
+    return contrastive_loss(outputs[[where[q] for q in anchors]], outputs[[where[q] for q in positives]])
+
+
+def sample_loss(kind: str, outputs: dict[int, torch.Tensor]) -> tuple[float | None, int]:
+    """(loss_of over the whole sample, how many terms it averages) from per-sequence outputs:
+    predicted tokens for causal models, pairs for encoders. None where the sample has no term
+    (an encoder sample of one sequence)."""
+    seqs = sorted(outputs)
+    n = sum(outputs[s].numel() for s in seqs) if kind == "causal" else len(pairs(seqs)[0])
+    if not n:
         return None, 0
-    a = torch.stack([outputs[s] for s in anchors])
-    p = torch.stack([outputs[s] for s in positives])
-    return float(contrastive_loss(a, p)), len(anchors)
+    return float(loss_of(kind, torch.stack([outputs[s] for s in seqs]), seqs)), n
 
 
 def mean_cosine(outputs: dict[int, torch.Tensor], clean: dict[int, torch.Tensor]) -> float | None:

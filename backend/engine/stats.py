@@ -295,7 +295,7 @@ class FeatureStats:
         density = density_of(count.double(), self.n_tokens)
         return LayerMetrics(
             n_tokens=self.n_tokens,
-            l0=float(density_of(float(count.sum()), self.n_tokens)),
+            l0=float(count.sum()) / max(self.n_tokens, 1),
             mse=float(self.sse) / nr if nr else float("nan"),
             explained_variance=1.0 - float(self.sse) / total_var if total_var > 0 else float("nan"),
             n_dead=int((count == 0).sum()),

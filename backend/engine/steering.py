@@ -62,17 +62,6 @@ def sample_tokens(kind: str, tokens: torch.Tensor, seqs: list[int], length: int 
     return loss.truncate(tokens, seqs, length) if kind == "encoder" else tokens[:, :length]
 
 
-def loss_of(kind: str, outputs: torch.Tensor, seqs: list[int]) -> torch.Tensor:
-    """The sample loss (differentiable) from outputs [n, ...] of the sequences `seqs`, in order."""
-    if kind == "causal":
-        return outputs.double().mean()
-    anchors, positives = loss.pairs(seqs)
-    where = {q: i for i, q in enumerate(seqs)}
-    a = outputs[[where[q] for q in anchors]]
-    p = outputs[[where[q] for q in positives]]
-    return loss.contrastive_loss(a, p)
-
-
 def rows_per_forward(adapter: ModelAdapter, length: int) -> int:
     """Sequences one forward takes: a causal model's logits are [rows, T, vocab] floats (kept to
     256 MB); an encoder's activations are small, 16k tokens at a time."""
@@ -100,14 +89,14 @@ def steered_losses(
             o = adapter.spliced_forward(tokens.repeat(reps, 1), {hook: x}, {hook: constant_splice(x)}, [])[1]
             o = o.view(reps, n, *o.shape[1:])
             for j in range(reps):
-                out[k0 + j] = float(loss_of(adapter.kind, o[j], seqs))
+                out[k0 + j] = float(loss.loss_of(adapter.kind, o[j], seqs))
         return out
     for k, v in enumerate(vectors):
         parts = []
         for r in range(0, n, rows):
             x = clean[r : r + rows] + v.to(clean.device, clean.dtype)
             parts.append(adapter.spliced_forward(tokens[r : r + rows], {hook: x}, {hook: constant_splice(x)}, [])[1])
-        out[k] = float(loss_of(adapter.kind, torch.cat(parts), seqs))
+        out[k] = float(loss.loss_of(adapter.kind, torch.cat(parts), seqs))
     return out
 
 
@@ -130,7 +119,7 @@ class Sweep:
         # d loss / d output for the whole sample, then one backward per chunk to every hook
         outs = outs.detach().double().requires_grad_(True)
         with torch.enable_grad():
-            total = loss_of(adapter.kind, outs, self.seqs)
+            total = loss.loss_of(adapter.kind, outs, self.seqs)
             (d_out,) = torch.autograd.grad(total, outs)
         self.clean_loss = float(total.detach())
         self.grad = {h: torch.zeros(adapter.d_model, dtype=torch.float64, device=adapter.device) for h in self.hooks}
