@@ -98,3 +98,19 @@ def test_demo_config_defaults_are_the_documented_ones():
     cfg = DemoConfig()
     assert cfg.db == "data/demo.duckdb" and cfg.precompute.corpus == "embedded:heldout"
     assert cfg.train.corpus == "embedded:train" and set(cfg.train.architectures) == {"topk", "standard"}
+
+
+def test_a_changed_training_recipe_retrains_the_saes(demo_db):
+    """The SAE folder records the recipe it was trained with (split.json): SAEs of another recipe
+    are not the ones the README's figures describe, so a changed recipe trains them again."""
+    from pathlib import Path
+
+    cfg = DemoConfig.quick(demo_db)
+    saved = next(Path(cfg.saes).glob("*/cfg.json"))
+    before = saved.stat().st_mtime_ns
+    build_demo(demo_db, force=True, cfg=cfg)  # the same recipe: reused
+    assert saved.stat().st_mtime_ns == before
+    cfg = DemoConfig.quick(demo_db)
+    cfg.train.lr *= 2
+    build_demo(demo_db, force=True, cfg=cfg)
+    assert saved.stat().st_mtime_ns > before
