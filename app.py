@@ -91,7 +91,7 @@ def overview() -> None:
     mode = common.choice("view", {"facet": "one panel per SAE", "overlay": "overlaid"}, "Histograms", "facet")
     n_tok = int(saes["n_tokens"].max())
     floor = resolution_floor(n_tok)
-    st.plotly_chart(figures.density_histograms(queries.density_hist(db), saes, mode, floor), key="dens")
+    common.chart(figures.density_histograms(queries.density_hist(db), saes, mode, floor), key="dens")
     st.caption(
         f"{len(saes)} SAEs × their features, densities over {n_tok:,} tokens. Dead features (never active) are not "
         f"in the histograms; the table counts them. Dotted lines: the dense cut ({DENSE:.0%}) and the resolution floor "
@@ -100,9 +100,9 @@ def overview() -> None:
     )
 
     st.subheader("Quality across layers")
-    st.plotly_chart(figures.metric_lines(saes), key="lines")
+    common.chart(figures.metric_lines(saes), key="lines")
     st.subheader("Reconstruction error by token position")
-    st.plotly_chart(figures.position_error(queries.position_error(db), saes), key="pos")
+    common.chart(figures.position_error(queries.position_error(db), saes), key="pos")
     st.caption(
         "Relative error Σ‖x − x̂‖² / Σ‖x‖² at each position, on the tokens whose reconstruction was measured; the "
         "dashed line is where the SAEs' training context ends: positions right of it are longer than any sequence "

@@ -289,7 +289,30 @@ def main(argv: list[str] | None = None) -> int:
             "interrupted: the run is marked unfinished; rerun the same command to restart it cleanly", file=sys.stderr
         )
         return 130
+    except Exception as e:
+        why = disk_full(e)
+        if why is None:
+            raise
+        print(
+            f"error: {why}; nothing half-written was kept, free some space and run the command again", file=sys.stderr
+        )
+        return 2
     return 0
+
+
+def disk_full(e: BaseException) -> str | None:
+    """A write that failed for lack of space (or a file size limit), from Python or DuckDB, as
+    one line; None for any other failure, which keeps its traceback."""
+    import errno
+
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            return f"could not write {e.filename or 'a file'}: {e.strerror}"
+        text = str(e)
+        if any(s in text for s in ("No space left on device", "File too large", "Disk quota exceeded")):
+            return f"could not write: {text.splitlines()[0][:300]}"
+        e = e.__cause__ or e.__context__
+    return None
 
 
 if __name__ == "__main__":

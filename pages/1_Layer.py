@@ -59,7 +59,7 @@ def layer() -> None:
     floor = resolution_floor(row.n_tokens)
     fig = figures.layer_histogram(feats, other, names=(sae, overlay or ""), selected=sel, floor=floor)
     reset = st.session_state.setdefault("_hist_reset", 0)
-    event = st.plotly_chart(fig, on_select="rerun", selection_mode="box", key=f"hist{reset}")
+    event = common.chart(fig, on_select="rerun", selection_mode="box", key=f"hist{reset}")
     box = (event.selection or {}).get("box") if event else None
     if box:
         x0, x1 = sorted(box[0]["x"][:2])
@@ -118,7 +118,7 @@ def layer() -> None:
     if not status.empty:
         st.markdown("**Density by verdict** (the team's labels of this SAE; each feature by its labelers' majority)")
         by_verdict = feats.merge(status[["feature", "label"]], on="feature", how="left")
-        st.plotly_chart(figures.verdict_histogram(by_verdict, floor), key="verdicts")
+        common.chart(figures.verdict_histogram(by_verdict, floor), key="verdicts")
         n_labeled = int(by_verdict["label"].fillna("").ne("").sum())
         st.caption(
             f"{n_labeled:,} labeled of {len(feats):,} features; densities over {row.n_tokens:,} tokens "

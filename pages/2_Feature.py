@@ -60,7 +60,7 @@ def feature() -> None:
         if fig is None:
             st.caption(f"This feature never fired on the {row_sae.n_tokens:,} tokens read: no activations.")
         else:
-            st.plotly_chart(fig, key="act_hist")
+            common.chart(fig, key="act_hist")
 
     feature_view.examples_panel(db, sae, f)
     c3, c4 = st.columns(2)

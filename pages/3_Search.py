@@ -5,9 +5,11 @@ from pathlib import Path
 import streamlit as st
 
 from backend.density import DENSE, is_dense
+from backend.errors import UserError
 from backend.explanations import store
 from backend.store import queries
 from ui import common
+from ui.tokens import md
 
 common.setup("Search")
 
@@ -65,7 +67,11 @@ def _explanations(db: str, q: str, sae: str | None) -> None:
             "explanations import`; every word must match."
         )
         return
-    hits = store.search(store.location(), Path(db).name, q, sae)
+    try:
+        hits = store.search(store.location(), Path(db).name, q, sae)
+    except UserError as e:
+        st.warning(md(e))
+        return
     st.markdown(f"**{len(hits)}** explanations" + (" (first 200)" if len(hits) == 200 else ""))
     hits = hits.assign(open=[common.feature_url(s, f) for s, f in zip(hits["sae"], hits["feature"])])
     st.dataframe(

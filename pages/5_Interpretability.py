@@ -29,7 +29,7 @@ def interpretability() -> None:
 
 def _by_density(db: str, cur) -> None:
     table = labels.interpretability_by_bucket(cur)
-    st.plotly_chart(figures.interpretability_chart(table), key="interp")
+    common.chart(figures.interpretability_chart(table), key="interp")
     st.caption(
         "Each feature counts once, by the majority of its labelers' current verdicts ('unsure' abstains; "
         "ties are left out); n is the number of such features."

@@ -30,7 +30,7 @@ def layers() -> None:
     steering(db)
     context(saes)
     st.subheader("Error by token position")
-    st.plotly_chart(figures.position_error(queries.position_error(db), saes), key="pos")
+    common.chart(figures.position_error(queries.position_error(db), saes), key="pos")
     st.caption("The dashed vertical line is where the SAEs' training context ends.")
 
 
@@ -79,7 +79,7 @@ def performance(db: str, saes) -> None:
         f"{int(df['draws'].max()) if df['draws'].notna().any() else 0} draws (--random-draws)."
     )
     if df["random_increase"].notna().any():
-        st.plotly_chart(figures.loss_bars(df, unit), key="loss_bars")
+        common.chart(figures.loss_bars(df, unit), key="loss_bars")
         line = claims.pathological_claim(df)
         if line:
             st.markdown(line)
@@ -89,7 +89,7 @@ def performance(db: str, saes) -> None:
     if ctx.empty:
         st.info("No context breakdown in this run (no splice sample).")
         return
-    st.plotly_chart(figures.context_heatmap(ctx, unit), key="context_heat")
+    common.chart(figures.context_heatmap(ctx, unit), key="context_heat")
     how = (
         "columns are ranges of how many tokens a prediction sees (BOS included), from the same forwards"
         if metric == "ce_loss"
@@ -153,9 +153,9 @@ def steering(db: str) -> None:
     t = queries.steering(db, sae)
     c1, c2 = st.columns(2)
     with c1:
-        st.plotly_chart(figures.steering_spread(t, unit), key="steer_spread")
+        common.chart(figures.steering_spread(t, unit), key="steer_spread")
     with c2:
-        st.plotly_chart(figures.steering_density(t, unit), key="steer_density")
+        common.chart(figures.steering_density(t, unit), key="steer_density")
         live = t[t["estimate"].notna() & (t["density"] > 0)]
         rho = claims.rank_corr(np.log10(live["density"]), live["estimate"].abs())
         if np.isfinite(rho):
@@ -193,7 +193,7 @@ def propagation(db: str, saes) -> None:
         )
         return
     which = common.choice("spread", SPREAD, "Heatmap of", "resid")
-    links = {s: common.url("Layer", sae=s) for s in saes["sae"]}
+    links = {s: common.figure_url("Layer", sae=s) for s in saes["sae"]}
     out = queries.splice_output(db)
     harm = HARM[out["metric"].iloc[0]] if not out.empty else "output harm"
     n_tok, n_seq, every = int(prop["n_tokens"].max()), prop["splice_seqs"].max(), int(prop["splice_every"].max())
@@ -232,14 +232,12 @@ def propagation(db: str, saes) -> None:
         st.info("No cell of this heatmap applies here: no family has an SAE at a later hook than another.")
     else:
         # static: no drag layer over the values, so their links click (hover would need one)
-        st.plotly_chart(
-            figures.propagation_heatmap(df, col, links, fmt, bar), key="spread", config={"staticPlot": True}
-        )
+        common.chart(figures.propagation_heatmap(df, col, links, fmt, bar), key="spread", config={"staticPlot": True})
     st.caption(f"{text} Measured {sample}. Click a value to open the spliced SAE's layer page.")
     if not df.empty:
         with st.expander("The numbers"):
             st.dataframe(_numbers(df, which), hide_index=True)
-    worst = _worst(prop)
+    worst = claims.worst_spreader(prop)
     if worst:
         st.markdown(worst)
 
@@ -251,7 +249,7 @@ def propagation(db: str, saes) -> None:
             "(two SAEs of one family at one hook leave it undefined which to splice)."
         )
         return
-    st.plotly_chart(figures.compounding(out, saes, harm), key="compound")
+    common.chart(figures.compounding(out, saes, harm), key="compound")
     st.caption(
         f"Solid: all SAEs of the family at hooks up to this one replace their activations together; dotted: this "
         f"hook's SAE alone. Where solid climbs above dotted, errors pile up with depth. {harm.capitalize()}, "
@@ -268,21 +266,6 @@ def _numbers(df, which: str):
     return df[keep]
 
 
-def _worst(prop) -> str | None:
-    """Per family, the SAE whose splice moves the later hooks most (mean over those hooks)."""
-    later = prop[prop["hook"] != prop["spliced_hook"]]
-    if later.empty:
-        return None
-    parts = []
-    for fam, g in later.groupby("architecture"):
-        mean = g.groupby(["sae", "spliced_hook"])["resid_change"].mean().sort_values(ascending=False)
-        (sae, hook), v = mean.index[0], mean.iloc[0]
-        parts.append(
-            f"**{fam}**: splicing `{sae}` ({figures.short_hook(hook)}) moves later hooks most, {v:.3f} on average"
-        )
-    return "Which SAE hurts later layers most: " + "; ".join(parts) + "."
-
-
 def context(saes) -> None:
     st.subheader("Reconstruction inside and beyond the training context")
     known = saes[saes["train_context"].notna()]
@@ -294,7 +277,7 @@ def context(saes) -> None:
         )
         return
     metric = common.choice("metric", METRICS, "Show", "ev")
-    st.plotly_chart(figures.context_ev(known, metric), key="context_ev")
+    common.chart(figures.context_ev(known, metric), key="context_ev")
     beyond = known["ev_beyond"].notna().sum()
     n_tok = int(saes["n_tokens"].max())
     st.caption(

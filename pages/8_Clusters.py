@@ -42,7 +42,7 @@ def clusters() -> None:
         + f"; colour: log10 density over {n_tok:,} tokens (grey: dead); shape: the team's verdict; ringed: dense "
         f"(> {DENSE:.0%}). Lasso or box-select points to list them; select one point to open it."
     )
-    event = st.plotly_chart(
+    event = common.chart(
         figures.feature_map(df, method), on_select="rerun", selection_mode=("points", "box", "lasso"), key="map"
     )
     points = (event.selection or {}).get("points", []) if event else []
@@ -74,7 +74,7 @@ def clusters() -> None:
             f"{10 ** resolution_floor(n_tok):.1e})."
         )
     else:
-        st.plotly_chart(figures.tail_cosines(df, cut), key="tail")
+        common.chart(figures.tail_cosines(df, cut), key="tail")
         st.markdown(
             f"**{n_tail:,}** live features have density below {cut:.2e} ({how}). **{share:.0%}** of them have an "
             f"encoder direction within cosine {TAIL_COSINE} of their mean direction"

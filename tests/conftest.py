@@ -124,6 +124,12 @@ def build_tiny_db(sae_dirs, adapter, loaded_saes):
 
 
 @pytest.fixture(scope="session")
+def tiny_db(tmp_path_factory, corpus_file, build_tiny_db) -> str:
+    """One tiny feature database for tests that copy it into a data folder of their own."""
+    return build_tiny_db(str(tmp_path_factory.mktemp("tiny") / "tiny.duckdb"), corpus_file)
+
+
+@pytest.fixture(scope="session")
 def postgres():
     """A PostgreSQL server of the tests' own; skipped where none is installed, except in CI
     (SAE_REQUIRE_POSTGRES=1), where a missing server fails the run."""

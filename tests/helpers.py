@@ -138,12 +138,13 @@ def build_minilm_db(db: Path, sae_folder: Path, n_tokens: int = 64 * 24) -> str:
 def merge_from_shards(make_cfg, n: int, adapter, saes) -> None:
     """Run `make_cfg(shard="i/n")` as n shards and merge their states into `make_cfg()`'s database,
     as `merge-shards` would."""
+    from backend.engine import state_file
     from backend.engine.pipeline import merge_states, precompute
 
     states, files = [], []
     for i in range(n):
         out = precompute(make_cfg(shard=f"{i}/{n}"), adapter, saes)
-        states.append(torch.load(f"{out}/state.pt", weights_only=False))
+        states.append(state_file.load(f"{out}/state.pt"))
         files.append(f"{out}/tokens.parquet")
     merge_states(make_cfg(), adapter, saes, states, files)
 

@@ -354,3 +354,51 @@ def test_density_clusters_and_verdict_histogram_render(server, browser):
     page.locator(".js-plotly-plot .legendtext", has_text="not interpretable").first.wait_for()
     _no_traceback(page)
     ctx.close()
+
+
+def test_markup_in_a_database_never_renders_or_loads_and_its_names_link(
+    server, browser, adapter, loaded_saes, sae_dirs, corpus_file
+):
+    """A database passed around with markup in every architecture and family name, and an SAE
+    named as sae_lens ids are (with / = :): nothing of it renders or reaches the outside host,
+    on the pages or in their figures, and the heatmap cell of that SAE opens its Layer page."""
+    import dataclasses
+
+    import duckdb
+
+    from backend.engine.pipeline import precompute
+    from tests.helpers import tiny_config
+
+    base, data = server
+    name = "topk/b=1:x"
+    renamed = [dataclasses.replace(s, name=name if s.name == "topk-b1" else s.name) for s in loaded_saes]
+    db = data / "hostile.duckdb"
+    precompute(tiny_config(str(db), corpus_file, sae_dirs), adapter, renamed)
+    con = duckdb.connect(str(db))
+    con.execute("UPDATE saes SET architecture = ? || architecture", [EVIL + " "])
+    for table in ("splice_output", "splice_context"):
+        con.execute(f"UPDATE {table} SET family = ? || family", [EVIL + " "])
+    con.close()
+    ctx, page = _page(browser)
+    outside = []
+    page.on("request", lambda r: outside.append(r.url) if "8699" in r.url else None)
+    try:
+        for url in ("/?db=hostile.duckdb", "/Layers?db=hostile.duckdb&spread=resid"):
+            page.goto(base + url)
+            page.locator(".js-plotly-plot").first.wait_for()
+            page.wait_for_timeout(2500)
+            _nothing_rendered(page)
+            assert page.locator("[*|href*='8699']").count() == 0  # SVG links in legends and titles too
+            legends = " ".join(page.locator(".js-plotly-plot .legendtext, .js-plotly-plot .gtitle").all_text_contents())
+            assert "<a href=" in legends or "[click](" in legends, legends[:300]  # shown as typed
+        cell = page.locator(f".js-plotly-plot .annotation a[*|href*='sae={name}']").first
+        cell.scroll_into_view_if_needed()
+        box = cell.bounding_box()
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.get_by_role("heading", name=f"Layer · {name}").wait_for()
+        _no_traceback(page)
+        assert not page.locator("[data-testid='stAlert']", has_text="no SAE").count()
+        assert outside == []
+    finally:
+        ctx.close()
+        db.unlink()

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from ui.figures import context_label, short_hook
+from ui.tokens import md
 
 
 def rank_corr(x, y) -> float:
@@ -30,7 +31,7 @@ def context_claims(ctx: pd.DataFrame) -> list[str]:
             trend = "" if np.isnan(rho) else f", depth vs harm ρ = {rho:+.2f}{agree}"
             parts.append(
                 f"in the {word} contexts ({context_label(int(col['ctx_lo'].iloc[0]), int(col['ctx_hi'].iloc[0]))}) "
-                f"{short_hook(worst['hook'])} hurts most ({worst['increase']:+.3f}{trend})"
+                f"{md(short_hook(worst['hook']))} hurts most ({worst['increase']:+.3f}{trend})"
             )
         beyond = []
         for _, r in g.groupby("sae"):
@@ -45,7 +46,7 @@ def context_claims(ctx: pd.DataFrame) -> list[str]:
             if beyond
             else ""
         )
-        out.append(f"**{fam}**: " + "; ".join(parts) + tail + ".")
+        out.append(f"**{md(fam)}**: " + "; ".join(parts) + tail + ".")
     return out
 
 
@@ -77,3 +78,19 @@ def steering_claim(summary: pd.DataFrame) -> str | None:
         f"{plus:.0%} of features, at −1 for {minus:.0%}; {both:.0%} hurt at both signs and {helps:.0%} help at one "
         f"of them at least."
     )
+
+
+def worst_spreader(prop: pd.DataFrame) -> str | None:
+    """Per family, the SAE whose splice moves the later hooks most (mean over those hooks)."""
+    later = prop[prop["hook"] != prop["spliced_hook"]]
+    if later.empty:
+        return None
+    parts = []
+    for fam, g in later.groupby("architecture"):
+        mean = g.groupby(["sae", "spliced_hook"])["resid_change"].mean().sort_values(ascending=False)
+        (sae, hook), v = mean.index[0], mean.iloc[0]
+        parts.append(
+            f"**{md(fam)}**: splicing {md(sae)} ({md(short_hook(hook))}) moves later hooks most, "
+            f"{v:.3f} on average"
+        )
+    return "Which SAE hurts later layers most: " + "; ".join(parts) + "."

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import streamlit as st
 
@@ -38,6 +38,7 @@ NAV = [
 script "app" and drops the database from links)."""
 MAX_PARAM_CHARS = 8000
 """URL parameters longer than this are refused before any work (a probe's text is the longest)"""
+MAX_PARAM_NAME = 100
 MAX_INT = 2**31 - 1
 
 
@@ -77,6 +78,13 @@ def navigation() -> None:
         st.sidebar.page_link(path, label=label, icon=icon, query_params=keep)
 
 
+def chart(fig, **kw):
+    """The one way pages draw a Plotly figure: its text escaped first (figures.plain)."""
+    from ui.figures import plain
+
+    return st.plotly_chart(plain(fig), **kw)
+
+
 def once_per_run(what: str) -> bool:
     """True the first time `what` is asked for in this run of the page, False after."""
     key = f"_once_{what}"
@@ -93,11 +101,16 @@ def once_per_run(what: str) -> bool:
 def check_param_sizes() -> None:
     for name in list(st.query_params):
         value = st.query_params.get(name) or ""
-        if len(value) > MAX_PARAM_CHARS or len(name) > 100:
+        if len(value) > MAX_PARAM_CHARS or len(name) > MAX_PARAM_NAME:
             for k in list(st.query_params):
                 st.query_params.pop(k, None)
+            if len(name) > MAX_PARAM_NAME:
+                raise UserError(
+                    f"a URL parameter's name ({name[:40]!r}...) is {len(name):,} characters long; "
+                    f"the limit is {MAX_PARAM_NAME}"
+                )
             raise UserError(
-                f"URL parameter {name[:40]!r} is {len(value):,} characters long; the limit is {MAX_PARAM_CHARS:,}"
+                f"URL parameter {name!r} is {len(value):,} characters long; the limit is {MAX_PARAM_CHARS:,}"
             )
 
 
@@ -235,6 +248,21 @@ def link_params(**extra) -> dict:
 def url(page: str, **params) -> str:
     """Relative link to a page (its URL path, e.g. "Feature"), for table link columns."""
     return f"{page}?{urlencode(link_params(**params))}"
+
+
+_FIGURE_SAFE = "/:=@$,;?!*()~"
+"""characters a link inside a figure keeps literal: Plotly passes every href through
+encodeURI(decodeURI(href)), which turns an escape of one of them (%3D, %2F, ...) into %253D"""
+
+
+def figure_url(page: str, **params) -> str | None:
+    """A relative link for markup inside a Plotly figure, built so that Plotly's own re-encoding
+    gives back exactly these parameters; None where no such link exists (a value holding &, +
+    or #, which must be escaped in a query and whose escapes Plotly would double)."""
+    values = link_params(**params)
+    if any(c in v for v in values.values() for c in "&+#"):
+        return None
+    return f"{page}?" + "&".join(f"{quote(k, safe='')}={quote(v, safe=_FIGURE_SAFE)}" for k, v in values.items())
 
 
 def feature_url(sae: str, feature: int) -> str:

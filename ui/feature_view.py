@@ -110,7 +110,7 @@ def density_panel(db: str, sae: str, row: dict) -> None:
     marker = log10_density(row.density)
     marker = None if np.isnan(marker) else marker
     floor = resolution_floor(queries.sae_row(db, sae).n_tokens)
-    st.plotly_chart(
+    common.chart(
         figures.layer_histogram(feats, marker=marker, floor=floor), key="feat_density", config={"displayModeBar": False}
     )
 

@@ -8,7 +8,10 @@ density can be measured); log axes carry full tick labels.
 
 from __future__ import annotations
 
+import html
 import math
+import re
+import secrets
 
 import numpy as np
 import pandas as pd
@@ -18,6 +21,94 @@ from plotly.subplots import make_subplots
 
 from backend.density import DENSE, LOG_BIN_WIDTH, activation_bin_edges, bucket_order, is_dense, log_density_edges
 from backend.engine.clusters import TAIL_COSINE
+
+# ---- text in figures is data: `plain` escapes it all, except the markup this module writes ----
+
+_NONCE = secrets.token_hex(8)
+"""marks this process's own markup; a string in a database cannot know it"""
+_OPEN, _CLOSE = f"\ue000{_NONCE}", f"{_NONCE}\ue001"
+_OWN_TAG = re.compile(re.escape(html.escape(_OPEN)) + "(.*?)" + re.escape(html.escape(_CLOSE)))
+
+
+def tag(name: str) -> str:
+    """Markup of our own (`br`, `extra`, `/extra`, `a href='…'`) that `plain` lets through."""
+    return f"{_OPEN}{name}{_CLOSE}"
+
+
+BR = tag("br")
+
+
+def extra(text: str = "") -> str:
+    """A hover label's secondary box (Plotly's <extra>); empty hides the trace name."""
+    return tag("extra") + text + tag("/extra")
+
+
+def _esc(s: str) -> str:
+    return _OWN_TAG.sub(lambda m: "<" + html.unescape(m.group(1)) + ">", html.escape(s, quote=False))
+
+
+def _esc_any(v):
+    """Strings (alone, or in lists / arrays of any depth) escaped; numbers left as they are."""
+    if isinstance(v, str):
+        return _esc(v)
+    if isinstance(v, np.ndarray):
+        if v.dtype.kind in "biufcmM":
+            return v
+        return np.vectorize(_esc_any, otypes=[object])(v) if v.size else v
+    if isinstance(v, list | tuple):
+        return [_esc_any(x) for x in v]
+    return v
+
+
+_TRACE_TEXT = ("name", "text", "hovertext", "customdata", "x", "y", "labels", "hovertemplate", "texttemplate")
+_NESTED_TEXT = ("legendgrouptitle", "colorbar", "marker.colorbar")
+
+
+def plain(fig: go.Figure) -> go.Figure:
+    """Every string a figure shows, escaped: Plotly renders HTML (links, styles) in names,
+    titles, ticks, hover text and annotations, and SAE names, architectures and hooks come from
+    a database file that people pass around. Call on every figure before it is drawn."""
+    for trace in fig.data:
+        for key in _TRACE_TEXT:
+            try:
+                v = trace[key]
+            except (KeyError, ValueError):
+                continue
+            if v is not None:
+                trace[key] = _esc_any(v)
+        for key in _NESTED_TEXT:
+            try:
+                t = trace[f"{key}.title.text"]
+            except (KeyError, ValueError):
+                continue
+            if t:
+                trace[f"{key}.title.text"] = _esc(t)
+    lay = fig.layout
+    if lay.title.text:
+        lay.title.text = _esc(lay.title.text)
+    if lay.legend.title.text:
+        lay.legend.title.text = _esc(lay.legend.title.text)
+    for ax in [*fig.select_xaxes(), *fig.select_yaxes()]:
+        if ax.title.text:
+            ax.title.text = _esc(ax.title.text)
+        if ax.ticktext is not None:
+            ax.ticktext = _esc_any(ax.ticktext)
+        if ax.categoryarray is not None:
+            ax.categoryarray = _esc_any(ax.categoryarray)
+    for c in fig.select_coloraxes():
+        if c.colorbar.title.text:
+            c.colorbar.title.text = _esc(c.colorbar.title.text)
+    for a in lay.annotations:
+        if a.text:
+            a.text = _esc(a.text)
+        for key in ("x", "y"):
+            if isinstance(a[key], str):
+                a[key] = _esc(a[key])
+    for sh in lay.shapes:
+        if sh.label.text:
+            sh.label.text = _esc(sh.label.text)
+    return fig
+
 
 DASHES = ["solid", "dash", "dot", "dashdot", "longdash"]
 DENSE_X = math.log10(DENSE)
@@ -100,7 +191,7 @@ def density_histograms(df: pd.DataFrame, saes: pd.DataFrame, mode: str = "facet"
                     line_shape="hvh",
                     name=f"{short_hook(r.hook)} · {r.architecture}",
                     line=dict(color=colours[r.sae], dash=dashes[r.architecture]),
-                    hovertemplate=f"{r.sae}<br>log10 density %{{x:.2f}}: %{{y}} features<extra></extra>",
+                    hovertemplate=f"{r.sae}{BR}log10 density %{{x:.2f}}: %{{y}} features{extra()}",
                 )
             )
         density_marks(fig, floor)
@@ -129,7 +220,7 @@ def density_histograms(df: pd.DataFrame, saes: pd.DataFrame, mode: str = "facet"
                     marker_line_width=0,
                     name=r.sae,
                     showlegend=False,
-                    hovertemplate=f"{r.sae}<br>log10 density %{{x:.2f}}: %{{y}} features<extra></extra>",
+                    hovertemplate=f"{r.sae}{BR}log10 density %{{x:.2f}}: %{{y}} features{extra()}",
                 ),
                 row=hooks.index(r.hook) + 1,
                 col=archs.index(r.architecture) + 1,
@@ -172,7 +263,7 @@ def layer_histogram(
                 marker_color=color,
                 marker_line_width=0,
                 opacity=0.75 if overlay is not None else 1.0,
-                hovertemplate="log10 density %{x:.2f}: %{y} features<extra></extra>",
+                hovertemplate="log10 density %{x:.2f}: %{y} features" + extra(),
             )
         )
     fig.update_layout(
@@ -255,7 +346,7 @@ def position_error(df: pd.DataFrame, saes: pd.DataFrame) -> go.Figure:
                 legendgroup=r.hook,
                 showlegend=r.architecture == archs[0],
                 line=dict(color=colours[r.sae], width=1.5),
-                hovertemplate=f"{r.sae}<br>position %{{x}}: %{{y:.3f}}<extra></extra>",
+                hovertemplate=f"{r.sae}{BR}position %{{x}}: %{{y:.3f}}{extra()}",
             ),
             row=1,
             col=archs.index(r.architecture) + 1,
@@ -366,7 +457,7 @@ def propagation_heatmap(
 ) -> go.Figure:
     """Rows: the spliced SAE (by its hook, shallow at the top); columns: where it is measured
     (`hook`); one panel per family, side by side. Every cell's text links to the spliced SAE's
-    Layer page (`links`: sae -> relative URL); cells that do not apply stay blank."""
+    Layer page (`links`: sae -> relative URL, or None: no link); cells that do not apply stay blank."""
     fams = sorted(df["architecture"].unique())
     fig = make_subplots(rows=1, cols=len(fams), subplot_titles=fams, horizontal_spacing=0.14)
     finite = df[value].replace([np.inf, -np.inf], np.nan).dropna()
@@ -385,9 +476,11 @@ def propagation_heatmap(
             if v is None or not np.isfinite(v):
                 continue
             z[i, j] = v
-            text[i, j] = f"<a href='{links[r.sae]}' target='_self'><span style='fill:{{ink}}'>{v:{fmt}}</span></a>"
-            hover[i, j] = f"splice {r.sae}<br>measured at {r.hook}: {v:{fmt}}" + (
-                f"<br>{r.detail}" if "detail" in g.columns else ""
+            shown = tag("span style='fill:{ink}'") + f"{v:{fmt}}" + tag("/span")
+            href = links.get(r.sae)
+            text[i, j] = tag(f"a href='{href}' target='_self'") + shown + tag("/a") if href else shown
+            hover[i, j] = f"splice {r.sae}{BR}measured at {r.hook}: {v:{fmt}}" + (
+                f"{BR}{r.detail}" if "detail" in g.columns else ""
             )
         ylabels = [short_hook(h) for h in rows["spliced_hook"]]
         xlabels = [short_hook(h) for h in cols]
@@ -397,7 +490,7 @@ def propagation_heatmap(
                 x=xlabels,
                 y=ylabels,
                 hovertext=hover,
-                hovertemplate="%{hovertext}<extra></extra>",
+                hovertemplate="%{hovertext}" + extra(),
                 coloraxis="coloraxis",
                 xgap=2,
                 ygap=2,
@@ -451,7 +544,7 @@ def compounding(out: pd.DataFrame, saes: pd.DataFrame, ylabel: str) -> go.Figure
                     line=dict(color=palette[k % len(palette)], dash="dot" if mode == "alone" else style),
                     marker=dict(symbol="circle" if mode == "compound" else "circle-open", size=8),
                     customdata=h["n_spliced"],
-                    hovertemplate=f"{fam} {name}<br>%{{customdata}} SAE(s) spliced: %{{y:.4f}}<extra></extra>",
+                    hovertemplate=f"{fam} {name}{BR}%{{customdata}} SAE(s) spliced: %{{y:.4f}}{extra()}",
                 )
             )
     depth_axis(fig, saes)
@@ -539,7 +632,7 @@ def feature_map(df: pd.DataFrame, method: str) -> go.Figure:
                         line=dict(width=np.where(dense, 1.5, 0), color="#b22"),
                         colorbar=dict(title="log10 density") if (verdict == "unlabeled" and not is_dead) else None,
                     ),
-                    hovertemplate="feature %{customdata}<extra>" + verdict + "</extra>",
+                    hovertemplate="feature %{customdata}" + extra(verdict),
                 )
             )
     fig.update_layout(
@@ -600,7 +693,7 @@ def context_heatmap(ctx: pd.DataFrame, unit: str) -> go.Figure:
                 text=np.vectorize(lambda v: f"{v:+.3f}")(z.to_numpy()),
                 texttemplate="%{text}",
                 customdata=np.array(rows["sae"])[:, None].repeat(len(xl), 1),
-                hovertemplate="%{customdata} (%{y})<br>context %{x} tokens: %{z:+.4f}<extra></extra>",
+                hovertemplate="%{customdata} (%{y})" + BR + "context %{x} tokens: %{z:+.4f}" + extra(),
             ),
             row=1,
             col=c,
@@ -653,7 +746,7 @@ def loss_bars(df: pd.DataFrame, unit: str) -> go.Figure:
                     marker_color=colour,
                     showlegend=c == 1,
                     legendgroup=name,
-                    hovertemplate="%{x}: %{y:+.4f}<extra>" + name + "</extra>",
+                    hovertemplate="%{x}: %{y:+.4f}" + extra(name),
                 ),
                 row=1,
                 col=c,
@@ -695,7 +788,7 @@ def steering_spread(t: pd.DataFrame, unit: str) -> go.Figure:
                 showlegend=sign == "+1 × max",
                 marker=dict(color="#d62728", size=6, opacity=0.7),
                 customdata=ex["feature"],
-                hovertemplate="feature %{customdata}: %{y:+.4f}<extra></extra>",
+                hovertemplate="feature %{customdata}: %{y:+.4f}" + extra(),
             )
         )
     fig.add_hline(y=0, line_dash="dot")
@@ -726,7 +819,7 @@ def steering_density(t: pd.DataFrame, unit: str) -> go.Figure:
             name="estimate at +1",
             marker=dict(size=4, color="#1f77b4", opacity=0.4),
             customdata=live["feature"],
-            hovertemplate="feature %{customdata}<br>log10 density %{x:.2f}: %{y:+.4f}<extra></extra>",
+            hovertemplate="feature %{customdata}" + BR + "log10 density %{x:.2f}: %{y:+.4f}" + extra(),
         )
     )
     fig.add_trace(
@@ -737,7 +830,7 @@ def steering_density(t: pd.DataFrame, unit: str) -> go.Figure:
             name="exact, better sign",
             marker=dict(size=7, color="#d62728"),
             customdata=ex["feature"],
-            hovertemplate="feature %{customdata}<br>log10 density %{x:.2f}: %{y:+.4f}<extra></extra>",
+            hovertemplate="feature %{customdata}" + BR + "log10 density %{x:.2f}: %{y:+.4f}" + extra(),
         )
     )
     fig.add_hline(y=0, line_dash="dot")

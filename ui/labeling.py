@@ -8,6 +8,7 @@ would be and leaves the rest of the page working.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -44,10 +45,19 @@ def _password() -> str | None:
         return None
 
 
+def _client() -> str:
+    """The client's address as the server sees it ("" on this machine, or without a browser)."""
+    try:
+        ip = st.context.ip_address
+    except Exception:  # noqa: BLE001 - no client context
+        return ""
+    return ip if isinstance(ip, str) else ""  # None on this machine; AppTest gives a stand-in object
+
+
 def write_allowed(key: str = "w_pw") -> bool:
     """The one check before any write to the labels store: open servers say so once per page
-    view; with a password, this session must have given it (compared as UTF-8 bytes, with a
-    growing delay after wrong guesses)."""
+    view; with a password, this session must have given it (compared as UTF-8 bytes; wrong
+    guesses throttled per server and client address, `access.Throttle`)."""
     pw = _password()
     if not pw:
         if common.once_per_run("open-notice"):
@@ -59,11 +69,18 @@ def write_allowed(key: str = "w_pw") -> bool:
     if st.session_state.get("_labels_ok") == pw:
         return True
     given = st.text_input("Labeling password", type="password", key=key)
-    if given:
-        if _throttle.check(given, pw):
+    if given and given == st.session_state.get(f"_{key}_wrong"):
+        st.error("Wrong password.")  # a rerun of the page: the same wrong guess is not tried again
+    elif given:
+        answer = _throttle.attempt(given, pw, _client())
+        if answer.ok:
             st.session_state["_labels_ok"] = pw
             return True
-        st.error("Wrong password.")
+        if answer.wait:
+            st.warning(f"Too many wrong passwords: this one was not checked. Try again in {math.ceil(answer.wait)} s.")
+        else:
+            st.session_state[f"_{key}_wrong"] = given
+            st.error("Wrong password.")
     st.info("This server requires a password to change labels.")
     return False
 
@@ -191,7 +208,7 @@ def overview_panel(db_path: str) -> None:
         st.page_link(common.QUEUE, label="Open the label queue →", query_params=common.link_params())
         return
     table = labels.interpretability_by_bucket(cur)
-    st.plotly_chart(figures.interpretability_chart(table), key="interp_overview")
+    common.chart(figures.interpretability_chart(table), key="interp_overview")
     st.caption(
         f"{int(table['n'].sum())} features with a majority verdict ({len(cur)} current verdicts from "
         f"{cur['labeler'].nunique()} labeler(s)); 'unsure' abstains, ties are left out; bars are 95% Wilson intervals."

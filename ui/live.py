@@ -132,7 +132,7 @@ def loss_panel(db, live, sae, f, strength, max_act) -> None:
     tokens, seqs = steer.steering_sample(live, db, queries.sae_row(db, sae).run_id)
     curve = steer.loss_curve(live, tokens, seqs, sae, f, max_act)
     unit = UNIT[METRIC[live.adapter.kind]]
-    st.plotly_chart(figures.strength_curve(curve, "loss", unit, strength), key="loss_curve")
+    common.chart(figures.strength_curve(curve, "loss", unit, strength), key="loss_curve")
     st.caption(
         f"The model's own loss ({unit}) on the run's splice sample ({len(seqs)} sequences of {tokens.shape[1]} tokens) "
         f"with the feature's direction added at every position, against strength; 0 is the unsteered model. At ±1 "
@@ -158,7 +158,7 @@ def stored_sweep(db: str, sae: str, f: int) -> str | None:
 
 def _steer_encoder(db, live, prompt, sae, f, strength, max_act) -> None:
     curve = steer.embedding_curve(live, prompt, sae, f, max_act)
-    st.plotly_chart(figures.strength_curve(curve, "cosine", "cosine to the unsteered embedding", strength), key="cos")
+    common.chart(figures.strength_curve(curve, "cosine", "cosine to the unsteered embedding", strength), key="cos")
     st.caption(
         "How far the sentence embedding (mean-pooled last layer) moves when the feature's direction is added at "
         "every position of the text: cosine to the unsteered embedding, against strength."

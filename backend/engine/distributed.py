@@ -10,17 +10,16 @@ imported here, so runs without --workers never start it.
 
 from __future__ import annotations
 
-import io
 import os
 import sys
 import tempfile
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from backend.config import PrecomputeConfig
+from backend.engine import state_file
 from backend.engine.finish import finish_states, new_file_removed_on_failure, run_meta
 from backend.engine.harvest import Harvest
 from backend.engine.models import load_model
@@ -42,9 +41,7 @@ def _shard_state(cfg_dict: dict, progress) -> tuple[bytes, bytes]:
         h = Harvest(cfg, adapter, saes, token_file)
         h.progress = lambda n: progress.add.remote(n)
         h.run()
-        buf = io.BytesIO()
-        torch.save(h.state_dict(), buf)
-        return buf.getvalue(), Path(token_file).read_bytes()
+        return state_file.to_bytes(h.state_dict()), Path(token_file).read_bytes()
 
 
 def precompute_ray(cfg: PrecomputeConfig) -> str:
@@ -114,7 +111,7 @@ def precompute_ray(cfg: PrecomputeConfig) -> str:
             with tempfile.TemporaryDirectory() as tmp:
                 states, files = [], []
                 for i, (state, tokens) in enumerate(results):
-                    states.append(torch.load(io.BytesIO(state), weights_only=False))
+                    states.append(state_file.load(state, f"the state of Ray shard {i}"))
                     files.append(os.path.join(tmp, f"tokens-{i}.parquet"))
                     Path(files[-1]).write_bytes(tokens)
                 finish_states(cfg, adapter, saes, states, files)

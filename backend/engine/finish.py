@@ -22,7 +22,7 @@ from backend.engine.harvest import Harvest, special_mask
 from backend.engine.models import ModelAdapter
 from backend.engine.saes import LoadedSAE
 from backend.errors import UserError
-from backend.store import writes
+from backend.store import datafolder, writes
 
 
 def versions() -> dict:
@@ -131,8 +131,9 @@ def run_meta(cfg: PrecomputeConfig, adapter: ModelAdapter) -> dict:
 
 class new_file_removed_on_failure:
     """A database file this run created is removed again if the run fails before anything in it
-    completed: a failed first precompute should not leave a file that lists only a failed run.
-    An interrupt (Ctrl-C) keeps the file, with the run marked interrupted, as the README says."""
+    completed: a failed first precompute should not leave a file that lists only a failed run,
+    nor the empty or cut-short file a full disk leaves (which would block the rerun). An
+    interrupt (Ctrl-C) keeps a readable file, with the run marked interrupted, as the README says."""
 
     def __init__(self, db: Path):
         self.db, self.created = db, not db.exists()
@@ -141,12 +142,17 @@ class new_file_removed_on_failure:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is None or not issubclass(exc_type, Exception) or not self.created or not self.db.exists():
+        if exc_type is None or not self.created or not self.db.exists():
             return False
-        try:
-            keep = writes.has_complete_run(self.db)
-        except UserError:
-            keep = True  # someone else has it open: leave it alone
+        if datafolder.file_problem(self.db) is not None:
+            keep = False  # not even a DuckDB file yet (a full disk): nothing in it to keep
+        elif not issubclass(exc_type, Exception):
+            return False
+        else:
+            try:
+                keep = writes.has_complete_run(self.db)
+            except UserError:
+                keep = True  # someone else has it open: leave it alone
         if not keep:
             for p in (self.db, Path(str(self.db) + ".wal")):
                 p.unlink(missing_ok=True)

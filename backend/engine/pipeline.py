@@ -9,9 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-
 from backend.config import PrecomputeConfig
+from backend.engine import state_file
 from backend.engine.finish import finalize, merge_states, new_file_removed_on_failure, run_meta
 from backend.engine.harvest import Harvest
 from backend.engine.models import ModelAdapter, load_model
@@ -44,7 +43,7 @@ def precompute(cfg: PrecomputeConfig, adapter: ModelAdapter | None = None, saes:
         out.mkdir(parents=True, exist_ok=True)
         h = Harvest(cfg, adapter, saes, str(out / "tokens.parquet"))
         h.run()
-        torch.save(h.state_dict(), out / "state.pt")
+        state_file.save(h.state_dict(), out / "state.pt")
         return str(out)
     token_file = str(db.with_name(f".{db.name}.{run_id}.tokens.parquet"))
     with new_file_removed_on_failure(db):
@@ -68,7 +67,7 @@ def merge_shards(shard_dirs: list[str], db: str | None = None, force: bool = Fal
         p = Path(d) / "state.pt"
         if not p.exists():
             raise UserError(f"{d} is not a finished shard (no state.pt)")
-        states.append(torch.load(p, weights_only=False))
+        states.append(state_file.load(p))
     base = {k: v for k, v in states[0]["config"].items() if k != "shard"}
     for s in states[1:]:
         if {k: v for k, v in s["config"].items() if k != "shard"} != base:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import zlib
 from pathlib import Path
 
 import pandas as pd
@@ -38,34 +39,111 @@ def detect(path: str) -> str:
     )
 
 
-def _open_text(p: Path) -> str:
+MAX_LINE = 1 << 20
+"""longest JSON line read (an explanation record is a few hundred bytes; 1 MiB leaves room)"""
+MAX_FILE = 256 << 20
+"""most text read from one file after decompression: a gzip bomb stops here, not at the memory limit"""
+MAX_DOCUMENT = 64 << 20
+MAX_RECORDS = 2_000_000
+"""most explanations one import takes (two per feature of a 1M-feature SAE)"""
+"""largest file read whole (a JSON array, a delphi score file); bigger exports come as JSON lines"""
+
+
+def _open(p: Path):
     try:
-        raw = gzip.decompress(p.read_bytes()) if p.name.endswith(".gz") else p.read_bytes()
+        return gzip.open(p, "rb") if p.name.endswith(".gz") else p.open("rb")
+    except OSError as e:
+        raise UserError(f"{p}: cannot be read ({e.strerror or e})") from None
+
+
+def _decode(raw: bytes, where: str) -> str:
+    try:
         return raw.decode("utf-8")
-    except (OSError, UnicodeDecodeError, EOFError) as e:
-        raise UserError(f"{p}: cannot be read as UTF-8 text ({e})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{where}: not UTF-8 text") from None
 
 
-def _records(p: Path) -> list[tuple[str, dict]]:
-    """(where, record) of every explanation in a Neuronpedia file."""
-    text = _open_text(p).strip()
-    if not text:
-        return []
-    if text.startswith("["):
+def _open_text(p: Path, limit: int = MAX_DOCUMENT) -> str:
+    """A whole (small) file as text, decompressed as it is read and refused past `limit`."""
+    try:
+        with _open(p) as fh:
+            raw = fh.read(limit + 1)
+    except (OSError, EOFError, zlib.error) as e:
+        raise UserError(f"{p}: cannot be read ({e})") from None
+    if len(raw) > limit:
+        raise UserError(
+            f"{p}: more than {limit >> 20} MiB of text; split it, or write one JSON record per line (.jsonl)"
+        )
+    return _decode(raw, str(p))
+
+
+def _lines(p: Path):
+    """(line number, text) of the non-blank lines of a JSON-lines file, streamed in blocks:
+    memory stays flat whatever the file says its size is; a line longer than MAX_LINE or more
+    than MAX_FILE of text is refused."""
+    total, n, pending = 0, 0, b""
+    try:
+        with _open(p) as fh:
+            while block := fh.read(1 << 22):
+                total += len(block)
+                if total > MAX_FILE:
+                    raise UserError(f"{p}: more than {MAX_FILE >> 20} MiB of text; split it into several files")
+                data = pending + block
+                if not data.strip():  # whitespace only (what a bomb of spaces is): count, keep nothing
+                    n += data.count(b"\n")
+                    pending = b""
+                    continue
+                *whole, pending = data.split(b"\n")
+                for line in whole:
+                    n += 1
+                    if len(line) > MAX_LINE:
+                        raise UserError(f"{p}:{n} is longer than {MAX_LINE >> 20} MiB: not an explanation record")
+                    if line.strip():
+                        yield n, _decode(line, f"{p}:{n}")
+                if len(pending) > MAX_LINE:
+                    raise UserError(f"{p}:{n + 1} is longer than {MAX_LINE >> 20} MiB: not an explanation record")
+    except (OSError, EOFError, zlib.error) as e:
+        raise UserError(f"{p}: cannot be read ({e})") from None
+    if pending.strip():
+        yield n + 1, _decode(pending, f"{p}:{n + 1}")
+
+
+def _records(p: Path):
+    """(where, record) of every explanation in a Neuronpedia file (a JSON array, or JSON lines),
+    one at a time, so a bad record stops the read before the rest is held in memory."""
+    try:
+        with _open(p) as fh:
+            start = fh.read(4096).lstrip()[:1]
+    except (OSError, EOFError, zlib.error) as e:
+        raise UserError(f"{p}: cannot be read ({e})") from None
+    if start == b"[":
         try:
-            data = json.loads(text)
+            data = json.loads(_open_text(p))
         except json.JSONDecodeError as e:
             raise UserError(f"{p}: not valid JSON ({e.msg} at line {e.lineno})") from None
-        return [(f"{p}[{i}]", r) for i, r in enumerate(data)]
-    out = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+        if not isinstance(data, list):
+            raise UserError(f"{p}: a JSON file of explanations is an array of records")
+        yield from ((f"{p}[{i}]", r) for i, r in enumerate(data))
+        return
+    for n, line in _lines(p):
         try:
-            out.append((f"{p}:{n}", json.loads(line)))
+            yield f"{p}:{n}", json.loads(line)
         except json.JSONDecodeError as e:
             raise UserError(f"{p}:{n} is not valid JSON ({e.msg})") from None
-    return out
+
+
+def _feature(value, where: str) -> int:
+    """A feature index as Neuronpedia writes it (a string of digits, or a whole number); a bool,
+    a fraction or a negative number is refused, never rounded."""
+    if isinstance(value, bool):
+        raise UserError(f"{where}: index {value!r} is not a feature number")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    raise UserError(f"{where}: index {value!r} is not a feature number")
 
 
 def read_neuronpedia(path: str, layer: str | None = None) -> pd.DataFrame:
@@ -81,23 +159,22 @@ def read_neuronpedia(path: str, layer: str | None = None) -> pd.DataFrame:
                     raise UserError(
                         f"{where}: no {field!r} field (Neuronpedia explanations have index and description)"
                     )
-            try:
-                feature = int(r["index"])
-            except (TypeError, ValueError):
-                raise UserError(f"{where}: index {r['index']!r} is not a feature number") from None
+            feature = _feature(r["index"], where)
             text = r["description"]
             if not isinstance(text, str) or not text.strip():
                 raise UserError(f"{where}: empty description")
             score = r.get("scoreV2", r.get("scoreV1"))
             model = r.get("explanationModelName") or r.get("typeName") or "unknown"
+            if len(rows) >= MAX_RECORDS:
+                raise UserError(f"{path}: more than {MAX_RECORDS:,} explanations in one import; import it in parts")
             rows.append(
-                {
-                    "layer": str(r.get("layer", "")),
-                    "feature": feature,
-                    "source": f"neuronpedia:{model}",
-                    "text": text.strip(),
-                    "score": float(score) if isinstance(score, int | float) and score else None,
-                }
+                (
+                    str(r.get("layer", "")),
+                    feature,
+                    f"neuronpedia:{model}",
+                    text.strip(),
+                    float(score) if isinstance(score, int | float) and score else None,
+                )
             )
     df = pd.DataFrame(rows, columns=["layer", "feature", "source", "text", "score"])
     layers = sorted(set(df["layer"]) - {""})

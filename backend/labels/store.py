@@ -25,6 +25,7 @@ import pandas as pd
 
 from backend.errors import UserError
 from backend.paths import data_dir
+from backend.store.datafolder import connect_read
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ VERDICTS = ("interpretable", "not interpretable", "unsure")
 COLUMNS = ["uid", "db", "run_id", "sae", "feature", "verdict", "description", "confidence", "labeler", "created_at"]
 """what an exported label carries; `seq` is the store's own and is not exported"""
 MAX_FEATURE = 2**31 - 1
+MAX_DESCRIPTION = 2000
 FILE_NAME = "labels.sqlite"
 LEGACY_FILE_NAME = "labels.duckdb"
 """where versions before the SQLite store kept labels; read (and copied over) when no store exists"""
@@ -94,7 +96,11 @@ class Label:
         if len(self.labeler) > 80:
             raise UserError("labeler names are at most 80 characters")
         if self.description is not None:
-            self.description = str(self.description).strip()[:2000] or None
+            self.description = str(self.description).strip() or None
+            if self.description and len(self.description) > MAX_DESCRIPTION:
+                raise UserError(
+                    f"a description is at most {MAX_DESCRIPTION:,} characters; this one has {len(self.description):,}"
+                )
         if self.confidence is not None and self.confidence not in (1, 2, 3):
             raise UserError(f"confidence is 1 (low), 2 (medium) or 3 (high); got {self.confidence!r}")
         if isinstance(self.feature, bool) or not isinstance(self.feature, numbers.Integral):
@@ -159,6 +165,19 @@ class _SQLite:
         return not self.path.exists() and self.marker.exists()
 
     def _check_not_lost(self) -> None:
+        """A missing store that was here, an emptied one (0 bytes: a full disk, a careless copy)
+        and a file that is not SQLite are all reported, never quietly replaced or written into."""
+        if self.path.is_file():
+            with self.path.open("rb") as fh:
+                head = fh.read(16)
+            if not head and self.marker.exists():  # (without the marker: another writer is creating it)
+                raise UserError(
+                    f"the labels store {self.path} is an empty file (0 bytes), not a store: restore it from a "
+                    f"backup or import an export with `python -m backend labels import`; delete it to start an "
+                    f"empty store on purpose"
+                )
+            if head and head != b"SQLite format 3\x00":
+                raise UserError(f"{self.path} is not a labels store (not a SQLite file): refusing to use it")
         if self._missing_but_known():
             raise UserError(
                 f"the labels store {self.path} is missing, but it was created here before "
@@ -177,6 +196,17 @@ class _SQLite:
             con = sqlite3.connect(self.path, timeout=60, isolation_level=None)
         except (OSError, sqlite3.Error) as e:
             raise UserError(f"cannot open the labels store {self.path} for writing: {e}") from None
+        try:
+            yield from self._write(con, created)
+        except BaseException:
+            con.close()
+            # a store this call began and could not write a byte of (a full disk): no empty file stays
+            if created and self.path.is_file() and self.path.stat().st_size == 0:
+                for leftover in ("", "-wal", "-shm", "-journal"):
+                    self.path.with_name(self.path.name + leftover).unlink(missing_ok=True)
+            raise
+
+    def _write(self, con, created: bool):
         try:
             try:
                 con.execute("PRAGMA busy_timeout = 60000")
@@ -229,9 +259,8 @@ class _SQLite:
         old = self.legacy()
         if not old.exists():
             return
-        import duckdb
 
-        with duckdb.connect(str(old), read_only=True) as dcon:
+        with connect_read(old) as dcon:
             rows = dcon.execute(f"SELECT {', '.join(COLUMNS)} FROM labels ORDER BY created_at, uid").fetchall()
         con.execute("BEGIN IMMEDIATE")
         for r in rows:
@@ -330,6 +359,12 @@ def add_rows(loc: str | os.PathLike, rows: list[list]) -> int:
         return sum(cur.insert(r) for r in rows)
 
 
+def exists(loc: str | os.PathLike) -> bool:
+    """Whether there is a store to read (a PostgreSQL URL always names one; reaching it may fail)."""
+    store = _store(loc)
+    return isinstance(store, _Postgres) or store.path.exists() or store.legacy().exists()
+
+
 def all_labels(loc: str | os.PathLike) -> pd.DataFrame:
     """Every verdict, oldest first by the store's insertion order."""
     store = _store(loc)
@@ -343,9 +378,8 @@ def all_labels(loc: str | os.PathLike) -> pd.DataFrame:
 
 
 def _read_legacy(path: Path) -> pd.DataFrame:
-    import duckdb
 
-    with duckdb.connect(str(path), read_only=True) as con:
+    with connect_read(path) as con:
         df = con.execute(f"SELECT {', '.join(COLUMNS)} FROM labels ORDER BY created_at, uid").df()
     df.insert(0, "seq", range(1, len(df) + 1))
     return df

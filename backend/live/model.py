@@ -25,6 +25,7 @@ from backend.engine.harvest import n_special, special_mask
 from backend.engine.models import ModelAdapter, load_model
 from backend.engine.saes import LoadedSAE, load_saes
 from backend.errors import UserError
+from backend.store.datafolder import connect_read
 
 MODEL_ENV = "SAE_DASHBOARD_MODEL"
 """a model to load instead of the one the run recorded (a local folder, or a name this machine can load)"""
@@ -107,9 +108,10 @@ class Live:
 
 def _run_record(db: str, run_id: str) -> tuple[dict, list[tuple[str, str]]]:
     try:
-        con = duckdb.connect(db, read_only=True)
+        con = connect_read(db)
     except duckdb.Error as e:
-        raise UserError(f"cannot open {db}: {str(e).splitlines()[0]}") from None
+        first = str(e).splitlines()[0].replace(str(db), Path(db).name)
+        raise UserError(f"cannot open {Path(db).name}: {first}") from None
     try:
         row = con.execute("SELECT config FROM runs WHERE run_id = ?", [run_id]).fetchone()
         saes = con.execute("SELECT sae, source FROM saes WHERE run_id = ? ORDER BY depth, sae", [run_id]).fetchall()
@@ -142,6 +144,9 @@ def load_live(db: str, run_id: str, limits: Limits = Limits()) -> Live:
     """The run's model and SAEs, loaded as the precompute loaded them (on this server's device)."""
     config, rows = _run_record(db, run_id)
     device = os.environ.get(DEVICE_ENV) or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        # all cores but one: a probe must not starve the pages other sessions are reading
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
     model = os.environ.get(MODEL_ENV) or config.get("model", "embedded")
     sources = [_source(src, config) for _, src in rows]
     try:
@@ -151,5 +156,10 @@ def load_live(db: str, run_id: str, limits: Limits = Limits()) -> Live:
             f"{e}. The live model is needed for probing and steering only: set {MODEL_ENV} to a copy this server can "
             f"load (a local folder, or a name), and restart the dashboard"
         ) from None
-    loaded = load_saes(sources, adapter, device, config.get("dtype", "float32"))
+    try:
+        loaded = load_saes(sources, adapter, device, config.get("dtype", "float32"))
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged SAE folder is a message, never a traceback on a page
+        raise UserError(f"the run's SAEs cannot be loaded: {type(e).__name__}: {str(e).strip()[:300]}") from None
     return Live(adapter, {name: s for (name, _), s in zip(rows, loaded)}, limits)

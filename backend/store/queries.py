@@ -23,7 +23,7 @@ from backend.config import splice_members
 from backend.density import FIRING_THRESHOLDS, density, is_dense, is_ultralow, log10_density
 from backend.errors import UserError
 from backend.paths import data_dir
-from backend.store import schema
+from backend.store import datafolder, schema
 from backend.store.records import FeatureInfo, SaeDiagnostics, SaeInfo
 from backend.store.schema import COMPLETE, ExampleKind
 
@@ -32,17 +32,27 @@ IDLE_CLOSE_S = 3.0
 
 
 def _missing(path: str) -> UserError:
-    return UserError(f"database {path} does not exist; build one with `python -m backend demo --no-serve`")
+    return UserError(f"database {Path(path).name} does not exist; build one with `python -m backend demo --no-serve`")
+
+
+def _without_paths(message: str, path: str) -> str:
+    """A DuckDB message fit for a page: the server's paths to the file become its name."""
+    for full in {str(Path(path).resolve()), str(path)}:
+        message = message.replace(full, Path(path).name)
+    return message
 
 
 @functools.lru_cache(maxsize=256)
 def _validity(path: str, mtime: float, size: int) -> str | None:
     """Why a file is not a readable feature database (None: it is), memoised per version of it."""
+    why = datafolder.file_problem(path)
+    if why:
+        return why
     try:
-        with duckdb.connect(path, read_only=True) as con:
+        with datafolder.connect_read(path) as con:
             return schema.problem(con)
     except duckdb.Error as e:
-        first = str(e).splitlines()[0]
+        first = _without_paths(str(e).splitlines()[0], path)
         if "lock" in first.lower():
             return None  # a precompute is writing it right now; readers will retry
         return f"DuckDB cannot open it ({first})"
@@ -50,8 +60,10 @@ def _validity(path: str, mtime: float, size: int) -> str | None:
 
 def problem(path: str | Path) -> str | None:
     p = Path(path)
-    if not p.exists():
+    if not p.exists() and not p.is_symlink():
         return "it does not exist"
+    if p.is_symlink() or not p.is_file():
+        return datafolder.file_problem(p)
     st = p.stat()
     return _validity(str(p), st.st_mtime, st.st_size)
 
@@ -62,7 +74,7 @@ def list_databases() -> list[str]:
     d = data_dir()
     if not d.is_dir():
         return []
-    files = [p for p in d.glob("*.duckdb") if p.is_file()]
+    files = [p for p in d.glob("*.duckdb") if p.is_file() and not p.is_symlink()]
     good = [p for p in files if problem(p) is None]
     return [p.name for p in sorted(good, key=lambda p: (-p.stat().st_mtime, p.name))]
 
@@ -72,8 +84,8 @@ def resolve_database(name: str) -> str:
     if not name or "/" in name or "\\" in name or name.startswith(".") or not name.endswith(".duckdb"):
         raise UserError(f"{name!r} is not a database name: use a file name like demo.duckdb from the data folder")
     path = data_dir() / name
-    if not path.is_file():
-        raise UserError(f"no database {name!r} in {data_dir()}/")
+    if not path.is_file() and not path.is_symlink():
+        raise UserError(f"no database {name!r} in the data folder")
     why = problem(path)
     if why:
         raise UserError(f"{name} is not a feature database this dashboard can read: {why}")
@@ -116,12 +128,12 @@ class _Pool:
         deadline = time.monotonic() + wait_s
         while True:
             try:
-                con = duckdb.connect(path, read_only=True)
+                con = datafolder.connect_read(path)
                 break
             except duckdb.Error as e:
-                first = str(e).splitlines()[0]
+                first = _without_paths(str(e).splitlines()[0], path)
                 if "lock" not in first.lower() or time.monotonic() > deadline:
-                    raise UserError(f"cannot open {path} ({first})") from None
+                    raise UserError(f"cannot open {Path(path).name} ({first})") from None
                 time.sleep(0.2)
         schema.check(con, path)
         return con
@@ -159,7 +171,10 @@ def _df(path: str, sql: str, params=None) -> pd.DataFrame:
         try:
             return cur.execute(sql, params or []).df()
         except duckdb.CatalogException:
-            raise UserError(f"{path} is not a feature database made by this tool") from None
+            raise UserError(f"{Path(path).name} is not a feature database made by this tool") from None
+        except duckdb.Error as e:  # a file damaged after it was checked
+            first = _without_paths(str(e).splitlines()[0], path)
+            raise UserError(f"{Path(path).name} cannot be read: {first}") from None
 
 
 _CACHED: list = []
@@ -212,6 +227,9 @@ def saes(path: str) -> pd.DataFrame:
 def database_info(path: str) -> dict:
     if not Path(path).exists():
         raise UserError(f"database {path} does not exist")
+    why = datafolder.file_problem(Path(path).resolve())  # the CLI may name a link; its target is checked
+    if why:
+        raise UserError(f"{path} is not a feature database this tool can read: {why}")
     return {"runs": runs(path).to_dict("records"), "saes": saes(path).to_dict("records")}
 
 

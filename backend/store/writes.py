@@ -81,7 +81,9 @@ def connect_write(path: str | Path, wait_s: float = LOCK_WAIT_S) -> duckdb.DuckD
             break
         except duckdb.IOException as e:
             first = str(e).splitlines()[0]
-            if "lock" not in first.lower() or time.monotonic() > deadline:
+            if "lock" not in first.lower():
+                raise UserError(f"cannot open {path} as a DuckDB database ({first})") from None
+            if time.monotonic() > deadline:
                 raise UserError(f"cannot open {path} for writing ({first}); is another process using it?") from None
             if not told:
                 log.warning("%s is open in another process (the dashboard?); waiting for it to let go", path)
