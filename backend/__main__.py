@@ -163,8 +163,10 @@ def cmd_explanations(args) -> None:
     if args.action == "import":
         from backend.explanations.formats import import_explanations
 
-        n = import_explanations(args.path, args.db, args.sae, where, args.format, args.layer, args.module, args.scorer)
-        print(f"imported {n} new explanations of {args.sae} from {args.path} into {where}")
+        got = import_explanations(
+            args.path, args.db, args.sae, where, args.format, args.layer, args.module, args.scorer
+        )
+        print(f"imported {got} for {args.sae} from {args.path} into {where}")
         return
     from backend import labels
     from backend.explanations.neuronpedia_export import export
@@ -252,7 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", default="auto", choices=["auto", "neuronpedia", "delphi"], help="import format")
     ex.add_argument("--layer", default=None, help="import: Neuronpedia source id to take from a file of several")
     ex.add_argument("--module", default=None, help="import: delphi module to take from a folder of several")
-    ex.add_argument("--scorer", default="detection", help="import: delphi scorer whose accuracy is the score")
+    ex.add_argument(
+        "--scorer",
+        default=None,
+        help="import: only this delphi scorer's scores (default: every scorer folder with per-example records)",
+    )
     ex.add_argument("--model-id", default=None, help="export: Neuronpedia model id, e.g. gpt2-small")
     ex.add_argument("--source-id", default=None, help="export: Neuronpedia source id (layer), e.g. 6-res-jb")
     ex.add_argument("--author", default="sae-dashboard", help="export: creator / author id on the Neuronpedia side")

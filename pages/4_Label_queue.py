@@ -5,9 +5,10 @@ import streamlit as st
 from backend import labels
 from backend.density import density_bucket, log10_density
 from backend.errors import UserError
+from backend.explanations import against_verdicts as av
 from backend.labels.queue import MODES, next_feature, still_eligible
 from backend.store import queries
-from ui import common, feature_view, labeling
+from ui import auto_scores, common, feature_view, labeling
 
 common.setup("Label queue")
 QUEUE_EXAMPLES = 12  # top examples shown, padded with empty rows: their number must not hint at density
@@ -34,12 +35,17 @@ def queue() -> None:
         labeling.store_warning(e)
         return
     current = current[current["sae"] == sae] if not current.empty else current
+    disputed = _disputed(db, sae, current) if mode == "disagreements" else None
     f = common.int_param("qf", 0, queries.sae_row(db, sae).d_sae - 1)
     saved_key = f"_queue_saved_{sae}_{f}"
-    if f is not None and not st.session_state.get(saved_key) and not still_eligible(feats, current, me, mode, f):
+    if (
+        f is not None
+        and not st.session_state.get(saved_key)
+        and not still_eligible(feats, current, me, mode, f, disputed)
+    ):
         f = None  # the mode changed, or someone labeled it meanwhile: this one no longer belongs here
     if f is None:
-        f = next_feature(feats, current, me, mode, step)
+        f = next_feature(feats, current, me, mode, step, disputed)
         if f is None:
             common.set_params(qf=None)
             st.success("Nothing left to label in this queue for this SAE.")
@@ -77,6 +83,19 @@ def queue() -> None:
             st.session_state[saved_key] = verdict
             st.rerun()
     feature_view.effects_panel(db, sae, f)
+
+
+def _disputed(db: str, sae: str, current) -> set[int]:
+    """Features whose automatic score (the URL's `score` and `thr`, or the first scorer and the
+    default threshold) disagrees with the team's verdict; chosen in the sidebar, never shown
+    beside a feature, so the queue stays blind to the score."""
+    scores = auto_scores.scores_of(db, sae)
+    got = None if scores is None else auto_scores.choose(scores, container=st.sidebar)
+    if got is None:
+        st.info("No imported scores for this SAE: the queue serves unlabeled features.")
+        return set()
+    _, fscores, thr = got
+    return set(av.disagreements(current, fscores, thr)["feature"])
 
 
 queue()

@@ -5,8 +5,9 @@ import streamlit as st
 from backend import labels
 from backend.density import bucket_order
 from backend.errors import UserError
+from backend.explanations import against_verdicts as av
 from backend.store import queries
-from ui import common, figures, labeling
+from ui import auto_scores, common, figures, labeling
 from ui.tokens import md
 
 common.setup("Interpretability")
@@ -24,6 +25,7 @@ def interpretability() -> None:
     else:
         _by_density(db, cur)
         _agreement(cur)
+    _automatic(db, cur)
     _export_import()
 
 
@@ -69,6 +71,81 @@ def _agreement(cur) -> None:
         dis[["open", "db", "sae", "feature", "verdicts"]],
         hide_index=True,
         column_config={"open": st.column_config.LinkColumn("", display_text="open")},
+    )
+
+
+def _automatic(db: str, cur) -> None:
+    st.subheader("Automatic explanation scores against the team's verdicts")
+    scores = auto_scores.scores_of(db)
+    if scores is None:
+        return
+    scored = scores.dropna(subset=["score"])
+    if scored.empty:
+        st.caption(
+            "No imported explanation scores for this database. delphi's detection and fuzzing scores come in with "
+            "`python -m backend explanations import RESULTS_FOLDER --db ... --sae ...`."
+        )
+        return
+    names = sorted(set(scored["sae"]))
+    sae = common.choice("auto_sae", names, "SAE", names[0], widget="selectbox")
+    kind, fscores, thr = auto_scores.choose(scores[scores["sae"] == sae])
+    mine = cur[cur["sae"] == sae] if not cur.empty else cur
+    densities = queries.features(db, sae)[["feature", "log10_density"]]
+    ov = av.overall(mine, fscores)
+    cols = st.columns(3)
+    if ov["n_pos"] and ov["n_neg"]:
+        cols[0].metric("ROC AUC (95% CI)", f"{ov['auc']:.2f} [{ov['lo']:.2f}, {ov['hi']:.2f}]")
+        cols[1].metric("best threshold (Youden's J)", f"{ov['best']:.2f} (J {ov['j']:.2f})")
+    else:
+        cols[0].metric("ROC AUC", "—")
+        cols[1].metric("best threshold", "—")
+    cols[2].metric("features judged and scored", f"{ov['n']} ({ov['n_pos']} yes, {ov['n_neg']} no)")
+    table = av.by_bucket(mine, fscores, densities, thr)
+    common.chart(figures.scores_against_verdicts(table, thr), key="auto_vs_team")
+    st.caption(
+        md(
+            f"Scores: {auto_scores.label(kind)}; a feature's score is its best explanation's. The AUC is the chance "
+            "that a feature the team calls interpretable outscores one it does not (DeLong interval); per bucket it "
+            f"is given with at least {av.MIN_PER_CLASS} features of each verdict. The dashed curve is an "
+            f"extrapolation: the share of all {len(fscores):,} scored features at or above the threshold, as if the "
+            "score were the verdict."
+        )
+    )
+    st.dataframe(
+        table,
+        hide_index=True,
+        column_config={
+            "frac": st.column_config.NumberColumn("team: fraction", format="%.2f"),
+            "lo": st.column_config.NumberColumn("low", format="%.2f"),
+            "hi": st.column_config.NumberColumn("high", format="%.2f"),
+            "mean_score": st.column_config.NumberColumn("mean score", format="%.3f"),
+            "pass_frac": st.column_config.NumberColumn("automatic: fraction", format="%.2f"),
+            "pass_lo": st.column_config.NumberColumn("low", format="%.2f"),
+            "pass_hi": st.column_config.NumberColumn("high", format="%.2f"),
+            "auc": st.column_config.NumberColumn("AUC", format="%.2f"),
+            "auc_lo": st.column_config.NumberColumn("low", format="%.2f"),
+            "auc_hi": st.column_config.NumberColumn("high", format="%.2f"),
+        },
+    )
+    dis = av.disagreements(mine, fscores, thr)
+    st.markdown(f"**Where they disagree** ({len(dis)})")
+    st.page_link(
+        common.QUEUE,
+        label="Label these first in the queue (blind)",
+        icon=":material/checklist:",
+        query_params=common.link_params(
+            sae=sae, mode="disagreements", score=common.param("score"), thr=common.param("thr")
+        ),
+    )
+    dis = dis.assign(open=[common.feature_url(sae, f) for f in dis["feature"]])
+    st.dataframe(
+        dis[["open", "feature", "team", "score", "automatic", "log10_density"]],
+        hide_index=True,
+        column_config={
+            "open": st.column_config.LinkColumn("", display_text="open"),
+            "score": st.column_config.NumberColumn(format="%.3f"),
+            "log10_density": st.column_config.NumberColumn("log10 density", format="%.2f"),
+        },
     )
 
 

@@ -60,9 +60,10 @@ def _delphi(root, module="layers.0"):
 
 def test_import_both_formats_and_search(tiny_db, tmp_path):
     where = str(tmp_path / "explanations.sqlite")
-    assert import_explanations(_neuronpedia(tmp_path / "np.jsonl.gz", NP), tiny_db, "relu-b0", where) == 2
-    assert import_explanations(_neuronpedia(tmp_path / "np.jsonl.gz", NP), tiny_db, "relu-b0", where) == 0  # again
-    assert import_explanations(_delphi(tmp_path / "delphi"), tiny_db, "relu-b0", where) == 2
+    assert import_explanations(_neuronpedia(tmp_path / "np.jsonl.gz", NP), tiny_db, "relu-b0", where).explanations == 2
+    again = import_explanations(_neuronpedia(tmp_path / "np.jsonl.gz", NP), tiny_db, "relu-b0", where)
+    assert (again.explanations, again.scores) == (0, 0)
+    assert import_explanations(_delphi(tmp_path / "delphi"), tiny_db, "relu-b0", where).explanations == 2
     rows = store.for_sae(where, "tiny.duckdb", "relu-b0")
     assert sorted(rows["feature"]) == [5, 7, 9, 11]
     got = rows.set_index("feature")
@@ -81,7 +82,7 @@ def test_import_both_formats_and_search(tiny_db, tmp_path):
     arr.write_text(json.dumps([{**NP[0], "index": 6}, {**NP[1], "layer": "1-res"}]))
     with pytest.raises(UserError, match="several layers"):
         import_explanations(str(arr), tiny_db, "relu-b0", where)
-    assert import_explanations(str(arr), tiny_db, "relu-b0", where, layer="0-res") == 1
+    assert import_explanations(str(arr), tiny_db, "relu-b0", where, layer="0-res").explanations == 1
 
 
 @pytest.mark.parametrize(
@@ -134,7 +135,7 @@ def test_export_is_the_layout_neuronpedia_imports_and_reads_back(tiny_db, tmp_pa
     assert all({"id", "description", "authorId"} <= set(e) for e in files["explanations"])
     # the exported folder reads back as a Neuronpedia export
     again = str(tmp_path / "again.sqlite")
-    assert import_explanations(str(out), tiny_db, "relu-b0", again) == 3
+    assert import_explanations(str(out), tiny_db, "relu-b0", again).explanations == 3
     back = store.for_sae(again, "tiny.duckdb", "relu-b0")
     assert sorted(zip(back["feature"], back["text"])) == sorted(
         [(9, "file paths and directory names"), (11, "numbers in tables"), (5, "brackets, by a person")]
@@ -174,3 +175,109 @@ def test_pages_show_search_and_offer_explanations(tiny_db, tmp_path, monkeypatch
     assert hits["feature"].tolist() == [9] and hits["open"].iloc[0] == "Feature?db=tiny.duckdb&sae=relu-b0&feature=9"
     at = run("pages/3_Search.py", q="directories", **{"in": "nowhere"})
     assert "in='nowhere'" in at.error[0].value
+
+
+def _record(activating: bool, prediction, old: bool = False) -> dict:
+    """One per-example record of a delphi classifier score file, in the layout of its era."""
+    base = {"str_tokens": ["x"], "activations": [1.0 if activating else 0.0], "distance": 1 if activating else -1}
+    if old:  # sae-auto-interp / delphi before February 2025: ground_truth, highlighted, -1 for a failure
+        return {
+            **base,
+            "ground_truth": activating,
+            "prediction": -1 if prediction is None else int(prediction),
+            "highlighted": False,
+            "probability": 0.0,
+            "correct": prediction == activating,
+        }
+    return {**base, "activating": activating, "prediction": prediction, "probability": None,
+            "correct": None if prediction is None else prediction == activating}  # fmt: skip
+
+
+def _delphi_run(root, old: bool = False, scorers=("detection", "fuzz")):
+    """A delphi results folder as its CLI writes one: run_config.json, explanations (one of them
+    delphi's placeholder), classifier scores per scorer, and a simulation folder of another kind."""
+    kind = "feature" if old else "latent"
+    module = ".model.layers.0" if old else "layers.0"  # old module names may start with a dot
+    (root / "explanations").mkdir(parents=True)
+    if not old:
+        (root / "run_config.json").write_text(
+            json.dumps({"explainer_model": "Qwen/Qwen2.5-7B", "scorers": list(scorers)})
+        )
+    texts = {3: "opening parentheses", 4: "numbers", 5: "Explanation could not be parsed.", 6: "always on"}
+    for i, t in texts.items():
+        (root / "explanations" / f"{module}_{kind}{i}.txt").write_text(json.dumps(t))
+    T, F = True, False
+    records = {
+        # latent 3: detection 2/2 positives, 1/2 negatives, one failed prediction left out
+        ("detection", 3): [(T, T), (T, T), (F, F), (F, T), (F, None)],
+        ("fuzz", 3): [(T, T), (T, F), (F, F), (F, F)],
+        ("detection", 4): [(T, F), (T, F), (F, F), (F, F)],
+        # latent 6 is active in every window: no negatives, so the missing class adds 0
+        ("detection", 6): [(T, T), (T, T), (T, F)],
+    }
+    for (scorer, i), recs in records.items():
+        if scorer not in scorers:
+            continue
+        d = root / "scores" / scorer
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"{module}_{kind}{i}.txt").write_text(json.dumps([_record(a, p, old) for a, p in recs]))
+    sim = root / "scores" / "simulation"
+    sim.mkdir(parents=True, exist_ok=True)
+    (sim / f"{module}_{kind}3.txt").write_text(json.dumps([{"distance": 0, "ev_correlation_score": 0.4}]))
+    return str(root)
+
+
+@pytest.mark.parametrize("old", [False, True])
+def test_delphi_scores_per_scorer_as_delphi_computes_them(tiny_db, tmp_path, old):
+    where = str(tmp_path / "e.sqlite")
+    got = import_explanations(_delphi_run(tmp_path / "run", old), tiny_db, "relu-b0", where)
+    assert (got.explanations, got.scores, got.placeholders) == (3, 4, 1)
+    assert got.skipped_scorers == ["simulation"]
+    rows = store.for_sae(where, "tiny.duckdb", "relu-b0")
+    assert "could not be parsed" not in " ".join(rows["text"])
+    score = {(r.feature, r.scorer): r.score for r in rows.itertuples() if r.scorer}
+    assert score[(3, "detection")] == pytest.approx((2 / 2 + 1 / 2) / 2)
+    assert score[(3, "fuzz")] == pytest.approx((1 / 2 + 2 / 2) / 2)
+    assert score[(4, "detection")] == pytest.approx((0 / 2 + 2 / 2) / 2)
+    assert score[(6, "detection")] == pytest.approx((2 / 3 + 0) / 2)  # one-sided, as delphi scores it
+    assert set(rows["explainer"].dropna()) == (set() if old else {"Qwen/Qwen2.5-7B"})
+    wide = store.for_feature(where, "tiny.duckdb", "relu-b0", 3)
+    assert list(wide.columns) == ["source", "explainer", "text", "detection", "fuzz"]
+
+
+def test_a_second_scorer_adds_its_scores_and_a_misspelt_one_is_refused(tiny_db, tmp_path):
+    where = str(tmp_path / "e.sqlite")
+    run = _delphi_run(tmp_path / "run")
+    first = import_explanations(run, tiny_db, "relu-b0", where, scorer="detection")
+    assert (first.explanations, first.scores) == (3, 3)
+    second = import_explanations(run, tiny_db, "relu-b0", where, scorer="fuzz")
+    assert (second.explanations, second.scores) == (0, 1)  # the same explanation, a score it lacked
+    assert import_explanations(run, tiny_db, "relu-b0", where).scores == 0  # everything is there
+    with pytest.raises(UserError, match="no scores of scorer 'fuz' .it has detection, fuzz, simulation"):
+        import_explanations(run, tiny_db, "relu-b0", where, scorer="fuz")
+    with pytest.raises(UserError, match="not per-example classifier records"):
+        import_explanations(run, tiny_db, "relu-b0", where, scorer="simulation")
+
+
+def test_a_store_of_the_previous_version_is_read_and_upgraded(tiny_db, tmp_path):
+    import sqlite3
+
+    where = tmp_path / "old.sqlite"
+    con = sqlite3.connect(where)
+    con.executescript(
+        "CREATE TABLE explanations (id INTEGER PRIMARY KEY, db TEXT NOT NULL, sae TEXT NOT NULL, "
+        "feature INTEGER NOT NULL, source TEXT NOT NULL, text TEXT NOT NULL, score REAL, "
+        "UNIQUE (db, sae, feature, source, text));"
+        "CREATE VIRTUAL TABLE explanations_fts USING fts5(text, content='explanations', content_rowid='id', "
+        "tokenize='porter unicode61');"
+        "INSERT INTO explanations (db, sae, feature, source, text, score) "
+        "VALUES ('tiny.duckdb', 'relu-b0', 3, 'delphi', 'opening parentheses', 0.75);"
+        "INSERT INTO explanations_fts (rowid, text) VALUES (1, 'opening parentheses');"
+    )
+    con.close()
+    rows = store.for_sae(str(where), "tiny.duckdb", "relu-b0")
+    assert list(rows["scorer"]) == ["unrecorded"] and list(rows["score"]) == [0.75]
+    got = import_explanations(_delphi_run(tmp_path / "run"), tiny_db, "relu-b0", str(where))
+    assert (got.explanations, got.scores) == (2, 4)  # latent 3's text was there: only its scores are new
+    rows = store.for_sae(str(where), "tiny.duckdb", "relu-b0")
+    assert sorted(rows[rows["feature"] == 3]["scorer"]) == ["detection", "fuzz", "unrecorded"]

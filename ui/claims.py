@@ -90,7 +90,6 @@ def worst_spreader(prop: pd.DataFrame) -> str | None:
         mean = g.groupby(["sae", "spliced_hook"])["resid_change"].mean().sort_values(ascending=False)
         (sae, hook), v = mean.index[0], mean.iloc[0]
         parts.append(
-            f"**{md(fam)}**: splicing {md(sae)} ({md(short_hook(hook))}) moves later hooks most, "
-            f"{v:.3f} on average"
+            f"**{md(fam)}**: splicing {md(sae)} ({md(short_hook(hook))}) moves later hooks most, {v:.3f} on average"
         )
     return "Which SAE hurts later layers most: " + "; ".join(parts) + "."

@@ -141,9 +141,16 @@ def explanations_panel(db: str, sae: str, f: int) -> str | None:
     if df.empty:
         return None
     st.markdown("**Imported explanations**")
+    scorers = [c for c in df.columns if c not in ("source", "explainer", "text")]
     st.dataframe(
         df,
         hide_index=True,
-        column_config={"score": st.column_config.NumberColumn(format="%.3f", help="the source's own score")},
+        column_config={
+            "explainer": "explainer model",
+            **{
+                c: st.column_config.NumberColumn(format="%.3f", help=f"{c} score (delphi: balanced accuracy)")
+                for c in scorers
+            },
+        },
     )
     return str(df["text"].iloc[0])

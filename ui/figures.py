@@ -415,6 +415,49 @@ def interpretability_chart(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
+def scores_against_verdicts(table: pd.DataFrame, threshold: float) -> go.Figure:
+    """Per density bucket: the team's interpretable fraction (solid, over judged features) and
+    the fraction of all scored features at or above the threshold (dashed: an extrapolation of
+    the automatic score), each with Wilson intervals; buckets from sparse to dense."""
+    fig = go.Figure()
+    series = (
+        ("frac", "lo", "hi", "n_judged", "the team's verdicts", "solid", "circle"),
+        (
+            "pass_frac",
+            "pass_lo",
+            "pass_hi",
+            "n_scored",
+            f"automatic: score ≥ {threshold:g} (extrapolated)",
+            "dash",
+            "diamond",
+        ),
+    )
+    for col, lo, hi, n, name, dash, symbol in series:
+        g = table[table[n] > 0]
+        fig.add_trace(
+            go.Scatter(
+                x=g["bucket"],
+                y=g[col],
+                mode="lines+markers",
+                name=name,
+                line=dict(dash=dash),
+                marker=dict(symbol=symbol, size=9),
+                error_y=dict(type="data", symmetric=False, array=g[hi] - g[col], arrayminus=g[col] - g[lo]),
+                hovertext=[f"{name}: {v:.2f} of {int(k)} features" for v, k in zip(g[col], g[n])],
+                hoverinfo="text",
+            )
+        )
+    fig.update_layout(
+        yaxis=dict(title="fraction interpretable", range=[0, 1.05]),
+        xaxis_title="density bucket",
+        height=340,
+        margin=dict(t=20, l=10, r=10, b=10),
+        legend=dict(orientation="h", y=1.12),
+    )
+    fig.update_xaxes(categoryorder="array", categoryarray=bucket_order())
+    return fig
+
+
 def context_ev(saes: pd.DataFrame, metric: str = "ev") -> go.Figure:
     """Per hook, explained variance (or relative error) inside each SAE's training context and
     beyond it: one panel per architecture, depth on the x axis with hooks named."""

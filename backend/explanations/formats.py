@@ -5,9 +5,14 @@ Neuronpedia: explanation records with `index` (a string in its exports), `descri
 JSON lines, gzipped or not, or the bulk export's folder of `explanations/batch-N.jsonl.gz`.
 Its exports carry no score (`scoreV1` / `scoreV2` are read where present).
 
-delphi: a results folder with `explanations/<module>_latent<N>.txt` (each a JSON string) and
+delphi: a results folder with `explanations/<module>_latent<N>.txt` (each a JSON string),
 `scores/<scorer>/<module>_latent<N>.txt` (a JSON list of per-example records with `activating`
-and `prediction`); the score is delphi's balanced accuracy, (TP/P + TN/N) / 2, of one scorer.
+and `prediction`) and `run_config.json` (whose `explainer_model` wrote them). The folders delphi
+(then sae-auto-interp) wrote before February 2025 name files `<module>_feature<N>.txt` and label
+records `ground_truth`, with -1 for a failed prediction; both are read. Each scorer's score is
+delphi's own balanced accuracy, (TP/P + TN/N) / 2 over the records with a prediction, where a
+missing class adds 0 (as delphi's result analysis does). delphi's placeholder for an answer it
+could not parse is not an explanation: it is skipped and counted.
 """
 
 from __future__ import annotations
@@ -16,18 +21,26 @@ import gzip
 import json
 import re
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from backend.errors import UserError
 
-_LATENT = re.compile(r"^(?P<module>.+)_latent(?P<index>\d+)\.txt$")
+_LATENT = re.compile(r"^(?P<module>.+)_(?:latent|feature)(?P<index>\d+)\.txt$")
+PLACEHOLDER = "Explanation could not be parsed."
+"""what delphi's explainer writes when it cannot parse the model's answer"""
+ROWS = ["feature", "source", "explainer", "text", "scorer", "score"]
 
 
 def detect(path: str) -> str:
     p = Path(path)
-    if p.is_dir() and (p / "explanations").is_dir() and any((p / "explanations").glob("*_latent*.txt")):
+    if (
+        p.is_dir()
+        and (p / "explanations").is_dir()
+        and any(_LATENT.match(f.name) for f in (p / "explanations").rglob("*.txt"))
+    ):
         return "delphi"
     if p.is_dir() and (p / "explanations").is_dir():
         return "neuronpedia"
@@ -154,11 +167,9 @@ def read_neuronpedia(path: str, layer: str | None = None) -> pd.DataFrame:
         for where, r in _records(f):
             if not isinstance(r, dict):
                 raise UserError(f"{where}: an explanation must be a JSON object")
-            for field in ("index", "description"):
-                if field not in r:
-                    raise UserError(
-                        f"{where}: no {field!r} field (Neuronpedia explanations have index and description)"
-                    )
+            for key in ("index", "description"):
+                if key not in r:
+                    raise UserError(f"{where}: no {key!r} field (Neuronpedia explanations have index and description)")
             feature = _feature(r["index"], where)
             text = r["description"]
             if not isinstance(text, str) or not text.strip():
@@ -167,16 +178,19 @@ def read_neuronpedia(path: str, layer: str | None = None) -> pd.DataFrame:
             model = r.get("explanationModelName") or r.get("typeName") or "unknown"
             if len(rows) >= MAX_RECORDS:
                 raise UserError(f"{path}: more than {MAX_RECORDS:,} explanations in one import; import it in parts")
+            has_score = isinstance(score, int | float) and not isinstance(score, bool) and score
             rows.append(
                 (
                     str(r.get("layer", "")),
                     feature,
                     f"neuronpedia:{model}",
+                    r.get("explanationModelName"),
                     text.strip(),
-                    float(score) if isinstance(score, int | float) and score else None,
+                    "neuronpedia" if has_score else None,
+                    float(score) if has_score else None,
                 )
             )
-    df = pd.DataFrame(rows, columns=["layer", "feature", "source", "text", "score"])
+    df = pd.DataFrame(rows, columns=["layer", *ROWS])
     layers = sorted(set(df["layer"]) - {""})
     if layer is not None:
         df = df[df["layer"] == layer]
@@ -188,29 +202,54 @@ def read_neuronpedia(path: str, layer: str | None = None) -> pd.DataFrame:
 
 
 def _balanced_accuracy(records: list) -> float | None:
+    """delphi's accuracy of one latent's score file: records whose prediction failed (None, or
+    -1 in the older layout) are left out; a missing class adds 0; None when nothing is left."""
     tp = tn = pos = neg = 0
     for r in records:
-        if not isinstance(r, dict) or r.get("prediction") is None or "activating" not in r:
+        if not isinstance(r, dict):
             continue
-        act, pred = bool(r["activating"]), bool(r["prediction"])
+        label = r.get("activating", r.get("ground_truth"))
+        pred = r.get("prediction")
+        if label is None or pred is None or isinstance(pred, str) or pred == -1:
+            continue
+        act, yes = bool(label), float(pred) >= 0.5
         pos += act
         neg += not act
-        tp += act and pred
-        tn += (not act) and (not pred)
-    if not pos or not neg:
+        tp += act and yes
+        tn += (not act) and (not yes)
+    if not pos and not neg:
         return None
-    return (tp / pos + tn / neg) / 2
+    return ((tp / pos if pos else 0.0) + (tn / neg if neg else 0.0)) / 2
 
 
-def read_delphi(path: str, module: str | None = None, scorer: str = "detection") -> pd.DataFrame:
+def _classifier_records(records) -> bool:
+    """Whether a score file holds per-example classifier records (detection, fuzz) delphi's
+    accuracy applies to, rather than simulation or embedding scores."""
+    return isinstance(records, list) and any(
+        isinstance(r, dict) and "prediction" in r and ("activating" in r or "ground_truth" in r) for r in records
+    )
+
+
+@dataclass
+class Read:
+    """What a file or folder held: rows (ROWS), and what was left out and why."""
+
+    rows: pd.DataFrame
+    placeholders: int = 0
+    skipped_scorers: list[str] = field(default_factory=list)
+
+
+def read_delphi(path: str, module: str | None = None, scorer: str | None = None) -> Read:
+    """Every explanation of one module, with a score per scorer folder (or only `scorer`)."""
     p = Path(path)
     found = []
-    for f in sorted((p / "explanations").glob("*.txt")):
-        m = _LATENT.match(f.name)
+    for f in sorted((p / "explanations").rglob("*.txt")):
+        name = f.relative_to(p / "explanations").as_posix()
+        m = _LATENT.match(name)
         if not m:
-            raise UserError(f"{f}: not named <module>_latent<N>.txt as delphi names explanations")
-        found.append((m["module"], int(m["index"]), f))
-    modules = sorted({m for m, _, _ in found})
+            raise UserError(f"{f}: not named <module>_latent<N>.txt (or _feature<N>.txt) as delphi names explanations")
+        found.append((m["module"], int(m["index"]), f, name))
+    modules = sorted({m for m, _, _, _ in found})
     if module is not None:
         found = [x for x in found if x[0] == module]
         if not found:
@@ -219,26 +258,74 @@ def read_delphi(path: str, module: str | None = None, scorer: str = "detection")
         raise UserError(
             f"{path} holds explanations of several modules ({', '.join(modules[:6])}): pick one with --module"
         )
+    present = sorted(d.name for d in (p / "scores").iterdir() if d.is_dir()) if (p / "scores").is_dir() else []
+    if scorer is not None and scorer not in present:
+        raise UserError(f"{path}: no scores of scorer {scorer!r} (it has {', '.join(present) or 'none'})")
+    chosen = [scorer] if scorer is not None else present
+    explainer = _explainer(p)
+    out = Read(pd.DataFrame(columns=ROWS))
     rows = []
-    for _, index, f in found:
+    for _, index, f, name in found:
         try:
             text = json.loads(_open_text(f))
         except json.JSONDecodeError:
             raise UserError(f"{f}: not a JSON string, as delphi writes explanations") from None
         if not isinstance(text, str) or not text.strip():
             raise UserError(f"{f}: empty explanation")
-        score = None
-        sf = p / "scores" / scorer / f.name
-        if sf.exists():
+        if text.strip() == PLACEHOLDER:
+            out.placeholders += 1
+            continue
+        scored = False
+        for sc in chosen:
+            sf = p / "scores" / sc / name.replace("/", "--")
+            if not sf.exists() or sc in out.skipped_scorers:
+                continue
             try:
                 records = json.loads(_open_text(sf))
             except json.JSONDecodeError:
                 raise UserError(f"{sf}: not valid JSON") from None
-            if not isinstance(records, list):
-                raise UserError(f"{sf}: a delphi score file is a JSON list of per-example records")
+            if not _classifier_records(records):
+                if scorer is not None:
+                    raise UserError(
+                        f"{sf}: not per-example classifier records (delphi's detection and fuzz scores), so no "
+                        "balanced accuracy can be made of it"
+                    )
+                out.skipped_scorers.append(sc)
+                continue
             score = _balanced_accuracy(records)
-        rows.append({"feature": index, "source": "delphi", "text": text.strip(), "score": score})
-    return pd.DataFrame(rows, columns=["feature", "source", "text", "score"])
+            if score is not None:
+                rows.append((index, "delphi", explainer, text.strip(), sc, score))
+                scored = True
+        if not scored:
+            rows.append((index, "delphi", explainer, text.strip(), None, None))
+    out.rows = pd.DataFrame(rows, columns=ROWS)
+    return out
+
+
+def _explainer(p: Path) -> str | None:
+    """The explainer model a delphi run recorded (run_config.json; its scorers use the same)."""
+    cfg = p / "run_config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        model = json.loads(_open_text(cfg)).get("explainer_model")
+    except (json.JSONDecodeError, AttributeError):
+        raise UserError(f"{cfg}: not a JSON object as delphi writes its run configuration") from None
+    return model if isinstance(model, str) and model else None
+
+
+@dataclass
+class Imported:
+    explanations: int
+    scores: int
+    placeholders: int = 0
+    skipped_scorers: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        extra = f"; skipped {self.placeholders} of delphi's unparsed-answer placeholders" if self.placeholders else ""
+        if self.skipped_scorers:
+            extra += f"; scorers without classifier records left out: {', '.join(self.skipped_scorers)}"
+        return f"{self.explanations} new explanations, {self.scores} new scores{extra}"
 
 
 def import_explanations(
@@ -249,10 +336,10 @@ def import_explanations(
     fmt: str = "auto",
     layer: str | None = None,
     module: str | None = None,
-    scorer: str = "detection",
-) -> int:
+    scorer: str | None = None,
+) -> Imported:
     """Read a file or folder, check every feature against the SAE in the database, then add all
-    of it to the store in one transaction (or nothing). Returns how many rows were new."""
+    of it to the store in one transaction (or nothing). Returns what was new and what was left out."""
     from backend.explanations.store import add
     from backend.store import queries
 
@@ -260,15 +347,18 @@ def import_explanations(
         raise UserError(f"{path} does not exist")
     fmt = detect(path) if fmt == "auto" else fmt
     if fmt == "neuronpedia":
-        df = read_neuronpedia(path, layer)
+        got = Read(read_neuronpedia(path, layer))
     elif fmt == "delphi":
-        df = read_delphi(path, module, scorer)
+        got = read_delphi(path, module, scorer)
     else:
         raise UserError(f"unknown format {fmt!r}: use auto, neuronpedia or delphi")
+    df = got.rows
     if df.empty:
-        raise UserError(f"{path}: no explanation in it")
+        why = f" but {got.placeholders} unparsed-answer placeholders" if got.placeholders else ""
+        raise UserError(f"{path}: no explanation in it{why}")
     d_sae = queries.sae_row(db_path, sae).d_sae
     bad = df[(df["feature"] < 0) | (df["feature"] >= d_sae)]
     if len(bad):
         raise UserError(f"{path}: feature {int(bad['feature'].iloc[0])} does not exist in {sae} (0 .. {d_sae - 1})")
-    return add(store, df.assign(db=Path(db_path).name, sae=sae))
+    new, scores = add(store, df.assign(db=Path(db_path).name, sae=sae))
+    return Imported(new, scores, got.placeholders, got.skipped_scorers)

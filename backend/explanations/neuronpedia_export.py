@@ -93,7 +93,7 @@ def export(
         )
 
     expl = []
-    imported = explanations_store.for_sae(store, Path(db_path).name, sae)
+    imported = explanations_store.for_sae(store, Path(db_path).name, sae).drop_duplicates(["feature", "source", "text"])
     items = [(int(r.feature), r.text, r.source) for r in imported.itertuples()]
     items += [(int(f), text, "human") for f, text in sorted((human or {}).items()) if text and text.strip()]
     seen: dict[int, int] = {}

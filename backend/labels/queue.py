@@ -6,26 +6,40 @@ import pandas as pd
 
 from backend.density import bucket_order, density_bucket
 
-MODES = {"unlabeled": "only features nobody labeled", "agreement": "features others labeled, not yet by me"}
+MODES = {
+    "unlabeled": "only features nobody labeled",
+    "agreement": "features others labeled, not yet by me",
+    "disagreements": "where the automatic score and the team disagree, then unlabeled ones",
+}
 
 
-def candidates(features: pd.DataFrame, current: pd.DataFrame, me: str, mode: str) -> pd.DataFrame:
+def candidates(
+    features: pd.DataFrame, current: pd.DataFrame, me: str, mode: str, disputed: set[int] | None = None
+) -> pd.DataFrame:
     """Live features this labeler may be shown in this mode, with their density bucket.
     `features`: the SAE's feature table (feature, count, log10_density); `current`: the latest
-    verdicts on this SAE."""
+    verdicts on this SAE; `disputed`: features whose automatic score disagrees with the team's
+    verdict (mode "disagreements": those this labeler has not judged come first)."""
     if mode not in MODES:
         raise ValueError(f"unknown queue mode {mode!r}")
     live = features[features["count"] > 0].assign(bucket=lambda d: d["log10_density"].map(density_bucket))
     labeled = set(current["feature"]) if not current.empty else set()
+    mine = set(current[current["labeler"] == me]["feature"]) if not current.empty else set()
+    if mode == "disagreements":
+        first = live[live["feature"].isin(set(disputed or ()) - mine)]
+        if len(first):
+            return first
+        mode = "unlabeled"
     if mode == "unlabeled":
         return live[~live["feature"].isin(labeled)]
-    mine = set(current[current["labeler"] == me]["feature"]) if not current.empty else set()
     return live[live["feature"].isin(labeled - mine)]
 
 
-def next_feature(features: pd.DataFrame, current: pd.DataFrame, me: str, mode: str, step: int) -> int | None:
+def next_feature(
+    features: pd.DataFrame, current: pd.DataFrame, me: str, mode: str, step: int, disputed: set[int] | None = None
+) -> int | None:
     """Round-robin over density buckets by `step`; a seeded random feature inside the bucket."""
-    pool = candidates(features, current, me, mode)
+    pool = candidates(features, current, me, mode, disputed)
     buckets = [b for b in bucket_order() if b in set(pool["bucket"])]
     if not buckets:
         return None
@@ -33,6 +47,8 @@ def next_feature(features: pd.DataFrame, current: pd.DataFrame, me: str, mode: s
     return int(pool[pool["bucket"] == bucket].sample(1, random_state=step % 2**32)["feature"].iloc[0])
 
 
-def still_eligible(features: pd.DataFrame, current: pd.DataFrame, me: str, mode: str, feature: int) -> bool:
+def still_eligible(
+    features: pd.DataFrame, current: pd.DataFrame, me: str, mode: str, feature: int, disputed: set[int] | None = None
+) -> bool:
     """Whether a feature already on screen still belongs in the queue (the mode may have changed)."""
-    return feature in set(candidates(features, current, me, mode)["feature"])
+    return feature in set(candidates(features, current, me, mode, disputed)["feature"])
