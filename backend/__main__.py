@@ -178,7 +178,19 @@ def cmd_explanations(args) -> None:
         human = {int(r.feature): r.description for r in cur[cur["sae"] == args.sae].itertuples() if r.description}
     except UserError:
         human = {}
-    counts = export(args.db, args.sae, args.path, args.model_id, args.source_id, args.author, where, human)
+    counts = export(
+        args.db,
+        args.sae,
+        args.path,
+        args.model_id,
+        args.source_id,
+        args.author,
+        where,
+        human,
+        explanation_type=args.explanation_type,
+        explanation_model=args.explanation_model,
+        layers=args.layers,
+    )
     print(", ".join(f"{n} {k}" for k, n in counts.items()) + f" written under {args.path}")
 
 
@@ -244,8 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="import explanations (Neuronpedia, delphi) or export features + explanations for Neuronpedia",
         description="import: read a Neuronpedia explanation export (.json/.jsonl[.gz], or its folder with "
         "explanations/) or a delphi results folder (explanations/<module>_latent<N>.txt, scores/<scorer>/...) into "
-        "the explanations store, checked against --sae in --db, all or nothing. export: write PATH/features, "
-        "PATH/activations and PATH/explanations as batch-0.jsonl.gz in the layout Neuronpedia imports.",
+        "the explanations store, checked against --sae in --db, all or nothing; every scorer's score is kept. "
+        "export: write PATH/model.jsonl, sourceset.jsonl, source.jsonl and features/, activations/, explanations/ "
+        "batch-N.jsonl.gz (1,024 features a file) as Neuronpedia's importer reads them from v1/MODEL/SOURCE/ "
+        "of its dataset bucket (docs/explanations.md says how to get them there).",
     )
     ex.add_argument("action", choices=["import", "export"])
     ex.add_argument("path", help="file or folder to import; folder to export into")
@@ -261,7 +275,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--model-id", default=None, help="export: Neuronpedia model id, e.g. gpt2-small")
     ex.add_argument("--source-id", default=None, help="export: Neuronpedia source id (layer), e.g. 6-res-jb")
-    ex.add_argument("--author", default="sae-dashboard", help="export: creator / author id on the Neuronpedia side")
+    ex.add_argument(
+        "--author",
+        default=None,
+        help="export (required): the id of a user in your Neuronpedia, creator of every row "
+        "(a stock instance has the bot user clkht01d40000jv08hvalcvly)",
+    )
+    ex.add_argument(
+        "--explanation-type",
+        default=None,
+        help="export: typeName of imported explanations, a name your Neuronpedia's ExplanationType table has "
+        "(e.g. oai_token-act-pair after its config sync; default: none)",
+    )
+    ex.add_argument(
+        "--explanation-model",
+        default=None,
+        help="export: explanationModelName of imported explanations, a name in your ExplanationModelType table "
+        "(e.g. gpt-4o-mini; default: none)",
+    )
+    ex.add_argument("--layers", type=int, default=None, help="export: the model's layer count, if it is new there")
     ex.add_argument(
         "--store",
         default=None,

@@ -174,7 +174,7 @@ def read_neuronpedia(path: str, layer: str | None = None) -> pd.DataFrame:
             text = r["description"]
             if not isinstance(text, str) or not text.strip():
                 raise UserError(f"{where}: empty description")
-            score = r.get("scoreV2", r.get("scoreV1"))
+            score = r.get("scoreV2") if r.get("scoreV2") is not None else r.get("scoreV1")
             model = r.get("explanationModelName") or r.get("typeName") or "unknown"
             if len(rows) >= MAX_RECORDS:
                 raise UserError(f"{path}: more than {MAX_RECORDS:,} explanations in one import; import it in parts")
