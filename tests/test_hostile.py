@@ -72,6 +72,7 @@ def _explanations_store(path: Path, wal: bool) -> None:
                     "feature": 3,
                     "source": "delphi",
                     "text": "closing brackets",
+                    "scorer": "detection",
                     "score": 0.8,
                 }
             ]

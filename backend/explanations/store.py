@@ -127,14 +127,14 @@ def _upgrade(con: sqlite3.Connection) -> None:
 
 def _insert(con: sqlite3.Connection, rows: pd.DataFrame) -> tuple[int, int]:
     new_expl = new_scores = 0
-    for r in rows.itertuples():
+    for r in rows.reindex(columns=COLUMNS).itertuples():
         key = (r.db, r.sae, int(r.feature), r.source, r.text)
         cur = con.execute(
             "INSERT OR IGNORE INTO explanations (db, sae, feature, source, text, explainer) VALUES (?, ?, ?, ?, ?, ?)",
             [*key, None if pd.isna(r.explainer) else r.explainer],
         )
         new_expl += cur.rowcount
-        if r.scorer is None or pd.isna(r.score):
+        if not isinstance(r.scorer, str) or pd.isna(r.score):
             continue
         (eid,) = con.execute(
             "SELECT id FROM explanations WHERE db = ? AND sae = ? AND feature = ? AND source = ? AND text = ?", key
