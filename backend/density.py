@@ -14,6 +14,10 @@ import numpy as np
 DENSE = 0.1
 """a feature active on more than this fraction of tokens is dense (strictly greater)"""
 ULTRALOW = 1e-5
+TOO_FEW_FIRINGS = 8
+"""a feature that fired fewer times than this is "too few firings to judge": the blind queue
+leaves it out (its short list of examples would give its density away, and a handful of
+examples is no basis for a verdict), and the Layer table says so"""
 """a live feature active on fewer than this fraction of tokens is ultralow (strictly less)"""
 LOG_BIN_WIDTH = 0.1
 """width in decades of the bins of every log10-density histogram"""

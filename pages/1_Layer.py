@@ -4,7 +4,7 @@ import streamlit as st
 
 from backend.density import DENSE, ULTRALOW, below_floor, is_dense, resolution_floor
 from backend.errors import UserError
-from backend.labels.joins import layer_table
+from backend.labels.joins import layer_table, with_labels
 from backend.store import queries
 from ui import common, figures, labeling
 from ui.tokens import md
@@ -24,11 +24,17 @@ SORTS = {
 def layer() -> None:
     db = common.database()
     common.labeler()
-    sae = common.choose_sae(db)
+    opened_on_best = common.param("sae") is None
+    sae = common.choose_sae(db, default=common.best_reconstructing(db))
     overlay = common.choose_sae(db, key="w_overlay", name="overlay", label="Overlay another SAE", optional=True)
     common.copy_link()
     row = queries.sae_row(db, sae)
     st.title(md(f"Layer · {sae}"))
+    if opened_on_best:
+        st.caption(
+            f"Opened on the SAE that reconstructs best (explained variance {row.explained_variance:.3f}); "
+            "choose another in the sidebar."
+        )
     st.caption(
         md(
             f"{row.hook} · {row.architecture} · {row.d_sae:,} features · L0 {row.l0:.1f} · "
@@ -117,9 +123,9 @@ def layer() -> None:
     )
     if not status.empty:
         st.markdown("**Density by verdict** (the team's labels of this SAE; each feature by its labelers' majority)")
-        by_verdict = feats.merge(status[["feature", "label"]], on="feature", how="left")
+        by_verdict = with_labels(feats, status)
         common.chart(figures.verdict_histogram(by_verdict, floor), key="verdicts")
-        n_labeled = int(by_verdict["label"].fillna("").ne("").sum())
+        n_labeled = int(by_verdict["label"].ne("").sum())
         st.caption(
             f"{n_labeled:,} labeled of {len(feats):,} features; densities over {row.n_tokens:,} tokens "
             f"({FIRING_LABELS[firing]}). Dead features are not drawn."

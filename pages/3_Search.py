@@ -4,11 +4,12 @@ from pathlib import Path
 
 import streamlit as st
 
+from backend import labels
 from backend.density import DENSE, is_dense
 from backend.errors import UserError
 from backend.explanations import store
 from backend.store import queries
-from ui import common
+from ui import common, labeling
 from ui.tokens import md
 
 common.setup("Search")
@@ -64,18 +65,31 @@ def _explanations(db: str, q: str, sae: str | None) -> None:
     if not q.strip():
         st.caption(
             "Ranked full-text search (BM25, word stems) over explanations imported with `python -m backend "
-            "explanations import`; every word must match."
+            "explanations import`, then the team's own label descriptions; every word must match."
         )
         return
     try:
         hits = store.search(store.location(), Path(db).name, q, sae)
     except UserError as e:
         st.warning(md(e))
+        hits = None
+    if hits is not None:
+        st.markdown(f"**{len(hits)}** imported explanations" + (" (first 200)" if len(hits) == 200 else ""))
+        hits = hits.assign(open=[common.feature_url(s, f) for s, f in zip(hits["sae"], hits["feature"])])
+        st.dataframe(
+            hits[["open", "sae", "feature", "text", "source", "score"]],
+            hide_index=True,
+            column_config={"open": st.column_config.LinkColumn("", display_text="open")},
+        )
+    try:
+        mine = labels.search_descriptions(labeling.labels_location(), Path(db).name, q, sae)
+    except UserError as e:
+        labeling.store_warning(e)
         return
-    st.markdown(f"**{len(hits)}** explanations" + (" (first 200)" if len(hits) == 200 else ""))
-    hits = hits.assign(open=[common.feature_url(s, f) for s, f in zip(hits["sae"], hits["feature"])])
+    st.markdown(f"**{len(mine)}** of the team's label descriptions")
+    mine = mine.assign(open=[common.feature_url(s, f) for s, f in zip(mine["sae"], mine["feature"])])
     st.dataframe(
-        hits[["open", "sae", "feature", "text", "source", "score"]],
+        mine[["open", "sae", "feature", "text", "labeler", "verdict"]],
         hide_index=True,
         column_config={"open": st.column_config.LinkColumn("", display_text="open")},
     )

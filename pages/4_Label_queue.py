@@ -1,9 +1,11 @@
 """Blind labeling: features sampled evenly across density buckets, density hidden until judged."""
 
+import secrets
+
 import streamlit as st
 
 from backend import labels
-from backend.density import density_bucket, log10_density
+from backend.density import TOO_FEW_FIRINGS, density_bucket, log10_density
 from backend.errors import UserError
 from backend.explanations import against_verdicts as av
 from backend.labels.queue import MODES, next_feature, still_eligible
@@ -11,7 +13,9 @@ from backend.store import queries
 from ui import auto_scores, common, feature_view, labeling
 
 common.setup("Label queue")
-QUEUE_EXAMPLES = 12  # top examples shown, padded with empty rows: their number must not hint at density
+QUEUE_EXAMPLES = TOO_FEW_FIRINGS
+"""top examples every queued feature shows: no fewer exist for any of them (the queue leaves out
+features that fired fewer times), so their number never hints at density"""
 
 
 @common.page
@@ -36,51 +40,55 @@ def queue() -> None:
         return
     current = current[current["sae"] == sae] if not current.empty else current
     disputed = _disputed(db, sae, current) if mode == "disagreements" else None
-    f = common.int_param("qf", 0, queries.sae_row(db, sae).d_sae - 1)
-    saved_key = f"_queue_saved_{sae}_{f}"
-    if (
-        f is not None
-        and not st.session_state.get(saved_key)
-        and not still_eligible(feats, current, me, mode, f, disputed)
-    ):
+    common.set_params(qf=None)  # links of earlier versions named the feature: never read, never kept
+    # the feature on screen lives in this session only: nothing that names it (URL, widget keys,
+    # the DOM) exists before the verdict; a reload serves the same step again
+    slot = f"_queue_{labeling.db_name(db)}_{sae}_{mode}_{step}"
+    held = st.session_state.get(slot)
+    f = held["feature"] if held else None
+    if f is not None and not held["saved"] and not still_eligible(feats, current, me, mode, f, disputed):
         f = None  # the mode changed, or someone labeled it meanwhile: this one no longer belongs here
     if f is None:
         f = next_feature(feats, current, me, mode, step, disputed)
         if f is None:
-            common.set_params(qf=None)
             st.success("Nothing left to label in this queue for this SAE.")
             return
-        common.set_params(qf=f, step=step)
-        saved_key = f"_queue_saved_{sae}_{f}"
+        held = st.session_state[slot] = {"feature": f, "token": secrets.token_hex(6), "saved": None}
+    key = f"queue_{held['token']}"
+    n_show = QUEUE_EXAMPLES  # (or the run's --n-top, if smaller: the same number for every queued feature)
 
-    saved = st.session_state.get(saved_key)
+    saved = held["saved"]
     st.markdown(f"### Feature {f}" if saved else "### Next feature")
+    few = int(((feats["count"] > 0) & (feats["count"] < TOO_FEW_FIRINGS)).sum())
     st.caption(
-        "Its id, density and number of examples stay hidden until you give a verdict, so they cannot sway you. "
-        "Keys 1, 2, 3 choose a verdict."
+        "Its id, density and number of examples stay hidden until you give a verdict, so they cannot sway you: "
+        "every feature here shows the same number of top examples. Keys 1, 2, 3 choose a verdict."
+        + (
+            f" {few:,} features fired fewer than {TOO_FEW_FIRINGS} times: too few firings to judge, not queued."
+            if few
+            else ""
+        )
     )
 
     def advance():
-        common.set_params(qf=None, step=step + 1)
+        common.set_params(step=step + 1)
 
     if saved:
         row = queries.feature(db, sae, f)
-        st.success(
-            f"Saved “{st.session_state[saved_key]}”. Density was {row.density:.2e} "
-            f"({density_bucket(log10_density(row.density))})."
-        )
+        st.success(f"Saved “{saved}”. Density was {row.density:.2e} ({density_bucket(log10_density(row.density))}).")
+        st.page_link(common.FEATURE, label=f"Open feature {f}", query_params=common.link_params(sae=sae, feature=f))
         st.button("Next →", on_click=advance, type="primary", key="next")
     else:
-        verdict = labeling.verdict_form(db, sae, f, key=f"queue_{f}", who=me, shortcuts=True)
+        verdict = labeling.verdict_form(db, sae, f, key=key, who=me, shortcuts=True)
         if verdict:
-            st.session_state[saved_key] = verdict
+            held["saved"] = verdict
             st.rerun()
         st.button("Skip", on_click=advance, key="skip")
-    feature_view.examples_panel(db, sae, f, n_top=QUEUE_EXAMPLES, quantiles=False, pad=not saved)
+    feature_view.examples_panel(db, sae, f, n_top=n_show, quantiles=False)
     if not saved:  # the verdict within reach after reading the examples
-        verdict = labeling.verdict_buttons(db, sae, f, key=f"queue_{f}", who=me, suffix="_below")
+        verdict = labeling.verdict_buttons(db, sae, f, key=key, who=me, suffix="_below")
         if verdict:
-            st.session_state[saved_key] = verdict
+            held["saved"] = verdict
             st.rerun()
     feature_view.effects_panel(db, sae, f)
 

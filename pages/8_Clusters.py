@@ -6,6 +6,7 @@ import streamlit as st
 from backend.density import DENSE, format_density, is_dense, resolution_floor
 from backend.engine.clusters import ANTIPODAL_COSINE, TAIL_COSINE
 from backend.errors import UserError
+from backend.labels.joins import with_labels
 from backend.store import queries
 from ui import common, figures, labeling
 from ui.tokens import md
@@ -25,7 +26,7 @@ def clusters() -> None:
     summary = queries.sae_diagnostics(db, sae)
     df = queries.diagnostics(db, sae)
     status = labeling.status_table(db, sae)
-    df = df.merge(status[["feature", "label"]], on="feature", how="left") if not status.empty else df.assign(label="")
+    df = with_labels(df, status)
     df["label"] = df["label"].fillna("")
     n_tok = row.n_tokens
 

@@ -158,3 +158,18 @@ def query(db: str, sql: str):
         return con.execute(sql).df()
     finally:
         con.close()
+
+
+def queued(at) -> tuple[int, str]:
+    """The feature the Label queue holds for this session, and the widget-key prefix of its
+    verdict form: the test's look behind the page, which shows neither before a verdict."""
+
+    def param(name, default):
+        v = at.query_params.get(name) if hasattr(at.query_params, "get") else None
+        v = v[0] if isinstance(v, list) else v
+        return v or default
+
+    suffix = f"_{param('mode', 'unlabeled')}_{param('step', '0')}"
+    held = [v for k, v in at.session_state.items() if k.startswith("_queue_") and k.endswith(suffix)]
+    assert held and "token" in held[0], "the queue holds no feature for this mode and step"
+    return int(held[0]["feature"]), f"queue_{held[0]['token']}"

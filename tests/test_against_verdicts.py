@@ -16,7 +16,7 @@ from backend.explanations import against_verdicts as av
 from backend.explanations import store
 from backend.explanations.formats import import_explanations
 from backend.store import queries
-from tests.helpers import app_runner
+from tests.helpers import app_runner, queued
 
 
 def test_auc_and_its_delong_interval_by_hand():
@@ -140,8 +140,8 @@ def test_the_disagreement_queue_serves_disputed_features_blind(scored_folder, mo
     run = app_runner(data, monkeypatch)
     at = run("pages/4_Label_queue.py", labeler="bob", sae="relu-b0", mode="disagreements", thr="0.6")
     assert not at.exception and not at.error, [e.value for e in at.error]
-    qf = at.query_params["qf"]
-    f = int(qf[0] if isinstance(qf, list) else qf)
+    f, key = queued(at)
+    assert "qf" not in at.query_params and str(f) not in key
     assert f in disputed
     shown = " ".join(str(e.value) for kind in ("markdown", "caption", "info", "success") for e in at.get(kind))
     assert f"Feature {f}" not in shown and "Next feature" in shown

@@ -267,13 +267,21 @@ def test_queue_takes_a_verdict_from_the_keyboard(server, browser):
     # the shortcut exists once its button is on the page (on a loaded machine, later than the heading)
     page.get_by_role("button", name=re.compile("unsure")).first.wait_for()
     page.get_by_role("heading", name="Label queue").click()  # focus out of the text field
+    before = (page.url, page.content(), " ".join(page.locator("[title]").evaluate_all("els => els.map(e => e.title)")))
     page.keyboard.press("3")
     page.get_by_text("Density was").wait_for(timeout=60_000)
     _no_traceback(page)
     from backend import labels
+    from backend.store import queries
 
     mine = labels.all_labels(data / "labels.sqlite")
     assert list(mine[mine["labeler"] == "kim"]["verdict"]) == ["unsure"]
+    f = int(mine[mine["labeler"] == "kim"]["feature"].iloc[0])
+    page.get_by_role("heading", name=f"Feature {f}").wait_for()  # named only now
+    density = f"{queries.feature(str(data / 'tiny.duckdb'), 'relu-b0', f).density:.2e}"
+    for where in before:  # the URL, the DOM and every tooltip, read before the verdict
+        assert "qf=" not in where and f"feature={f}" not in where and f"Feature {f}" not in where
+        assert not re.search(rf"queue_{f}_", where) and density not in where
     ctx.close()
 
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from backend import labels
+from backend.density import TOO_FEW_FIRINGS
 from backend.labels.access import Throttle
 from backend.store import queries
-from tests.helpers import app_runner, repo_root
+from tests.helpers import app_runner, queued, repo_root
 
 pytestmark = pytest.mark.integration
 
@@ -138,17 +140,17 @@ def test_search_page(app):
 def test_label_queue_and_feature_label(app, data_dir):
     at = app("pages/4_Label_queue.py", sae="relu-b0", labeler="ann")
     _ok(at)
-    qf = int(at.query_params["qf"][0] if isinstance(at.query_params["qf"], list) else at.query_params["qf"])
+    qf, key = queued(at)
     # blind: no density in the page before the verdict
     assert not any("Density was" in s.value for s in at.success)
-    at.button(key=f"queue_{qf}_interpretable").click().run()
+    at.button(key=f"{key}_interpretable").click().run()
     _ok(at)
     assert any("Density was" in s.value for s in at.success)
     saved = labels.latest(str(data_dir / "labels.sqlite"), "tiny.duckdb")
     assert ((saved["feature"] == qf) & (saved["labeler"] == "ann") & (saved["verdict"] == "interpretable")).any()
     at.button(key="next").click().run()
     _ok(at)
-    assert int(at.query_params["qf"] if not isinstance(at.query_params["qf"], list) else at.query_params["qf"][0]) != qf
+    assert queued(at)[0] != qf
     # the label shows on the feature page and in the layer table
     at = app("pages/2_Feature.py", sae="relu-b0", feature=str(qf), labeler="ann")
     _ok(at)
@@ -228,6 +230,7 @@ def test_agreement_queue_never_shows_a_feature_nobody_labeled(app, data_dir):
     run_id = queries.saes(str(data_dir / "tiny.duckdb"))["run_id"].iloc[0]
     feats = queries.features(str(data_dir / "tiny.duckdb"), "topk-b1")
     live = [int(f) for f in feats[feats["count"] > 0]["feature"]]
+    live = [int(f) for f in feats[feats["count"] >= TOO_FEW_FIRINGS]["feature"]]
     labeled_by_bob = live[-3:]
     for f in labeled_by_bob:
         labels.add(
@@ -238,9 +241,7 @@ def test_agreement_queue_never_shows_a_feature_nobody_labeled(app, data_dir):
     _ok(at)
     at.radio(key="w_mode").set_value("agreement").run()
     _ok(at)
-    qf = at.query_params["qf"]
-    qf = int(qf[0] if isinstance(qf, list) else qf)
-    assert qf in labeled_by_bob  # switched at once, without pressing Skip
+    assert queued(at)[0] in labeled_by_bob  # switched at once, without pressing Skip
 
 
 def test_links_never_carry_the_labeler(app):
@@ -283,19 +284,23 @@ def test_examples_show_value_position_and_uncounted_tokens(app, data_dir):
     assert "qmode='sideways'" in at.error[0].value
 
 
-def test_queue_hides_the_id_pads_examples_and_keeps_verdicts_in_reach(app, data_dir):
-    at = app("pages/4_Label_queue.py", sae="relu-b0", labeler="ann")
+def test_queue_hides_the_id_shows_a_fixed_number_of_examples_and_keeps_verdicts_in_reach(app, data_dir):
+    at = app("pages/4_Label_queue.py", sae="relu-b0", labeler="ann", qf="5")
     _ok(at)
-    qf = at.query_params["qf"]
-    qf = str(qf[0] if isinstance(qf, list) else qf)
+    f, key = queued(at)
+    qf = str(f)
+    assert "qf" not in at.query_params  # an old link's feature is dropped, never served
     shown = " ".join(m.value for m in at.markdown)
     assert f"Feature {qf}" not in shown and "Next feature" in shown
-    keys = [b.key for b in at.button if b.key and b.key.startswith(f"queue_{qf}_")]
-    assert sorted(keys) == sorted(f"queue_{qf}_{v}{s}" for v in labels.VERDICTS for s in ("", "_below"))
+    keys = [b.key for b in at.button if b.key and b.key.startswith(key)]
+    assert sorted(keys) == sorted(f"{key}_{v}{s}" for v in labels.VERDICTS for s in ("", "_below"))
+    named = re.compile(rf"(?<![0-9a-f]){qf}(?![0-9a-f])")
+    assert not any(named.search(w.key or "") for w in [*at.button, *at.text_input])  # keys name no feature
     html = "".join(h.proto.body for h in at.get("html"))
-    assert html.count('class="ex"') == 12  # padded: the number of rows says nothing about density
+    # every queued feature fired at least TOO_FEW_FIRINGS times: all show the run's n_top (6) examples
+    assert html.count('class="ex"') == 6 and "height: 3.2em" not in html
     assert sum("Labeling is open" in c.value for c in at.caption) == 1  # the notice once
-    at.button(key=f"queue_{qf}_not interpretable_below").click().run()
+    at.button(key=f"{key}_not interpretable_below").click().run()
     _ok(at)
     assert any("Density was" in s.value for s in at.success)
     assert any(f"Feature {qf}" in m.value for m in at.markdown)
@@ -384,3 +389,32 @@ def test_across_layers_page_with_a_training_context(tmp_path, corpus_file, sae_d
     assert at.query_params["metric"] in ("rel", ["rel"])
     at = run("pages/6_Layers.py", metric="sideways")
     assert "metric='sideways'" in at.error[0].value
+
+
+def test_layer_page_opens_on_the_best_sae_and_labels_read_plainly(app, data_dir):
+    saes = queries.saes(str(data_dir / "tiny.duckdb"))
+    best = saes.loc[saes["explained_variance"].idxmax(), "sae"]
+    assert best != saes["sae"].iloc[0]  # the first in the file is not the best here
+    at = app("pages/1_Layer.py")
+    _ok(at)
+    assert at.query_params["sae"] in (best, [best])
+    assert any("reconstructs best" in c.value for c in at.caption)
+    table = at.dataframe[0].value
+    assert table["label"].map(lambda v: isinstance(v, str)).all()  # never None or NaN
+    few = table[(table["count"] > 0) & (table["count"] < TOO_FEW_FIRINGS)]
+    assert len(few) and (few["label"] == few["count"].map(lambda n: f"too few firings to judge ({n})")).all()
+    assert (table[table["count"] >= TOO_FEW_FIRINGS]["label"] == "").all()
+
+
+def test_search_finds_the_teams_own_descriptions_with_who_wrote_them(app, data_dir):
+    run_id = queries.saes(str(data_dir / "tiny.duckdb"))["run_id"].iloc[0]
+    for who, f, desc in (("ann", 4, "Fires on closing brackets in code"), ("bob", 7, "opening brackets")):
+        labels.add(
+            data_dir / "labels.sqlite",
+            labels.Label("tiny.duckdb", run_id, "relu-b0", f, "interpretable", who, description=desc),
+        )
+    at = app("pages/3_Search.py", q="brackets CLOSING", **{"in": "explanations"})
+    _ok(at)
+    found = next(d.value for d in at.dataframe if "labeler" in d.value.columns)
+    assert found[["feature", "labeler", "text"]].values.tolist() == [[4, "ann", "Fires on closing brackets in code"]]
+    assert found["open"].iloc[0] == "Feature?db=tiny.duckdb&sae=relu-b0&feature=4"

@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 from backend import labels
 from backend.labels.access import Throttle
 from backend.store import queries
-from tests.helpers import app_runner, repo_root, run_backend
+from tests.helpers import app_runner, queued, repo_root, run_backend
 
 pytestmark = pytest.mark.integration
 
@@ -68,9 +68,8 @@ def test_password_guards_the_queue(app, data_dir, monkeypatch):
     assert any("requires a password" in i.value for i in at.info)
     assert not [b for b in at.button if b.key and b.key.startswith("queue_")]
     at.text_input(key="w_pw").input("s3cret").run()
-    qf = at.query_params["qf"]
-    qf = int(qf[0] if isinstance(qf, list) else qf)
-    at.button(key=f"queue_{qf}_unsure").click().run()
+    _, key = queued(at)
+    at.button(key=f"{key}_unsure").click().run()
     _no_traceback(at)
     assert _stored(data_dir) == 1
 

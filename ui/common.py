@@ -12,6 +12,7 @@ import math
 import os
 from urllib.parse import quote, urlencode
 
+import numpy as np
 import streamlit as st
 
 from backend.errors import UserError
@@ -213,9 +214,24 @@ def _switch_db() -> None:
     st.query_params["db"] = db
 
 
+def best_reconstructing(path: str) -> str:
+    """The SAE with the highest explained variance (the first in the file on ties): where a page
+    that shows one SAE opens when the URL names none."""
+    df = queries.saes(path)
+    return str(df.loc[df["explained_variance"].fillna(-np.inf).idxmax(), "sae"])
+
+
 def choose_sae(
-    path: str, key: str = "w_sae", name: str = "sae", label: str = "SAE", optional: bool = False, container=None
+    path: str,
+    key: str = "w_sae",
+    name: str = "sae",
+    label: str = "SAE",
+    optional: bool = False,
+    container=None,
+    default: str | None = None,
 ) -> str | None:
+    """An SAE of the database bound to the URL parameter `name`; without one, `default` (else
+    the first in the file)."""
     df = queries.saes(path)
     if df.empty:
         raise UserError("this database has no complete SAE yet (is its run still going? see `python -m backend info`)")
@@ -228,7 +244,7 @@ def choose_sae(
         options = [None] + options
         labels[None] = "—"
     elif current is None:
-        current = options[0]
+        current = default if default in options else options[0]
         set_params(**{name: current})
     seed(key, name, current)
     (container or st.sidebar).selectbox(

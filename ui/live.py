@@ -11,6 +11,7 @@ import streamlit as st
 
 from backend.engine.loss import METRIC, UNIT
 from backend.errors import UserError
+from backend.labels.joins import with_labels
 from backend.live import steer
 from backend.live.model import Live, load_live
 from backend.live.probe import probe
@@ -181,9 +182,7 @@ def probe_table(db: str, sae: str, top: pd.DataFrame) -> pd.DataFrame:
     feats = queries.features(db, sae)[["feature", "density", "max_act"]].rename(columns={"max_act": "stored_max"})
     out = top.merge(feats, on="feature", how="left")
     status = labeling.status_table(db, sae)
-    out = (
-        out.merge(status[["feature", "label"]], on="feature", how="left") if not status.empty else out.assign(label="")
-    )
+    out = with_labels(out, status)
     out["label"] = out["label"].fillna("")
     out["open"] = [common.feature_url(sae, f) for f in out["feature"]]
     return out

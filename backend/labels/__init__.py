@@ -14,6 +14,7 @@ from backend.labels.store import (
     history,
     latest,
     location,
+    search_descriptions,
 )
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "latest",
     "location",
     "read_table",
+    "search_descriptions",
     "to_bytes",
     "wilson",
 ]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from backend.density import TOO_FEW_FIRINGS
 from backend.labels.store import latest
 from backend.store import queries
 
@@ -25,6 +26,16 @@ def current_with_density(labels_loc: str, db_path: str) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+def with_labels(features: pd.DataFrame, status: pd.DataFrame | None) -> pd.DataFrame:
+    """`features` (one row per feature) with `label`: the consensus verdict from `status`
+    (feature_status's frame), "" where nobody labeled the feature. The one join of labels onto
+    features that every page uses."""
+    if status is None or status.empty:
+        return features.assign(label="")
+    out = features.merge(status[["feature", "label"]], on="feature", how="left")
+    return out.assign(label=out["label"].fillna("").astype(str))
+
+
 def layer_table(
     db_path: str,
     sae: str,
@@ -36,11 +47,13 @@ def layer_table(
     firing: str = "any",
 ) -> pd.DataFrame:
     """The Layer page's table: the SAE's features in a preset and log10-density range, sorted
-    (ties by feature id), each with its consensus label from `status` (feature_status's frame);
+    (ties by feature id), each with its consensus label from `status` (feature_status's frame),
+    or, unlabeled and fired fewer than TOO_FEW_FIRINGS times, "too few firings to judge (n)";
     densities count activations per `firing` (queries.features)."""
     shown = queries.filter_features(queries.features(db_path, sae, firing), preset, lo, hi)
     col, ascending = sort
-    shown = shown.sort_values([col, "feature"], ascending=[ascending, True])
-    if status is None or status.empty:
-        return shown.assign(label="")
-    return shown.merge(status[["feature", "label"]], on="feature", how="left")
+    shown = with_labels(shown.sort_values([col, "feature"], ascending=[ascending, True]), status)
+    few = (shown["label"] == "") & (shown["count"] > 0) & (shown["count"] < TOO_FEW_FIRINGS)
+    return shown.assign(
+        label=shown["label"].where(~few, shown["count"].map(lambda n: f"too few firings to judge ({n})"))
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from backend.density import bucket_order, density_bucket
+from backend.density import TOO_FEW_FIRINGS, bucket_order, density_bucket
 
 MODES = {
     "unlabeled": "only features nobody labeled",
@@ -16,13 +16,15 @@ MODES = {
 def candidates(
     features: pd.DataFrame, current: pd.DataFrame, me: str, mode: str, disputed: set[int] | None = None
 ) -> pd.DataFrame:
-    """Live features this labeler may be shown in this mode, with their density bucket.
+    """Features this labeler may be shown in this mode (those that fired at least
+    TOO_FEW_FIRINGS times), with their density bucket.
     `features`: the SAE's feature table (feature, count, log10_density); `current`: the latest
     verdicts on this SAE; `disputed`: features whose automatic score disagrees with the team's
     verdict (mode "disagreements": those this labeler has not judged come first)."""
     if mode not in MODES:
         raise ValueError(f"unknown queue mode {mode!r}")
-    live = features[features["count"] > 0].assign(bucket=lambda d: d["log10_density"].map(density_bucket))
+    live = features[features["count"] >= TOO_FEW_FIRINGS]
+    live = live.assign(bucket=live["log10_density"].map(density_bucket))
     labeled = set(current["feature"]) if not current.empty else set()
     mine = set(current[current["labeler"] == me]["feature"]) if not current.empty else set()
     if mode == "disagreements":

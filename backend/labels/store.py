@@ -422,3 +422,20 @@ def feature_status(loc: str | os.PathLike, db: str, sae: str) -> pd.DataFrame:
         np.where(out["n_no"] > out["n_yes"], "not interpretable", "unsure/split"),
     )
     return out.reset_index()[["feature", "n_labels", "label", "description"]]
+
+
+def search_descriptions(loc: str | os.PathLike, db: str, query: str, sae: str | None = None) -> pd.DataFrame:
+    """The team's current descriptions in which every word of `query` occurs (any case), with
+    who wrote them: (sae, feature, text, labeler, verdict), newest first."""
+    cols = ["sae", "feature", "text", "labeler", "verdict"]
+    words = [w.casefold() for w in "".join(c if c.isprintable() else " " for c in query).split()]
+    cur = latest(loc, db)
+    if cur.empty or not words:
+        return pd.DataFrame(columns=cols)
+    cur = cur[cur["description"].notna()]
+    if sae:
+        cur = cur[cur["sae"] == sae]
+    text = cur["description"].astype(str).str.casefold()
+    hit = np.logical_and.reduce([text.str.contains(w, regex=False) for w in words]) if len(cur) else []
+    out = cur[hit].sort_values("seq", ascending=False).rename(columns={"description": "text"})
+    return out[cols].reset_index(drop=True)
