@@ -38,6 +38,14 @@ def feature() -> None:
             st.rerun()
     nav[3].page_link(common.LAYER, label="layer page", query_params=common.link_params(sae=sae))
 
+    with st.sidebar:  # the verdict within the first screen, the evidence left whole
+        st.markdown(f"**Your verdict on feature {f}**")
+        saved = labeling.verdict_form(
+            db, sae, f, key="feat_label", who=who, suggestion=feature_view.best_explanation(db, sae, f)
+        )
+        if saved:
+            st.success(f"Saved: {saved}")
+
     status = labeling.status_table(db, sae)
     mine = status[status["feature"] == f]
     if len(mine):
@@ -73,10 +81,7 @@ def feature() -> None:
     live.steer_panel(db, sae, f, row)
 
     st.subheader("Label")
-    suggestion = feature_view.explanations_panel(db, sae, f)
-    saved = labeling.verdict_form(db, sae, f, key="feat_label", who=who, suggestion=suggestion)
-    if saved:
-        st.success(f"Saved: {saved}")
+    feature_view.explanations_panel(db, sae, f)
     labeling.history_panel(db, sae, f)
 
 

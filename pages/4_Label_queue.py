@@ -13,9 +13,9 @@ from backend.store import queries
 from ui import auto_scores, common, feature_view, labeling
 
 common.setup("Label queue")
+# top examples every queued feature shows: no fewer exist for any of them (the queue leaves out
+# features that fired fewer times), so their number never hints at density
 QUEUE_EXAMPLES = TOO_FEW_FIRINGS
-"""top examples every queued feature shows: no fewer exist for any of them (the queue leaves out
-features that fired fewer times), so their number never hints at density"""
 
 
 @common.page

@@ -410,3 +410,29 @@ def test_markup_in_a_database_never_renders_or_loads_and_its_names_link(
     finally:
         ctx.close()
         db.unlink()
+
+
+def test_the_labelers_name_stays_in_this_browser_and_never_travels(server, browser):
+    base, _ = server
+    ctx, page = _page(browser)
+    page.goto(base + "/Feature?db=tiny.duckdb&sae=relu-b0&feature=3")
+    name = page.get_by_label("Your name (for labels)")
+    name.fill("dora")
+    name.press("Enter")
+    page.wait_for_timeout(1500)
+    assert "dora" not in page.url
+    page.reload()  # a new session in the same browser
+    page.get_by_label("Your name (for labels)").wait_for()
+    page.wait_for_timeout(1000)
+    assert page.get_by_label("Your name (for labels)").input_value() == "dora"
+    page.goto(base + "/Label_queue?db=tiny.duckdb&sae=relu-b0")  # a link opened here
+    page.get_by_role("heading", name="Label queue").wait_for()
+    assert page.get_by_label("Your name (for labels)").input_value() == "dora"
+    url = page.url
+    ctx.close()
+    other, page = _page(browser)  # a colleague's browser opening the same link
+    page.goto(url)
+    page.get_by_role("heading", name="Label queue").wait_for()
+    page.wait_for_timeout(1000)
+    assert page.get_by_label("Your name (for labels)").input_value() == ""
+    other.close()

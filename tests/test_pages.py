@@ -403,7 +403,8 @@ def test_layer_page_opens_on_the_best_sae_and_labels_read_plainly(app, data_dir)
     assert table["label"].map(lambda v: isinstance(v, str)).all()  # never None or NaN
     few = table[(table["count"] > 0) & (table["count"] < TOO_FEW_FIRINGS)]
     assert len(few) and (few["label"] == few["count"].map(lambda n: f"too few firings to judge ({n})")).all()
-    assert (table[table["count"] >= TOO_FEW_FIRINGS]["label"] == "").all()
+    often = table[table["count"] >= TOO_FEW_FIRINGS]["label"]
+    assert often.isin(["", "interpretable", "not interpretable", "unsure/split"]).all() and (often == "").any()
 
 
 def test_search_finds_the_teams_own_descriptions_with_who_wrote_them(app, data_dir):
@@ -418,3 +419,12 @@ def test_search_finds_the_teams_own_descriptions_with_who_wrote_them(app, data_d
     found = next(d.value for d in at.dataframe if "labeler" in d.value.columns)
     assert found[["feature", "labeler", "text"]].values.tolist() == [[4, "ann", "Fires on closing brackets in code"]]
     assert found["open"].iloc[0] == "Feature?db=tiny.duckdb&sae=relu-b0&feature=4"
+
+
+def test_the_feature_pages_verdict_is_in_the_sidebar_beside_the_evidence(app):
+    at = app("pages/2_Feature.py", sae="relu-b0", feature="3", labeler="ann")
+    _ok(at)
+    keys = {b.key for b in at.sidebar.button if b.key}
+    assert {f"feat_label_{v}" for v in labels.VERDICTS} <= keys  # on the first screen, whatever the scroll
+    assert any("Your verdict on feature 3" in m.value for m in at.sidebar.markdown)
+    assert not [b for b in at.main.button if b.key and b.key.startswith("feat_label_")]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, unquote, urlencode
 
 import numpy as np
 import streamlit as st
@@ -300,16 +300,54 @@ def copy_link() -> None:
         st.code(f"{base}?{query}" if query else base, language=None)
 
 
+LABELER_COOKIE = "sae_dashboard_labeler"
+"""the cookie that keeps the labeler's name in this browser (a year; never in a link)"""
+
+
 def labeler() -> str | None:
-    """The labeler's name: typed once per browser session, kept in the session only, so a shared
-    link never makes a colleague label under someone else's name."""
+    """The labeler's name: typed once per browser, kept in this browser's cookie and the
+    session, never in a URL, so a shared link never makes a colleague label under someone
+    else's name, and a reload or a link opened here keeps it."""
     st.query_params.pop("labeler", None)  # older links carried it: drop it, never use it
     if "w_labeler" not in st.session_state:  # widget state may not survive a page change; this does
-        st.session_state["w_labeler"] = st.session_state.get("_labeler", "")
+        st.session_state["w_labeler"] = st.session_state.get("_labeler") or _cookie_name()
     name = st.sidebar.text_input("Your name (for labels)", key="w_labeler", max_chars=80, on_change=_keep_labeler)
+    st.sidebar.caption("Kept in this browser (a cookie), never in links you share.")
     st.session_state["_labeler"] = name
+    if st.session_state.pop("_labeler_to_cookie", False):
+        _set_cookie(name or "")
     return (name or "").strip() or None
 
 
 def _keep_labeler() -> None:
     st.session_state["_labeler"] = st.session_state["w_labeler"]
+    st.session_state["_labeler_to_cookie"] = True
+
+
+def _cookie_name() -> str:
+    try:
+        raw = st.context.cookies.get(LABELER_COOKIE)
+    except Exception:  # noqa: BLE001 - no browser context
+        return ""
+    return unquote(raw)[:80] if isinstance(raw, str) else ""
+
+
+def _set_cookie(name: str) -> None:
+    """The name into this browser's cookie, from a zero-height component (whose frame shares the
+    app's origin); an empty name clears it."""
+    import streamlit.components.v1 as components
+
+    age = 365 * 24 * 3600 if name else 0
+    with st.sidebar:
+        _cookie_frame(components, age, name)
+
+
+def _cookie_frame(components, age: int, name: str) -> None:
+    import json
+
+    components.html(
+        "<script>document.cookie = "
+        f"{json.dumps(LABELER_COOKIE + '=')} + encodeURIComponent({json.dumps(name)}) + "
+        f"'; path=/; max-age={age}; SameSite=Strict';</script>",
+        height=0,
+    )

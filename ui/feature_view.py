@@ -129,6 +129,16 @@ def summary(row: dict, n_features: int) -> pd.DataFrame:
     )
 
 
+def best_explanation(db: str, sae: str, f: int) -> str | None:
+    """The best-scored imported explanation's text (the label form starts from it), or None;
+    an unreadable store is None here and a warning in `explanations_panel`."""
+    try:
+        df = store.for_feature(store.location(), Path(db).name, sae, f)
+    except UserError:
+        return None
+    return None if df.empty else str(df["text"].iloc[0])
+
+
 def explanations_panel(db: str, sae: str, f: int) -> str | None:
     """Explanations imported from Neuronpedia or delphi, best score first; returns the first
     one's text (the label form offers it as a starting description)."""
