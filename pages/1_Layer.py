@@ -7,17 +7,10 @@ from backend.errors import UserError
 from backend.labels.joins import layer_table, with_labels
 from backend.store import queries
 from ui import common, figures, labeling
+from ui.feature_list import FIRING_LABELS, PRESETS, SORTS, FeatureList
 from ui.tokens import md
 
 common.setup("Layer")
-PRESETS = ["all", "dead", "ultralow", "dense"]
-FIRING_LABELS = {"any": "any nonzero activation", "1pct": "≥ 1% of its max", "10pct": "≥ 10% of its max"}
-SORTS = {
-    "density ↓": ("density", False),
-    "density ↑": ("density", True),
-    "max act ↓": ("max_act", False),
-    "feature": ("feature", True),
-}
 
 
 @common.page
@@ -137,7 +130,8 @@ def layer() -> None:
     rows = picked.selection.rows if picked else []
     if rows:
         f = int(shown.iloc[rows[0]]["feature"])
-        st.switch_page(common.FEATURE, query_params=common.link_params(sae=sae, feature=f))
+        listed = FeatureList(preset, lo, hi, firing, sort).params()
+        st.switch_page(common.FEATURE, query_params=common.link_params(sae=sae, feature=f, list="layer", **listed))
 
 
 layer()

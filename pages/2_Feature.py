@@ -7,6 +7,7 @@ import streamlit as st
 from backend.density import density_bucket, log10_density
 from backend.store import queries
 from ui import common, feature_view, figures, labeling, live
+from ui.feature_list import PARAMS, FeatureList, opened_from_list
 from ui.tokens import escape, md
 
 common.setup("Feature")
@@ -27,16 +28,7 @@ def feature() -> None:
     row = queries.feature(db, sae, f)
 
     st.title(md(f"Feature {f} · {sae}"))
-    nav = st.columns([1, 1, 1, 1, 4])
-    for col, label, target in (
-        (nav[0], "← previous", (f - 1) % n),
-        (nav[1], "next →", (f + 1) % n),
-        (nav[2], "random", None),
-    ):
-        if col.button(label, key=f"nav_{label}"):
-            common.set_params(feature=target if target is not None else random.randrange(n))
-            st.rerun()
-    nav[3].page_link(common.LAYER, label="layer page", query_params=common.link_params(sae=sae))
+    _navigation(db, sae, f, n)
 
     with st.sidebar:  # the verdict within the first screen, the evidence left whole
         st.markdown(f"**Your verdict on feature {f}**")
@@ -83,6 +75,34 @@ def feature() -> None:
     st.subheader("Label")
     feature_view.explanations_panel(db, sae, f)
     labeling.history_panel(db, sae, f)
+
+
+def _navigation(db: str, sae: str, f: int, n: int) -> None:
+    """Previous / next: through the Layer list this page was opened from (its filter, range,
+    firing threshold and sort travel in the URL), else by feature id; "back" returns to the list."""
+    nav = st.columns([1, 1, 1, 2, 3])
+    if opened_from_list():
+        listed = FeatureList.from_url()
+        order = listed.rows(db, sae, labeling.status_table(db, sae))["feature"].astype(int).tolist()
+        i = order.index(f) if f in order else None
+        steps = (
+            (nav[0], "← previous", order[i - 1] if i else None),
+            (nav[1], "next →", order[i + 1] if i is not None and i + 1 < len(order) else None),
+        )
+        where = f"{i + 1:,} of {len(order):,}" if i is not None else f"not among the {len(order):,}"
+        nav[4].caption(md(f"Feature {where} in the list: {listed.describe()}"))
+        back = common.link_params(sae=sae, **listed.params())
+        nav[3].page_link(common.LAYER, label="← back to the list", query_params=back)
+    else:
+        steps = ((nav[0], "← previous", (f - 1) % n), (nav[1], "next →", (f + 1) % n))
+        nav[3].page_link(common.LAYER, label="layer page", query_params=common.link_params(sae=sae))
+    for col, label, target in steps:
+        if col.button(label, key=f"nav_{label}", disabled=target is None):
+            common.set_params(feature=target)
+            st.rerun()
+    if nav[2].button("random", key="nav_random"):
+        common.set_params(feature=random.randrange(n), list=None, **dict.fromkeys(PARAMS))
+        st.rerun()
 
 
 feature()

@@ -428,3 +428,23 @@ def test_the_feature_pages_verdict_is_in_the_sidebar_beside_the_evidence(app):
     assert {f"feat_label_{v}" for v in labels.VERDICTS} <= keys  # on the first screen, whatever the scroll
     assert any("Your verdict on feature 3" in m.value for m in at.sidebar.markdown)
     assert not [b for b in at.main.button if b.key and b.key.startswith("feat_label_")]
+
+
+def test_previous_and_next_walk_the_layer_list_and_back_returns_to_it(app, data_dir):
+    from backend.labels.joins import layer_table
+
+    db = str(data_dir / "tiny.duckdb")
+    order = layer_table(db, "relu-b0", None, "all", -2.0, 0.0, ("max_act", False), "any")["feature"].tolist()
+    assert len(order) >= 3 and order != sorted(order)
+    params = dict(sae="relu-b0", list="layer", lo="-2.0", hi="0.0", sort="max act ↓")
+    at = app("pages/2_Feature.py", feature=str(order[1]), **params)
+    _ok(at)
+    assert any(f"2 of {len(order)} in the list" in c.value for c in at.caption)
+    back = next(str(el.proto) for el in at.main if "back to the list" in str(getattr(el, "proto", "")))
+    assert "lo=-2.0" in back and "sort=max" in back and "feature=" not in back
+    at.button(key="nav_next →").click().run()
+    assert at.query_params["feature"] in (str(order[2]), [str(order[2])])
+    at.button(key="nav_← previous").click().run()
+    at.button(key="nav_← previous").click().run()
+    assert at.query_params["feature"] in (str(order[0]), [str(order[0])])
+    assert at.button(key="nav_← previous").disabled  # the list's first
