@@ -222,7 +222,7 @@ def propagation(db: str, saes) -> None:
             "under 'The numbers'). Blank: no SAE of that family there, or the row's own hook."
         )
     else:
-        df = out[out["mode"] == "alone"].assign(hook="output", depth=np.inf, spliced_depth=lambda d: d["depth"])
+        df = figures.output_cells(out)
         col, fmt, bar = "harm", ".4f", harm
         text = (
             f"The model's output with the row's SAE alone spliced in: {harm}, against the clean model on the same "

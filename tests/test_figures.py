@@ -62,3 +62,27 @@ def test_log_axes_have_full_labels_and_dead_features_no_histogram():
     assert all(t.replace(".", "").replace("e-", "").isdigit() for t in fig.layout.xaxis.ticktext)
     assert format_density(0.25) == "25.0%" and format_density(0.0123) == "1.23%"
     assert format_density(0.0) == "0 (dead)" and format_density(2e-6) == "2.00e-06"
+
+
+def test_the_output_heatmap_orders_rows_by_the_spliced_saes_depth():
+    from ui import figures
+
+    out = pd.DataFrame(
+        {
+            "mode": ["alone"] * 3 + ["ablated"],
+            "sae": [
+                "relu-blocks.0.hook_resid_post",
+                "relu-blocks.0.hook_resid_pre",
+                "relu-blocks.1.hook_resid_post",
+                "x",
+            ],
+            "spliced_hook": ["blocks.0.hook_resid_post", "blocks.0.hook_resid_pre", "blocks.1.hook_resid_post", "x"],
+            "architecture": ["relu"] * 4,
+            "depth": [1, 0, 2, 0],
+            "harm": [0.2, 0.1, 0.3, 0.0],
+        }
+    )
+    cells = figures.output_cells(out)
+    assert (cells["hook"] == "output").all() and list(cells["spliced_depth"]) == [1, 0, 2]
+    fig = figures.propagation_heatmap(cells, "harm", {s: None for s in cells["sae"]})
+    assert list(fig.data[0].y) == ["0.resid_pre", "0.resid_post", "1.resid_post"]  # shallow first, reversed axis

@@ -448,3 +448,10 @@ def test_previous_and_next_walk_the_layer_list_and_back_returns_to_it(app, data_
     at.button(key="nav_← previous").click().run()
     assert at.query_params["feature"] in (str(order[0]), [str(order[0])])
     assert at.button(key="nav_← previous").disabled  # the list's first
+
+
+def test_architectures_read_as_people_name_them(app):
+    at = app()
+    _ok(at)
+    table = at.dataframe[0].value
+    assert set(table["architecture"]) == {"ReLU (L1)", "TopK"}  # sae_lens records "standard" and "topk"

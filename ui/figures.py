@@ -495,6 +495,13 @@ def _harm_scale(lo: float, hi: float) -> dict:
     return dict(colorscale="RdBu_r", cmid=0.0) if lo < 0 < hi else dict(colorscale="Reds", cmin=min(lo, 0.0))
 
 
+def output_cells(out: pd.DataFrame) -> pd.DataFrame:
+    """The "model output" heatmap's cells: each SAE spliced alone, measured at the output, rows
+    by the spliced SAE's own depth (taken before `depth` becomes the output's)."""
+    alone = out[out["mode"] == "alone"]
+    return alone.assign(spliced_depth=alone["depth"]).assign(hook="output", depth=np.inf)
+
+
 def propagation_heatmap(
     df: pd.DataFrame, value: str, links: dict[str, str], fmt: str = ".3f", colorbar: str = ""
 ) -> go.Figure:

@@ -166,10 +166,29 @@ class _Pool:
 _pool = _Pool()
 
 
+ARCHITECTURE_NAMES = {
+    "standard": "ReLU (L1)",
+    "topk": "TopK",
+    "batchtopk": "BatchTopK",
+    "jumprelu": "JumpReLU",
+    "gated": "Gated",
+}
+"""how an SAE's architecture reads on a page: sae_lens records a ReLU SAE with an L1 penalty by
+its class name, "standard"; names not here are shown as recorded"""
+
+
+def _named(df: pd.DataFrame) -> pd.DataFrame:
+    for col in ("architecture", "family"):
+        if col in df.columns and len(df):
+            df[col] = df[col].map(lambda a: ARCHITECTURE_NAMES.get(a, a) if isinstance(a, str) else a)
+    return df
+
+
 def _df(path: str, sql: str, params=None) -> pd.DataFrame:
+    """Rows of a query; architectures (and SAE families) under the names people read."""
     with _pool.cursor(path) as cur:
         try:
-            return cur.execute(sql, params or []).df()
+            return _named(cur.execute(sql, params or []).df())
         except duckdb.CatalogException:
             raise UserError(f"{Path(path).name} is not a feature database made by this tool") from None
         except duckdb.Error as e:  # a file damaged after it was checked
