@@ -46,12 +46,13 @@ def overview() -> None:
         )
 
     # key columns first, so they show without scrolling; a new frame, never the cached one
-    cols = ["sae", "l0", "explained_variance", "ev_inside", "ev_beyond", "downstream_value", "n_dead", "n_dense"]
-    cols += ["hook", "architecture", "train_context", "d_sae", "downstream_metric", "recon_tokens", "n_tokens"]
+    cols = ["sae", "hook", "l0", "explained_variance", "ev_inside", "ev_beyond", "downstream_value", "n_dead"]
+    cols += ["n_dense", "architecture", "train_context", "d_sae", "downstream_metric", "recon_tokens", "n_tokens"]
     table = saes[cols].assign(open=[common.url("Layer", sae=s) for s in saes["sae"]])[["open", *cols]]
     st.dataframe(
         table,
         hide_index=True,
+        height=35 * (len(table) + 1) + 3,  # every SAE's row, no inner scrolling
         column_config={
             "open": st.column_config.LinkColumn("layer page", display_text="open"),
             "l0": st.column_config.NumberColumn("L0", format="%.1f", help="mean number of active features per token"),

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from backend import labels
-from backend.density import bucket_order
+from backend.density import TOO_FEW_FIRINGS, bucket_order
 from backend.errors import UserError
 from backend.explanations import against_verdicts as av
 from backend.store import queries
@@ -30,11 +30,18 @@ def interpretability() -> None:
 
 
 def _by_density(db: str, cur) -> None:
-    table = labels.interpretability_by_bucket(cur)
+    few = cur["count"].fillna(0) < TOO_FEW_FIRINGS
+    table = labels.interpretability_by_bucket(cur[~few])
     common.chart(figures.interpretability_chart(table), key="interp")
+    n_few = cur[few]["feature"].nunique()
     st.caption(
-        "Each feature counts once, by the majority of its labelers' current verdicts ('unsure' abstains; "
-        "ties are left out); n is the number of such features."
+        "Each feature counts once, by the majority of its labelers' current verdicts ('unsure' abstains; a tie "
+        "between interpretable and not is left out); n, on each point, is the number of such features."
+        + (
+            f" Left out: {n_few} labeled feature(s) that fired fewer than {TOO_FEW_FIRINGS} times, too few to judge."
+            if n_few
+            else ""
+        )
     )
     order = {b: i for i, b in enumerate(bucket_order())}
     shown = table.merge(queries.saes(db)[["sae", "depth"]], on="sae")

@@ -38,7 +38,8 @@ def test_charts_colour_by_depth_style_by_architecture_and_mark_dense_and_floor()
     # one row per hook by depth, TopK and ReLU side by side
     assert [a.text for a in fig.layout.annotations if a.text in ("standard", "topk")] == ["standard", "topk"]
     lines = {round(s.x0, 3) for s in fig.layout.shapes}
-    assert lines == {-1.0, -4.8}
+    assert lines == {-1.0, -5.0, -4.8}  # dense cut, ultralow cut, resolution floor
+    assert fig.layout.legend.y > 1  # above the plot: never over the x axis's title
     over = figures.density_histograms(hist, saes, "overlay", floor=-4.8)
     styles = {t.name: (t.line.color, t.line.dash) for t in over.data if t.name and "·" in t.name}
     assert styles["0.resid_pre · standard"][0] == styles["0.resid_pre · topk"][0]

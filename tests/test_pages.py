@@ -455,3 +455,25 @@ def test_architectures_read_as_people_name_them(app):
     _ok(at)
     table = at.dataframe[0].value
     assert set(table["architecture"]) == {"ReLU (L1)", "TopK"}  # sae_lens records "standard" and "topk"
+
+
+def test_interpretability_leaves_out_features_too_rare_to_judge_and_shows_n(app, data_dir):
+    db = str(data_dir / "tiny.duckdb")
+    run_id = queries.saes(db)["run_id"].iloc[0]
+    feats = queries.features(db, "relu-b0")
+    rare = int(feats[(feats["count"] > 0) & (feats["count"] < TOO_FEW_FIRINGS)]["feature"].iloc[0])
+    often = int(feats[feats["count"] >= TOO_FEW_FIRINGS]["feature"].iloc[0])
+    lp = data_dir / "labels.sqlite"
+    for f in (rare, often):
+        labels.add(lp, labels.Label("tiny.duckdb", run_id, "relu-b0", f, "interpretable", "zed"))
+    at = app("pages/5_Interpretability.py")
+    _ok(at)
+    left_out = [c.value for c in at.caption if "Left out:" in c.value]
+    assert left_out and f"fired fewer than {TOO_FEW_FIRINGS} times" in left_out[0]
+    chart = next(c.proto.spec for c in at.get("plotly_chart") if "fraction of features interpretable" in c.proto.spec)
+    assert "n=" in chart
+    judged = at.dataframe[0].value
+    cur = labels.latest(lp, "tiny.duckdb")
+    mine = cur[(cur["sae"] == "relu-b0") & (cur["verdict"] != "unsure")]
+    counted = set(mine["feature"]) & set(feats[feats["count"] >= TOO_FEW_FIRINGS]["feature"])
+    assert rare not in counted and int(judged[judged["sae"] == "relu-b0"]["n"].sum()) <= len(counted)

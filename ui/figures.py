@@ -19,7 +19,15 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from backend.density import DENSE, LOG_BIN_WIDTH, activation_bin_edges, bucket_order, is_dense, log_density_edges
+from backend.density import (
+    DENSE,
+    LOG_BIN_WIDTH,
+    ULTRALOW,
+    activation_bin_edges,
+    bucket_order,
+    is_dense,
+    log_density_edges,
+)
 from backend.engine.clusters import TAIL_COSINE
 
 # ---- text in figures is data: `plain` escapes it all, except the markup this module writes ----
@@ -112,6 +120,7 @@ def plain(fig: go.Figure) -> go.Figure:
 
 DASHES = ["solid", "dash", "dot", "dashdot", "longdash"]
 DENSE_X = math.log10(DENSE)
+ULTRALOW_X = math.log10(ULTRALOW)
 
 
 def depth_colours(saes: pd.DataFrame) -> dict[str, str]:
@@ -138,9 +147,10 @@ def depth_axis(fig: go.Figure, saes: pd.DataFrame, **where) -> None:
 
 
 def density_marks(fig: go.Figure, floor: float | None) -> None:
-    """The dense cut and the resolution floor as vertical lines in every panel. Shapes are set
+    """The dense cut, the ultralow cut and the resolution floor as vertical lines in every panel. Shapes are set
     in one go: add_vline(row="all") costs 80 ms a line on a 14-panel figure."""
-    marks = [(DENSE_X, "#b22")] + ([(floor, "#555")] if floor is not None and np.isfinite(floor) else [])
+    marks = [(DENSE_X, "#b22"), (ULTRALOW_X, "#26a")]
+    marks += [(floor, "#555")] if floor is not None and np.isfinite(floor) else []
     axes = sorted(
         (k[len("xaxis") :] for k in fig.layout.to_plotly_json() if k.startswith("xaxis")), key=lambda n: int(n or 1)
     ) or [""]
@@ -163,7 +173,12 @@ def density_marks(fig: go.Figure, floor: float | None) -> None:
 
 def _mark_legend(fig: go.Figure, floor: float | None) -> None:
     """Legend entries for the two lines (vlines have none of their own)."""
-    for name, colour in ((f"dense cut ({DENSE:.0%})", "#b22"), ("resolution floor (1 / tokens)", "#555")):
+    lines = (
+        (f"dense cut ({DENSE:.0%})", "#b22"),
+        (f"ultralow cut ({ULTRALOW:g})", "#26a"),
+        ("resolution floor (1 / tokens)", "#555"),
+    )
+    for name, colour in lines:
         if "floor" in name and floor is None:
             continue
         fig.add_trace(
@@ -229,7 +244,8 @@ def density_histograms(df: pd.DataFrame, saes: pd.DataFrame, mode: str = "facet"
         _mark_legend(fig, floor)
         fig.update_xaxes(title_text="log10 feature density", row=len(hooks))
         fig.update_layout(height=max(320, 150 * len(hooks)), bargap=0)
-    fig.update_layout(margin=dict(t=40, l=10, r=10, b=10), legend=dict(orientation="h", y=-0.08))
+    # the legend above the plot: below it, it covered the x axis's title
+    fig.update_layout(margin=dict(t=70, l=10, r=10, b=10), legend=dict(orientation="h", y=1.02, yanchor="bottom"))
     return fig
 
 
@@ -399,7 +415,9 @@ def interpretability_chart(df: pd.DataFrame) -> go.Figure:
             go.Scatter(
                 x=g["bucket"],
                 y=g["frac"],
-                mode="markers",
+                mode="markers+text",
+                text=[f"n={n}" for n in g["n"]],
+                textposition="middle right",
                 name=sae,
                 error_y=dict(type="data", symmetric=False, array=g["hi"] - g["frac"], arrayminus=g["frac"] - g["lo"]),
                 hovertext=[f"{k} of {n} features interpretable" for k, n in zip(g["k"], g["n"])],

@@ -16,6 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from backend import labels
+from backend.density import TOO_FEW_FIRINGS
 from backend.errors import UserError
 from backend.labels.access import Throttle
 from backend.labels.joins import current_with_density as _current_with_density
@@ -207,9 +208,10 @@ def overview_panel(db_path: str) -> None:
         st.caption("No labels yet: the Label queue page samples features across density buckets for judging.")
         st.page_link(common.QUEUE, label="Open the label queue →", query_params=common.link_params())
         return
-    table = labels.interpretability_by_bucket(cur)
+    table = labels.interpretability_by_bucket(cur[cur["count"].fillna(0) >= TOO_FEW_FIRINGS])
     common.chart(figures.interpretability_chart(table), key="interp_overview")
     st.caption(
         f"{int(table['n'].sum())} features with a majority verdict ({len(cur)} current verdicts from "
-        f"{cur['labeler'].nunique()} labeler(s)); 'unsure' abstains, ties are left out; bars are 95% Wilson intervals."
+        f"{cur['labeler'].nunique()} labeler(s)); 'unsure' abstains, ties are left out, and so are features that "
+        f"fired fewer than {TOO_FEW_FIRINGS} times (too few to judge); bars are 95% Wilson intervals."
     )

@@ -12,17 +12,23 @@ from backend.store import queries
 
 
 def current_with_density(labels_loc: str, db_path: str) -> pd.DataFrame:
-    """Latest labels of this database's SAEs, each with its feature's density and log10."""
+    """Latest labels of this database's SAEs, each with its feature's firing count, density and log10."""
     cur = latest(labels_loc, Path(db_path).name)
     if cur.empty:
-        return cur.assign(density=pd.Series(dtype=float), log10_density=pd.Series(dtype=float))
+        return cur.assign(
+            count=pd.Series(dtype=float), density=pd.Series(dtype=float), log10_density=pd.Series(dtype=float)
+        )
     cur = cur[cur["sae"].isin(set(queries.saes(db_path)["sae"]))]
     parts = [
-        g.merge(queries.features(db_path, sae)[["feature", "density", "log10_density"]], on="feature", how="left")
+        g.merge(
+            queries.features(db_path, sae)[["feature", "count", "density", "log10_density"]], on="feature", how="left"
+        )
         for sae, g in cur.groupby("sae")
     ]
     if not parts:
-        return cur.assign(density=pd.Series(dtype=float), log10_density=pd.Series(dtype=float))
+        return cur.assign(
+            count=pd.Series(dtype=float), density=pd.Series(dtype=float), log10_density=pd.Series(dtype=float)
+        )
     return pd.concat(parts, ignore_index=True)
 
 
