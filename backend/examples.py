@@ -21,6 +21,28 @@ def dedupe_windows(ex: pd.DataFrame) -> pd.DataFrame:
     return ex[ex.index.isin(kept)]
 
 
+def distinct_contexts(ex: pd.DataFrame) -> pd.DataFrame:
+    """Top examples with one row per context: an example whose window overlaps a higher one's in
+    the same sequence is folded into it, its position listed in `also` (sorted). Rows keep the
+    frame's order (best first); the exact token-level top-k is the frame itself."""
+    if ex.empty:
+        return ex.assign(also=[[] for _ in range(len(ex))])
+    kept: list = []
+    spans: dict[int, list[tuple[int, int, object]]] = {}
+    also: dict[object, list[int]] = {}
+    for idx, r in ex.sort_values("value", ascending=False, kind="stable").iterrows():
+        lo, hi = int(r["ctx_start"]), int(r["ctx_start"]) + len(r["acts"])
+        home = next((k for a, b, k in spans.get(int(r["seq"]), []) if a < hi and lo < b), None)
+        if home is None:
+            kept.append(idx)
+            spans.setdefault(int(r["seq"]), []).append((lo, hi, idx))
+            also[idx] = []
+        else:
+            also[home].append(int(r["pos"]))
+    out = ex.loc[[i for i in ex.index if i in also]]
+    return out.assign(also=[sorted(also[i]) for i in out.index])
+
+
 def activation_share(hist: np.ndarray, log_lo: float, log_hi: float, lo: float, hi: float) -> float:
     """Share of a feature's nonzero activations with value in [lo, hi), from its stored log-binned
     histogram (underflow bin first, overflow last). Within a bin, activations are taken as spread

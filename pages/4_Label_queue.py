@@ -84,7 +84,7 @@ def queue() -> None:
             held["saved"] = verdict
             st.rerun()
         st.button("Skip", on_click=advance, key="skip")
-    feature_view.examples_panel(db, sae, f, n_top=n_show, quantiles=False)
+    feature_view.examples_panel(db, sae, f, n_top=n_show, quantiles=False, exact=True)
     if not saved:  # the verdict within reach after reading the examples
         verdict = labeling.verdict_buttons(db, sae, f, key=key, who=me, suffix="_below")
         if verdict:

@@ -33,3 +33,23 @@ def test_examples_dedupe_and_groups():
     assert activation_share(hist, -4, 4, 0.0, 0.5) == pytest.approx(0.25)
     # an interval cutting a bin gets the part of it that it covers, in log10
     assert activation_share(hist, -4, 4, 1.0, 10**0.0625) == pytest.approx(0.75 / 2)
+
+
+def test_overlapping_top_windows_fold_into_one_context():
+    import pandas as pd
+
+    from backend.examples import distinct_contexts
+
+    ex = pd.DataFrame(
+        {
+            "seq": [59, 59, 59, 7, 59],
+            "pos": [40, 42, 46, 10, 90],
+            "ctx_start": [32, 34, 38, 2, 82],
+            "value": [9.0, 8.0, 7.0, 6.0, 5.0],
+            "acts": [[0.0] * 12] * 5,
+        }
+    )
+    got = distinct_contexts(ex)
+    assert list(got["pos"]) == [40, 10, 90]  # best first, one per context
+    assert list(got["also"]) == [[42, 46], [], []]
+    assert distinct_contexts(ex.iloc[:0]).empty

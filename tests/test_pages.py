@@ -477,3 +477,20 @@ def test_interpretability_leaves_out_features_too_rare_to_judge_and_shows_n(app,
     mine = cur[(cur["sae"] == "relu-b0") & (cur["verdict"] != "unsure")]
     counted = set(mine["feature"]) & set(feats[feats["count"] >= TOO_FEW_FIRINGS]["feature"])
     assert rare not in counted and int(judged[judged["sae"] == "relu-b0"]["n"].sum()) <= len(counted)
+
+
+def test_top_examples_show_distinct_contexts_and_the_exact_top_k_on_request(app, data_dir):
+    feats = queries.features(str(data_dir / "tiny.duckdb"), "topk-b1")
+    busy = str(int(feats.sort_values("count", ascending=False)["feature"].iloc[0]))
+
+    def rows(**kw):
+        at = app("pages/2_Feature.py", sae="topk-b1", feature=busy, qmode="count", **kw)
+        _ok(at)
+        first = next(h.proto.body for h in at.get("html") if 'class="ex"' in h.proto.body)
+        return first.count('class="ex"'), first
+
+    n_contexts, shown = rows()
+    n_exact, _ = rows(tops="tokens")
+    assert n_exact >= n_contexts and (n_exact == n_contexts or "also fires at" in shown)
+    at = app("pages/2_Feature.py", sae="topk-b1", feature=busy, tops="sideways")
+    assert "tops='sideways'" in at.error[0].value

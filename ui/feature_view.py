@@ -10,7 +10,7 @@ import streamlit as st
 
 from backend.density import DENSE, format_density, is_dense, log10_density, resolution_floor
 from backend.errors import UserError
-from backend.examples import activation_share, dedupe_windows, equal_width_groups
+from backend.examples import activation_share, dedupe_windows, distinct_contexts, equal_width_groups
 from backend.explanations import store
 from backend.store import queries
 from backend.store.schema import ExampleKind
@@ -26,11 +26,15 @@ table.labels td, table.labels th { padding: 2px 8px; text-align: left; vertical-
 QUANTILE_MODES = {"count": "equal-count quantiles", "width": "equal-width intervals"}
 
 
+TOP_MODES = {"contexts": "distinct contexts", "tokens": "every top token (exact top-k)"}
+
+
 def examples_panel(
-    db: str, sae: str, f: int, n_top: int | None = None, quantiles: bool = True, pad: bool = False
+    db: str, sae: str, f: int, n_top: int | None = None, quantiles: bool = True, pad: bool = False, exact: bool = False
 ) -> None:
-    """Top examples (and sampled ones); `pad` fills up to n_top rows with empty ones, so a blind
-    labeler cannot read a rare feature's density off a short list."""
+    """Top examples (and sampled ones): one per context by default (the URL's `tops` chooses the
+    exact token-level top-k instead; `exact` forces it, as the blind queue's fixed count needs);
+    `pad` fills up to n_top rows with empty ones."""
     ex = queries.examples(db, sae, f)
     st.html(CSS)
     if ex.empty:
@@ -38,6 +42,9 @@ def examples_panel(
         return
     scale = float(ex["value"].max())
     top = dedupe_windows(ex[ex["kind"] == ExampleKind.TOP])
+    mode = "tokens" if exact else common.choice("tops", TOP_MODES, "Top examples as", "contexts")
+    if mode == "contexts":
+        top = distinct_contexts(top)
     if n_top is not None:
         top = top.head(n_top)
     st.markdown(f"**Top activations** (shading relative to the max, {scale:.3g}; hover a token for its value)")

@@ -55,10 +55,12 @@ def example_rows_html(rows, scale_of=None) -> str:
     for r in rows.itertuples():
         scale = scale_of(r) if scale_of else r.value
         counted = getattr(r, "counted", None)
+        more = list(getattr(r, "also", None) or [])
+        also = f"; also fires at {', '.join(map(str, more))} in this context" if more else ""
         out.append(
             '<div class="ex" style="border-bottom: 1px solid #e3e3e3; padding: 3px 0;">'
             f'<div class="meta" style="font-size: 0.78em; color: #666;">{float(r.value):.3g} at position {int(r.pos)}'
-            f" (sequence {int(r.seq)})</div>"
+            f" (sequence {int(r.seq)}){also}</div>"
             + tokens_html(r.tokens, r.acts, scale, r.pos - r.ctx_start, counted)
             + "</div>"
         )
