@@ -86,17 +86,25 @@ def probe_page() -> None:
     )
 
     st.subheader("Every SAE")
-    st.dataframe(_summary(p, by), hide_index=True)
+    show_dense = st.session_state["w_dense"]
+    st.dataframe(_summary(db, p, by, show_dense), hide_index=True)
+    if not show_dense:
+        st.caption("Dense features are left out here too, as in the table above.")
 
 
-def _summary(p, by: str):
+def _summary(db: str, p, by: str, show_dense: bool):
+    """Per SAE: how many features fire on the text and the top three, under the same rule for
+    dense features as the table above."""
     rows = []
     for name in p.codes:
-        t = top_features(p, name, by, n=3)
+        feats = queries.features(db, name)
+        dense = set() if show_dense else set(feats.loc[is_dense(feats["density"]), "feature"])
+        t = top_features(p, name, by, n=3, hide=dense)
+        firing = p.codes[name].table()
         rows.append(
             {
                 "sae": name,
-                "features firing": len(p.codes[name].table()),
+                "features firing": int((~firing["feature"].isin(dense)).sum()) if len(firing) else 0,
                 f"top 3 by {by}": ", ".join(f"{int(r.feature)} ({getattr(r, by):.3g})" for r in t.itertuples()),
             }
         )

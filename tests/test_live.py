@@ -202,6 +202,10 @@ def test_probe_page(minilm_db, monkeypatch):
     assert "&lt;" in html and "<script" not in html  # user text is text (MiniLM splits "<script>" into tokens)
     first = int(table["feature"].iloc[0])
     assert any(f"Feature {first}, token by token" in h.value for h in at.subheader)
+    # the summary over every SAE hides dense features as the table does: its top 3 come from the table
+    summary = at.dataframe[1].value.set_index("sae")
+    top3 = [int(x.split(" ")[0]) for x in summary.loc["sae-b2", "top 3 by max"].split(", ")]
+    assert top3 == [int(x) for x in table["feature"].iloc[: len(top3)]]
     at = run("pages/7_Probe.py", text=script, sae="sae-b2", by="sum", dense="1", feature="5")
     _ok(at)
     assert at.dataframe[0].value["sum"].is_monotonic_decreasing
