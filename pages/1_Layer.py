@@ -3,7 +3,6 @@
 import streamlit as st
 
 from backend.density import DENSE, ULTRALOW, below_floor, is_dense, resolution_floor
-from backend.errors import UserError
 from backend.labels.joins import layer_table, with_labels
 from backend.store import queries
 from ui import common, figures, labeling
@@ -35,12 +34,8 @@ def layer() -> None:
         )
     )
 
-    preset = common.param("filter") or "all"
-    if preset not in PRESETS:
-        raise UserError(f"URL parameter filter={preset!r}: use one of {', '.join(PRESETS)}")
-    lo, hi = common.float_param("lo"), common.float_param("hi")
-    if lo is not None and hi is not None and lo > hi:
-        raise UserError(f"URL parameters lo={lo} > hi={hi}: the density range is empty")
+    listed = FeatureList.from_url()  # the list's parameters, checked (firing and sort: the widgets below)
+    preset, lo, hi = listed.preset, listed.lo, listed.hi
     firing = common.choice(
         "fire",
         FIRING_LABELS,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import warnings
 
 import pytest
@@ -127,6 +128,23 @@ def build_tiny_db(sae_dirs, adapter, loaded_saes):
 def tiny_db(tmp_path_factory, corpus_file, build_tiny_db) -> str:
     """One tiny feature database for tests that copy it into a data folder of their own."""
     return build_tiny_db(str(tmp_path_factory.mktemp("tiny") / "tiny.duckdb"), corpus_file)
+
+
+@pytest.fixture()
+def data_dir(tmp_path, tiny_db):
+    """A data folder of this test's own holding a copy of the tiny database."""
+    d = tmp_path / "data"
+    d.mkdir()
+    shutil.copy(tiny_db, d / "tiny.duckdb")
+    return d
+
+
+@pytest.fixture()
+def app(data_dir, monkeypatch):
+    """AppTest sessions over `data_dir` (tests.helpers.app_runner)."""
+    from tests.helpers import app_runner
+
+    return app_runner(data_dir, monkeypatch)
 
 
 @pytest.fixture(scope="session")

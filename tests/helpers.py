@@ -76,6 +76,8 @@ def app_runner(data_dir, monkeypatch):
     monkeypatch.setenv("SAE_DASHBOARD_DATA", str(data_dir))
     monkeypatch.delenv("SAE_DASHBOARD_PASSWORD", raising=False)
     monkeypatch.delenv("SAE_DASHBOARD_LABELS", raising=False)
+    monkeypatch.delenv("SAE_DASHBOARD_EXPLANATIONS", raising=False)
+    monkeypatch.delenv("SAE_DASHBOARD_MODEL", raising=False)
     queries.clear_caches()
 
     def make(page: str = "app.py", labeler: str | None = None, **params) -> AppTest:

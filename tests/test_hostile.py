@@ -28,27 +28,12 @@ from backend import labels
 from backend.errors import UserError
 from backend.explanations import store as explanations
 from backend.store import queries
-from tests.helpers import app_runner, make_sae, repo_root, run_backend, save_tiny_gpt2
+from tests.helpers import make_sae, repo_root, run_backend, save_tiny_gpt2
 
 pytestmark = pytest.mark.integration
 
 OUTSIDE = "http://127.0.0.1:8699"
 EVIL_MD = f"![p]({OUTSIDE}/p.png) [click]({OUTSIDE}/x) <img src=x onerror=alert(1)> <a href='{OUTSIDE}/y'>y</a>"
-
-
-@pytest.fixture()
-def data_dir(tmp_path, tiny_db):
-    d = tmp_path / "data"
-    d.mkdir()
-    shutil.copy(tiny_db, d / "tiny.duckdb")
-    return d
-
-
-@pytest.fixture()
-def app(data_dir, monkeypatch):
-    monkeypatch.delenv("SAE_DASHBOARD_EXPLANATIONS", raising=False)
-    monkeypatch.delenv("SAE_DASHBOARD_MODEL", raising=False)
-    return app_runner(data_dir, monkeypatch)
 
 
 def _no_traceback(at) -> None:

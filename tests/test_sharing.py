@@ -5,7 +5,6 @@ messages, and the app lets go of a database a precompute wants to write."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -16,24 +15,11 @@ from streamlit.testing.v1 import AppTest
 from backend import labels
 from backend.labels.access import Throttle
 from backend.store import queries
-from tests.helpers import app_runner, queued, repo_root, run_backend
+from tests.helpers import queued, repo_root, run_backend
 
 pytestmark = pytest.mark.integration
 
 EVIL_MD = "![p](http://127.0.0.1:8699/p.png) [click](http://127.0.0.1:8699/x) <img src=x onerror=alert(1)>"
-
-
-@pytest.fixture()
-def data_dir(tmp_path, tiny_db):
-    d = tmp_path / "data"
-    d.mkdir()
-    shutil.copy(tiny_db, d / "tiny.duckdb")
-    return d
-
-
-@pytest.fixture()
-def app(data_dir, monkeypatch):
-    return app_runner(data_dir, monkeypatch)
 
 
 def _no_traceback(at: AppTest) -> None:
