@@ -117,8 +117,12 @@ def test_overview_to_layer_to_feature_and_shared_link(server, browser):
     page.get_by_role("heading", name="SAE features: overview").wait_for()
     _no_traceback(page)
     page.get_by_role("link", name="Layer").first.click()  # the sidebar's page list keeps the database
+    page.get_by_text("Opened on the SAE that reconstructs best").wait_for()  # (topk-b1 here)
+    assert "/Layer" in page.url and "db=tiny.duckdb" in page.url
+    page.get_by_label("SAE", exact=True).click()
+    page.get_by_role("option", name=re.compile("^relu-b0")).click()
     page.get_by_role("heading", name=re.compile("Layer · relu-b0")).wait_for()
-    assert "/Layer" in page.url and "sae=relu-b0" in page.url
+    assert "sae=relu-b0" in page.url
     _no_traceback(page)
     page.get_by_label("Open feature #").fill(str(f))
     page.get_by_label("Open feature #").press("Enter")
@@ -419,15 +423,20 @@ def test_the_labelers_name_stays_in_this_browser_and_never_travels(server, brows
     name = page.get_by_label("Your name (for labels)")
     name.fill("dora")
     name.press("Enter")
-    page.wait_for_timeout(1500)
+    for _ in range(150):  # the name reaches the cookie once the page's rerun has drawn the setter
+        if any(c["name"] == "sae_dashboard_labeler" and c["value"] == "dora" for c in ctx.cookies()):
+            break
+        page.wait_for_timeout(100)
+    assert any(c["name"] == "sae_dashboard_labeler" for c in ctx.cookies()), ctx.cookies()
     assert "dora" not in page.url
+    from playwright.sync_api import expect
+
     page.reload()  # a new session in the same browser
-    page.get_by_label("Your name (for labels)").wait_for()
-    page.wait_for_timeout(1000)
-    assert page.get_by_label("Your name (for labels)").input_value() == "dora"
+    page.get_by_role("heading", name=re.compile("Feature 3")).wait_for()
+    expect(page.get_by_label("Your name (for labels)")).to_have_value("dora", timeout=20_000)
     page.goto(base + "/Label_queue?db=tiny.duckdb&sae=relu-b0")  # a link opened here
     page.get_by_role("heading", name="Label queue").wait_for()
-    assert page.get_by_label("Your name (for labels)").input_value() == "dora"
+    expect(page.get_by_label("Your name (for labels)")).to_have_value("dora", timeout=20_000)
     url = page.url
     ctx.close()
     other, page = _page(browser)  # a colleague's browser opening the same link

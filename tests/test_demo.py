@@ -30,7 +30,7 @@ def test_demo_database_has_every_layer(demo_db):
     assert (saes["train_context"] == 64).all() and saes["ev_inside"].notna().all() and saes["ev_beyond"].notna().all()
     hooks = ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.hook_resid_post" for i in range(6)]
     assert sorted(saes["hook"].unique()) == sorted(hooks)
-    assert set(saes["architecture"]) == {"TopK", "ReLU (L1)"} and len(saes) == 14
+    assert set(saes["architecture"]) == {"topk", "standard"} and len(saes) == 14  # as sae_lens names them
     assert (saes["downstream_metric"] == "contrastive_loss_recovered").all()
     dens = con.execute("SELECT density FROM features WHERE count > 0").df()["density"]
     assert len(dens) > 0 and ((dens > 0) & (dens <= 1)).all()
