@@ -30,11 +30,10 @@ TOP_MODES = {"contexts": "distinct contexts", "tokens": "every top token (exact 
 
 
 def examples_panel(
-    db: str, sae: str, f: int, n_top: int | None = None, quantiles: bool = True, pad: bool = False, exact: bool = False
+    db: str, sae: str, f: int, n_top: int | None = None, quantiles: bool = True, exact: bool = False
 ) -> None:
     """Top examples (and sampled ones): one per context by default (the URL's `tops` chooses the
-    exact token-level top-k instead; `exact` forces it, as the blind queue's fixed count needs);
-    `pad` fills up to n_top rows with empty ones."""
+    exact token-level top-k instead; `exact` forces it, as the blind queue's fixed count needs)."""
     ex = queries.examples(db, sae, f)
     st.html(CSS)
     if ex.empty:
@@ -48,8 +47,7 @@ def examples_panel(
     if n_top is not None:
         top = top.head(n_top)
     st.markdown(f"**Top activations** (shading relative to the max, {scale:.3g}; hover a token for its value)")
-    blank = '<div class="ex" style="border-bottom: 1px solid #e3e3e3; padding: 3px 0; height: 3.2em;"></div>'
-    st.html(example_rows_html(top, lambda r: scale) + (blank * (n_top - len(top)) if pad and n_top else ""))
+    st.html(example_rows_html(top, lambda r: scale))
     if quantiles:
         sampled_panel(db, sae, f, ex[ex["kind"] == ExampleKind.QUANTILE])
 
