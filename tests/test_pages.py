@@ -494,3 +494,21 @@ def test_top_examples_show_distinct_contexts_and_the_exact_top_k_on_request(app,
     assert n_exact >= n_contexts and (n_exact == n_contexts or "also fires at" in shown)
     at = app("pages/2_Feature.py", sae="topk-b1", feature=busy, tops="sideways")
     assert "tops='sideways'" in at.error[0].value
+
+
+def test_an_encoders_token_effects_are_not_shown_as_output_effects(tmp_path, tiny_db, monkeypatch):
+    import shutil
+
+    import duckdb
+
+    d = tmp_path / "enc"
+    d.mkdir()
+    shutil.copy(tiny_db, d / "tiny.duckdb")
+    con = duckdb.connect(str(d / "tiny.duckdb"))
+    con.execute("UPDATE saes SET effect_kind = 'embed'")  # as an encoder's run records them
+    con.close()
+    at = app_runner(d, monkeypatch)("pages/2_Feature.py", sae="relu-b0", feature="3")
+    _ok(at)
+    text = " ".join(m.value for m in [*at.markdown, *at.caption])
+    assert "Input tokens nearest its decoder direction" in text and "no effect on output tokens" in text
+    assert "promotes" not in text and "Token effects" not in text

@@ -79,16 +79,23 @@ def sampled_panel(db: str, sae: str, f: int, q: pd.DataFrame) -> None:
 
 
 def effects_panel(db: str, sae: str, f: int) -> None:
+    """What the feature writes toward the output (W_dec · W_U) for a causal model; for an encoder,
+    which has no unembedding, only the input tokens whose embeddings its decoder row is closest
+    to, which is not an effect on anything the model outputs, and says so."""
     eff = queries.token_effects(db, sae, f)
-    kind = queries.sae_row(db, sae).effect_kind
-    what = (
-        "W_dec · W_U (logit effect)"
-        if kind == "unembed"
-        else "W_dec · W_E (nearest input embeddings; this model has no unembedding)"
-    )
-    st.markdown(f"**Token effects** — {what}")
+    if queries.sae_row(db, sae).effect_kind == "unembed":
+        st.markdown("**Token effects** — W_dec · W_U: the logits this feature raises and lowers")
+        sides = ((1, "promotes"), (-1, "suppresses"))
+    else:
+        st.markdown("**Input tokens nearest its decoder direction** — W_dec · W_E")
+        st.caption(
+            "This model is an encoder: it has no unembedding, so a feature has no effect on output tokens to show. "
+            "These are the input tokens whose embeddings point along (or against) the feature's decoder row; they "
+            "hint at what it reads, not at what it does, and often look like noise."
+        )
+        sides = ((1, "aligned"), (-1, "opposed"))
     c1, c2 = st.columns(2)
-    for col, d, title in ((c1, 1, "promotes"), (c2, -1, "suppresses")):
+    for col, (d, title) in zip((c1, c2), sides):
         part = eff[eff["direction"] == d][["token", "value"]]
         col.caption(title)
         col.dataframe(part.assign(token=part["token"].map(repr)), hide_index=True, height=250)
