@@ -30,10 +30,11 @@ def feature() -> None:
     st.title(md(f"Feature {f} · {sae}"))
     _navigation(db, sae, f, n)
 
+    explained, problem = feature_view.imported_explanations(db, sae, f)
     with st.sidebar:  # the verdict within the first screen, the evidence left whole
         st.markdown(f"**Your verdict on feature {f}**")
         saved = labeling.verdict_form(
-            db, sae, f, key="feat_label", who=who, suggestion=feature_view.best_explanation(db, sae, f)
+            db, sae, f, key="feat_label", who=who, suggestion=feature_view.best_text(explained)
         )
         if saved:
             st.success(f"Saved: {saved}")
@@ -73,7 +74,7 @@ def feature() -> None:
     live.steer_panel(db, sae, f, row)
 
     st.subheader("Label")
-    feature_view.explanations_panel(db, sae, f)
+    feature_view.explanations_panel(explained, problem)
     labeling.history_panel(db, sae, f)
 
 

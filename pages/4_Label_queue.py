@@ -55,7 +55,6 @@ def queue() -> None:
             return
         held = st.session_state[slot] = {"feature": f, "token": secrets.token_hex(6), "saved": None}
     key = f"queue_{held['token']}"
-    n_show = QUEUE_EXAMPLES  # (or the run's --n-top, if smaller: the same number for every queued feature)
 
     saved = held["saved"]
     st.markdown(f"### Feature {f}" if saved else "### Next feature")
@@ -84,7 +83,8 @@ def queue() -> None:
             held["saved"] = verdict
             st.rerun()
         st.button("Skip", on_click=advance, key="skip")
-    feature_view.examples_panel(db, sae, f, n_top=n_show, quantiles=False, exact=True)
+    # QUEUE_EXAMPLES, or the run's --n-top if smaller: the same number for every queued feature
+    feature_view.examples_panel(db, sae, f, n_top=QUEUE_EXAMPLES, quantiles=False, exact=True)
     if not saved:  # the verdict within reach after reading the examples
         verdict = labeling.verdict_buttons(db, sae, f, key=key, who=me, suffix="_below")
         if verdict:

@@ -333,21 +333,17 @@ def _cookie_name() -> str:
 
 
 def _set_cookie(name: str) -> None:
-    """The name into this browser's cookie, from a zero-height component (whose frame shares the
-    app's origin); an empty name clears it."""
+    """The name into this browser's cookie, from a zero-height component in the sidebar (its
+    frame shares the app's origin); an empty name clears it."""
+    import json
+
     import streamlit.components.v1 as components
 
     age = 365 * 24 * 3600 if name else 0
     with st.sidebar:
-        _cookie_frame(components, age, name)
-
-
-def _cookie_frame(components, age: int, name: str) -> None:
-    import json
-
-    components.html(
-        "<script>document.cookie = "
-        f"{json.dumps(LABELER_COOKIE + '=')} + encodeURIComponent({json.dumps(name)}) + "
-        f"'; path=/; max-age={age}; SameSite=Strict';</script>",
-        height=0,
-    )
+        components.html(
+            "<script>document.cookie = "
+            f"{json.dumps(LABELER_COOKIE + '=')} + encodeURIComponent({json.dumps(name)}) + "
+            f"'; path=/; max-age={age}; SameSite=Strict';</script>",
+            height=0,
+        )

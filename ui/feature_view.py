@@ -141,27 +141,28 @@ def summary(row: dict, n_features: int) -> pd.DataFrame:
     )
 
 
-def best_explanation(db: str, sae: str, f: int) -> str | None:
-    """The best-scored imported explanation's text (the label form starts from it), or None;
-    an unreadable store is None here and a warning in `explanations_panel`."""
+def imported_explanations(db: str, sae: str, f: int) -> tuple[pd.DataFrame, UserError | None]:
+    """The feature's imported explanations, best score first, read once per page: the frame (empty
+    where the store cannot be read) and the store's error, if any, for `explanations_panel`."""
     try:
-        df = store.for_feature(store.location(), Path(db).name, sae, f)
-    except UserError:
-        return None
+        return store.for_feature(store.location(), Path(db).name, sae, f), None
+    except UserError as e:
+        return pd.DataFrame(columns=["source", "explainer", "text"]), e
+
+
+def best_text(df: pd.DataFrame) -> str | None:
+    """The best-scored explanation's text: where the label form's description starts."""
     return None if df.empty else str(df["text"].iloc[0])
 
 
-def explanations_panel(db: str, sae: str, f: int) -> str | None:
-    """Explanations imported from Neuronpedia or delphi, best score first; returns the first
-    one's text (the label form offers it as a starting description)."""
-
-    try:
-        df = store.for_feature(store.location(), Path(db).name, sae, f)
-    except UserError as e:
-        st.warning(md(e))
-        return None
+def explanations_panel(df: pd.DataFrame, problem: UserError | None) -> None:
+    """Explanations imported from Neuronpedia or delphi, with a column per scorer; a store that
+    cannot be read is a warning here and nowhere else."""
+    if problem is not None:
+        st.warning(md(problem))
+        return
     if df.empty:
-        return None
+        return
     st.markdown("**Imported explanations**")
     scorers = [c for c in df.columns if c not in ("source", "explainer", "text")]
     st.dataframe(
@@ -175,4 +176,3 @@ def explanations_panel(db: str, sae: str, f: int) -> str | None:
             },
         },
     )
-    return str(df["text"].iloc[0])

@@ -91,7 +91,7 @@ def by_bucket(current: pd.DataFrame, fscores: pd.DataFrame, densities: pd.DataFr
     verdicts = verdicts.assign(bucket=verdicts["log10_density"].map(density_bucket))
     scored = fscores.merge(densities[["feature", "log10_density"]], on="feature", how="left")
     scored = scored.assign(bucket=scored["log10_density"].map(density_bucket))
-    both = judged_and_scored(current, fscores).assign(bucket=lambda d: d["log10_density"].map(density_bucket))
+    both = verdicts[["feature", "interpretable", "bucket"]].merge(fscores, on="feature")  # as judged_and_scored
     rows = []
     for b in bucket_order():
         v, s, j = verdicts[verdicts["bucket"] == b], scored[scored["bucket"] == b], both[both["bucket"] == b]
