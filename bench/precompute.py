@@ -12,6 +12,17 @@ leaves `finalize` out.
 HookedTransformer (d_vocab 30,522, byte-level BPE trained on CPython's docs and padded) with
 one ReLU SAE 256 -> 4,096 at blocks.1.hook_resid_pre, its encoder biases set from the model's
 own activations so each feature fires on about 1% of tokens, 256 sequences x 128 tokens.
+`--arch jumprelu` turns the demo's ReLU SAEs into sae_lens JumpReLUSAEs that fire on exactly the
+same tokens: each b_enc raised by 0.1 and every threshold 0.1, so a code is the ReLU code plus the
+jump (random SAEs without the demo).
+
+The breakdown lines split the full run's time beyond the bare pass into its parts, each timed
+where it runs (exclusive of the parts it calls; encodes inside the splice sample count as the
+sample): the model forward and the encodes inside the full run (their excess over the bare pass
+is what the full run's own encode step adds), the nonzero scan, the per-feature statistics, the
+top-k and reservoir offers (with their context windows), the reconstruction error, the splice
+sample, the token file, finalize, and the rest. Each is also given as a fraction of the bare
+time, and the fractions add up to overhead_ratio - 1.
 Last line: overhead_ratio=<x> tokens_per_s=<y>
 """
 
@@ -35,6 +46,9 @@ from backend.engine.models import load_model  # noqa: E402
 from backend.engine.pipeline import precompute  # noqa: E402
 from backend.engine.saes import load_saes  # noqa: E402
 
+JUMP = 0.1
+"""the threshold of the bench's JumpReLU SAEs, and what their b_enc is raised by"""
+
 
 def random_saes(folder: Path, hooks: list[str], d_in: int, d_sae: int, arch: str) -> list[SAESource]:
     from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
@@ -54,7 +68,24 @@ def random_saes(folder: Path, hooks: list[str], d_in: int, d_sae: int, arch: str
             sae.b_enc.fill_(-0.5)
         sae.save_model(str(folder / h))
         out.append(SAESource(path=str(folder / h)))
-    return out
+    return [jumprelu_copy(s, folder) for s in out] if arch == "jumprelu" else out
+
+
+def jumprelu_copy(source: SAESource, folder: Path) -> SAESource:
+    """A JumpReLUSAE that fires where the ReLU SAE at `source` does, each code raised by JUMP."""
+    from sae_lens import SAE, JumpReLUSAE, JumpReLUSAEConfig
+
+    relu = SAE.load_from_disk(source.path)
+    c = relu.cfg
+    sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=c.d_in, d_sae=c.d_sae, metadata=c.metadata))
+    with torch.no_grad():
+        for name in ("W_enc", "W_dec", "b_dec"):
+            getattr(sae, name).copy_(getattr(relu, name))
+        sae.b_enc.copy_(relu.b_enc + JUMP)
+        sae.threshold.fill_(JUMP)
+    out = folder / f"jumprelu-{Path(source.path).name}"
+    sae.save_model(str(out))
+    return SAESource(path=str(out))
 
 
 def small_setting(folder: Path, device: str):
@@ -88,13 +119,79 @@ def small_setting(folder: Path, device: str):
     return adapter, [SAESource(path=str(folder / "relu-4096"))], str(folder / "corpus.txt")
 
 
+class Parts:
+    """Exclusive wall time of named parts of the full run, timed only while `on`. A part entered
+    inside another is paused out of it, except inside the splice sample and finalize, whose inner
+    calls count as themselves."""
+
+    SWALLOWING = ("splice sample", "finalize")
+
+    def __init__(self, sync):
+        self.sync, self.on = sync, False
+        self.total: dict[str, float] = {}
+        self._stack: list[list] = []  # [name, start of its current stretch]
+
+    def wrap(self, owner, attr: str, part: str) -> None:
+        real = getattr(owner, attr)
+        timer = self
+
+        def timed(*a, **kw):
+            if not timer.on or (timer._stack and timer._stack[-1][0] in timer.SWALLOWING):
+                return real(*a, **kw)
+            timer._enter(part)
+            try:
+                return real(*a, **kw)
+            finally:
+                timer._leave()
+
+        setattr(owner, attr, timed)
+
+    def _enter(self, part: str) -> None:
+        self.sync()
+        now = time.perf_counter()
+        if self._stack:
+            top = self._stack[-1]
+            self.total[top[0]] = self.total.get(top[0], 0.0) + now - top[1]
+        self._stack.append([part, now])
+
+    def _leave(self) -> None:
+        self.sync()
+        now = time.perf_counter()
+        part, start = self._stack.pop()
+        self.total[part] = self.total.get(part, 0.0) + now - start
+        if self._stack:
+            self._stack[-1][1] = now
+
+
+def time_parts(parts: Parts, adapter) -> None:
+    from backend.engine import stats
+    from backend.engine.propagation import Propagation
+    from backend.engine.saes import LoadedSAE
+
+    parts.wrap(type(adapter), "activations", "model forward")
+    parts.wrap(LoadedSAE, "encode", "encode")
+    parts.wrap(LoadedSAE, "pre_activations", "encode")
+    parts.wrap(stats._Nonzeros, "scan", "nonzero scan")
+    parts.wrap(stats._Nonzeros, "from_choice", "nonzero scan")
+    parts.wrap(stats.FeatureStats, "update", "statistics")
+    parts.wrap(stats.FeatureStats, "_add_sums", "statistics")
+    parts.wrap(stats.FeatureStats, "_offer_candidates", "top-k / reservoir offers")
+    parts.wrap(stats.FeatureStats, "flush", "top-k / reservoir offers")
+    for name in ("decode", "decode_nonzeros"):
+        parts.wrap(LoadedSAE, name, "reconstruction")
+    parts.wrap(stats.FeatureStats, "update_recon", "reconstruction")
+    parts.wrap(Propagation, "update", "splice sample")
+    parts.wrap(Propagation, "flush", "splice sample")
+    parts.wrap(harvest.Harvest, "_write_tokens", "token file")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--setting", choices=["demo", "small"], default="demo", help="small: the fixed-cost setting")
     ap.add_argument("--model", default="embedded")
     ap.add_argument("--sae", action="append", default=[], help="SAE folders (default: demo SAEs, else random ones)")
     ap.add_argument("--d-sae", type=int, default=1536, help="width of random SAEs")
-    ap.add_argument("--arch", default="topk", choices=["topk", "standard"])
+    ap.add_argument("--arch", default="topk", choices=["topk", "standard", "jumprelu"])
     ap.add_argument(
         "--n-tokens",
         type=int,
@@ -122,9 +219,12 @@ def main() -> None:
         if args.sae:
             sources = [SAESource(path=p) for p in args.sae]
         elif args.model == "embedded" and Path("data/demo-saes").is_dir():
+            family = "standard" if args.arch == "jumprelu" else args.arch
             sources = [
-                SAESource(path=str(p)) for p in sorted(Path("data/demo-saes").iterdir()) if p.name.startswith(args.arch)
+                SAESource(path=str(p)) for p in sorted(Path("data/demo-saes").iterdir()) if p.name.startswith(family)
             ]
+            if args.arch == "jumprelu":
+                sources = [jumprelu_copy(s, tmp) for s in sources]
         else:
             hooks = adapter.hook_names()[:: max(1, len(adapter.hook_names()) // 7)]
             sources = random_saes(tmp, hooks, adapter.d_model, args.d_sae, args.arch)
@@ -178,6 +278,8 @@ def main() -> None:
     bare_s: list[float] = []
     finalize_s: list[float] = []
     n_seqs: list[int] = []
+    parts = Parts(sync)
+    time_parts(parts, adapter)
     real_step, real_finalize = harvest.Harvest.step, pipeline.finalize
 
     def paired_step(self, seq_ids, content):
@@ -185,22 +287,32 @@ def main() -> None:
         if len(bare_s) % 2:
             real_step(self, seq_ids, content)
             sync()
-            bare_s.append(bare(content))
+            bare_s.append(untimed(bare, content))
         else:
-            bare_s.append(bare(content))
+            bare_s.append(untimed(bare, content))
             real_step(self, seq_ids, content)
+
+    def untimed(fn, *a, **kw):
+        """Parts are timed during the precompute, except in the bare passes and finalize."""
+        parts.on = False
+        try:
+            return fn(*a, **kw)
+        finally:
+            parts.on = True
 
     def timed_finalize(*a, **kw):
         t = time.perf_counter()
         try:
-            return real_finalize(*a, **kw)
+            return untimed(real_finalize, *a, **kw)
         finally:
             finalize_s.append(time.perf_counter() - t)
 
     harvest.Harvest.step, pipeline.finalize = paired_step, timed_finalize
     bare(next(iter(harvest._batches(cfg, adapter)))[1])  # warm-up: first-call allocations, kernel choice
     t = time.perf_counter()
+    parts.on = True
     precompute(cfg, adapter, saes)
+    parts.on = False
     sync()
     t_bare = sum(bare_s)
     t_full = time.perf_counter() - t - t_bare
@@ -211,7 +323,22 @@ def main() -> None:
     )
     print(f"bare forward + encode: {t_bare:.2f} s   full precompute: {t_full:.2f} s (finalize {finalize_s[0]:.2f} s)")
     print(f"streaming pass alone (full minus finalize) / bare: {(t_full - finalize_s[0]) / t_bare:.3f}")
+    print_parts(parts.total, t_bare, t_full, finalize_s[0])
     print(f"overhead_ratio={t_full / t_bare:.3f} tokens_per_s={n_tok / t_full:.0f}")
+
+
+def print_parts(total: dict[str, float], t_bare: float, t_full: float, t_finalize: float) -> None:
+    """The full run beyond the bare pass, part by part (see the module docstring)."""
+    fwd = total.pop("model forward", 0.0) + total.pop("encode", 0.0)
+    rows = [("forward + encode beyond bare", fwd - t_bare)]
+    rows += [(k, total.get(k, 0.0)) for k in (
+        "nonzero scan", "statistics", "top-k / reservoir offers", "reconstruction", "splice sample", "token file",
+    )]  # fmt: skip
+    rows.append(("finalize", t_finalize))
+    rows.append(("other", t_full - fwd - sum(v for _, v in rows[1:])))
+    print("beyond the bare pass:")
+    for name, sec in rows:
+        print(f"  {name:<30} {sec:8.2f} s  {sec / t_bare:+.3f} x bare")
 
 
 if __name__ == "__main__":

@@ -83,6 +83,17 @@ def sae_dirs(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def jumprelu_dirs(tmp_path_factory) -> dict[str, str]:
+    """Two JumpReLU SAEs (Gemma Scope's architecture) in sae_lens's format, one family of two layers."""
+    root = tmp_path_factory.mktemp("jumprelu")
+    out = {}
+    for name, hook in (("jump-b0", "blocks.0.hook_resid_post"), ("jump-b1", "blocks.1.hook_resid_post")):
+        make_sae("jumprelu", hook, seed=10 + len(out)).save_model(str(root / name))
+        out[name] = str(root / name)
+    return out
+
+
+@pytest.fixture(scope="session")
 def loaded_saes(sae_dirs, adapter):
     from backend.config import SAESource
     from backend.engine.saes import load_saes

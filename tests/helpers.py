@@ -15,13 +15,15 @@ D_SAE = 64
 
 
 def make_sae(kind: str, hook: str, d_in: int = D_MODEL, d_sae: int = D_SAE, seed: int = 0):
-    from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
     from sae_lens.saes.sae import SAEMetadata
 
     torch.manual_seed(seed)
     meta = SAEMetadata(hook_name=hook)
     if kind == "topk":
         sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=8, metadata=meta))
+    elif kind == "jumprelu":
+        sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae, metadata=meta))
     else:
         sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae, metadata=meta))
     with torch.no_grad():
@@ -29,6 +31,9 @@ def make_sae(kind: str, hook: str, d_in: int = D_MODEL, d_sae: int = D_SAE, seed
         sae.W_dec.copy_(sae.W_enc.T / sae.W_enc.T.norm(dim=1, keepdim=True))
         sae.b_enc.normal_(-1.5, 1.0)  # densities spread from rare to common
         sae.b_enc[:4] = -100.0  # and a few dead features
+        if kind == "jumprelu":  # thresholds from below 0 (where ReLU decides) to well above
+            sae.b_enc.add_(0.5)
+            sae.threshold.copy_(torch.linspace(-0.3, 1.0, d_sae)[torch.randperm(d_sae)])
     return sae
 
 

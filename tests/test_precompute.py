@@ -63,16 +63,29 @@ def test_activations_are_the_full_forwards(adapter, hooks):
         torch.testing.assert_close(got[h], cache[h], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize(("recon_every", "one_seq_at_a_time"), [(1, False), (4, False), (4, True)])
-def test_matches_brute_force(small_cfg, adapter, loaded_saes, recon_every, one_seq_at_a_time, monkeypatch):
+@pytest.mark.parametrize(
+    ("recon_every", "one_seq_at_a_time", "family"),
+    [(1, False, "relu+topk"), (4, False, "relu+topk"), (4, True, "relu+topk"), (4, False, "jumprelu")],
+)
+def test_matches_brute_force(
+    small_cfg, adapter, loaded_saes, jumprelu_dirs, recon_every, one_seq_at_a_time, family, monkeypatch
+):
     """Everything equals a dense recomputation; reconstruction figures on exactly the sequences
     `recon_every` selects (all of them, or those of every 4th batch); also when every SAE encodes
-    its batches a sequence at a time, as a wide SAE does."""
+    its batches a sequence at a time, as a wide SAE does; and for JumpReLU SAEs, whose codes the
+    precompute reads from the pre-activations above each feature's threshold."""
+    from backend.config import SAESource
     from backend.engine.harvest import Harvest
+    from backend.engine.saes import load_saes
 
     if one_seq_at_a_time:
         monkeypatch.setattr(Harvest, "ENCODE_BYTES", 1)
-    cfg = small_cfg(recon_every=recon_every, sae_context=16)  # the tiny SAEs record no context of their own
+    over = {}
+    if family == "jumprelu":
+        over["saes"] = [SAESource(path=p) for p in jumprelu_dirs.values()]
+        loaded_saes = load_saes(over["saes"], adapter, "cpu", "float32")
+        assert all(isinstance(s.floor, torch.Tensor) and s.sparse_decode for s in loaded_saes)
+    cfg = small_cfg(recon_every=recon_every, sae_context=16, **over)  # the tiny SAEs record no context of their own
     precompute(cfg, adapter, loaded_saes)
     seq_ids, dense, counted = _dense_codes(cfg.db, adapter, loaded_saes)
     assert list(seq_ids) == list(range(len(seq_ids)))
@@ -96,6 +109,9 @@ def test_matches_brute_force(small_cfg, adapter, loaded_saes, recon_every, one_s
         assert (ge10 < count).any(), "some feature has activations below 10% of its max"
         # a sparse SAE has dead, rare and common features here, or the test proves little
         assert (count == 0).any() or s.sae.cfg.architecture() == "topk"
+        if family == "jumprelu":  # codes between 0 and a feature's threshold are cut
+            pre = s.pre_activations(x)[counted]
+            assert ((pre > 0) & (pre <= s.sae.threshold)).any() and (s.sae.threshold < 0).any()
         assert 0 < (count > 0).sum()
         # correlation with token position over every counted token (0 where the feature is silent)
         diag = con.execute("SELECT * FROM feature_diagnostics WHERE sae = ? ORDER BY feature", [s.name]).df()
@@ -269,6 +285,47 @@ def test_topk_choice_is_sae_lens_encode(loaded_saes):
     for name in ("top", "reservoir"):
         for x_a, x_b in zip(getattr(a, name).ordered(), getattr(b, name).ordered()):
             assert torch.equal(x_a, x_b)
+
+
+def test_pre_activation_path_is_sae_lens_encode(loaded_saes, adapter, jumprelu_dirs):
+    """ReLU and JumpReLU codes read from the pre-activations above `floor` are sae_lens's encode,
+    and the statistics and windows taken from them equal those taken from the dense codes,
+    masked tokens included; a SAE whose activation is not sae_lens's plain ReLU gets no floor."""
+    import copy
+
+    from backend.config import SAESource
+    from backend.engine.saes import LoadedSAE, floor_agrees, load_saes
+    from backend.engine.stats import FeatureStats, StatsSpec
+
+    assert [s.floor for s in loaded_saes] == [0.0, None]
+    jump = load_saes([SAESource(path=p) for p in jumprelu_dirs.values()], adapter, "cpu", "float32")[0]
+    torch.manual_seed(2)
+    x = torch.randn(3, 7, jump.sae.cfg.d_in) * 3
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    mask[:, 0] = mask[2, 3] = False
+    for s in (loaded_saes[0], jump):
+        with torch.no_grad():
+            codes, pre = s.sae.encode(x), s.pre_activations(x)
+        assert torch.equal(s.codes_from(pre), codes)
+        cut = (pre > 0) & (codes == 0)
+        assert not cut.any() if s is loaded_saes[0] else cut.any()  # JumpReLU cuts codes below thresholds
+        spec = StatsSpec(d_sae=codes.shape[-1], d_in=x.shape[-1], seq_len=7, n_top=3, n_buckets=5, per_bucket=5,
+                         left=2, right=1, seed=0)  # fmt: skip
+        a, b = FeatureStats(spec), FeatureStats(spec)
+        nz_a = a.update(codes.clone(), torch.arange(3), mask)
+        nz_b = b.update(pre.clone(), torch.arange(3), mask, floor=s.floor)
+        for f in ("row", "feature", "value"):
+            assert torch.equal(getattr(nz_a, f), getattr(nz_b, f))
+        a.flush(), b.flush()
+        assert torch.equal(a.hist, b.hist) and a.n_tokens == b.n_tokens == 17
+        assert torch.equal(a.sum_act, b.sum_act)
+        for name in ("top", "reservoir"):
+            for x_a, x_b in zip(getattr(a, name).ordered(), getattr(b, name).ordered()):
+                assert torch.equal(x_a, x_b)
+    odd = LoadedSAE("t", "t", copy.deepcopy(jump.sae))
+    assert floor_agrees(odd)
+    odd.sae.activation_fn = torch.nn.GELU()  # not the activation whose floor is known
+    assert not floor_agrees(odd)
 
 
 def test_two_shards_merge_to_one_pass(small_cfg, adapter, loaded_saes, tmp_path):

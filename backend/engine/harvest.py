@@ -169,16 +169,21 @@ class Harvest:
     the encoder makes them)"""
 
     def _encode(self, s: LoadedSAE, x: torch.Tensor, seq_ids: np.ndarray, seq_t: torch.Tensor, mask) -> None:
-        codes, chosen = s.encode(x)
         st = self.stats[s.name]
         # (update zeroes the codes of masked tokens, which update_recon leaves out anyway)
-        nz = st.update(codes, seq_t, mask, chosen)
+        if s.floor is not None:  # ReLU / JumpReLU: nonzeros straight from the pre-activations
+            pre, chosen = s.pre_activations(x), None
+            nz = st.update(pre, seq_t, mask, floor=s.floor)
+        else:
+            codes, chosen = s.encode(x)
+            nz = st.update(codes, seq_t, mask, chosen)
         recon = recon_rows(seq_ids, self.cfg, self.device)
         if recon is not None:  # a slice(None) indexes as a view, with no copy
             if chosen is None and s.sparse_decode and isinstance(recon, slice):
-                x_hat = s.decode_nonzeros(nz.row, nz.feature, nz.value, codes.shape[:-1])
+                x_hat = s.decode_nonzeros(nz.row, nz.feature, nz.value, x.shape[:-1])
             else:
-                x_hat = s.decode(codes[recon], None if chosen is None else (chosen[0][recon], chosen[1][recon]))
+                part = codes[recon] if s.floor is None else s.codes_from(pre[recon])
+                x_hat = s.decode(part, None if chosen is None else (chosen[0][recon], chosen[1][recon]))
             st.update_recon(x[recon], x_hat, mask[recon])
 
     def _write_tokens(self, seq_ids, tokens) -> None:

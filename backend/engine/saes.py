@@ -65,8 +65,26 @@ class LoadedSAE:
         return codes, chosen if chosen[0].shape[:-1] == codes.shape[:-1] else None
 
     sparse_decode: bool = False
-    """decode a StandardSAE from the nonzero codes the statistics found (`decode_nonzeros`); set by
-    `load_saes` only after checking that it equals sae_lens's own decode"""
+    """decode a ReLU or JumpReLU SAE from the nonzero codes the statistics found
+    (`decode_nonzeros`); set by `load_saes` only after checking that it equals sae_lens's own decode"""
+
+    floor: torch.Tensor | float | None = None
+    """for ReLU and JumpReLU SAEs, what a pre-activation must exceed to fire (0, or each feature's
+    JumpReLU threshold where that is above 0); set by `load_saes` only after checking that
+    `pre_activations` above it are exactly sae_lens's codes. Why: the statistics then find the
+    nonzero codes in the pre-activations with one comparison, and the activation function's own
+    passes over the dense codes (ReLU; for JumpReLU also a mask, a cast and a product) never run."""
+
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """sae_lens's encode up to its activation function: a code is the pre-activation where
+        that exceeds `floor`, else 0 (`codes_from`)."""
+        sae = self.sae
+        h = sae.process_sae_in(x) @ sae.W_enc
+        h += sae.b_enc  # in place, on the product's own memory: the same sum as sae_lens's `+`
+        return sae.hook_sae_acts_pre(h)
+
+    def codes_from(self, pre: torch.Tensor) -> torch.Tensor:
+        return torch.where(pre > self.floor, pre, 0.0)
 
     def decode_nonzeros(
         self, row: torch.Tensor, feature: torch.Tensor, value: torch.Tensor, lead_shape
@@ -136,14 +154,44 @@ def fast_decode_agrees(item: LoadedSAE, n: int = 8) -> bool:
     return chosen is not None and _same_decode(sae, item._decode_chosen(chosen), sae.decode(codes))
 
 
+def _dense_output(sae) -> bool:
+    """ReLU and JumpReLU SAEs as sae_lens defines them, the classes `floor_of` and the sparse
+    decode mirror (not subclasses, which may change either step)."""
+    from sae_lens import JumpReLUSAE, StandardSAE
+
+    return type(sae) in (StandardSAE, JumpReLUSAE) and type(sae.activation_fn) is torch.nn.ReLU
+
+
+def floor_of(sae) -> torch.Tensor | float | None:
+    """The value above which a dense-output SAE's pre-activation is its code (see LoadedSAE.floor)."""
+    from sae_lens import JumpReLUSAE
+
+    if not _dense_output(sae):
+        return None
+    if type(sae) is JumpReLUSAE:  # relu(h) * (h > threshold): h where h > max(0, threshold)
+        return sae.threshold.detach().clamp(min=0).to(sae.dtype)
+    return 0.0
+
+
+@torch.no_grad()
+def floor_agrees(item: LoadedSAE, n: int = 64) -> bool:
+    """Whether codes read from the pre-activations above `floor_of` are exactly sae_lens's
+    encode on a batch of random inputs."""
+    sae = item.sae
+    floor = floor_of(sae)
+    if floor is None:
+        return False
+    probe = LoadedSAE(item.name, item.source, sae, floor=floor)
+    x = _probe_input(sae, n)
+    return bool(torch.equal(probe.codes_from(probe.pre_activations(x)), sae.encode(x)))
+
+
 @torch.no_grad()
 def sparse_decode_agrees(item: LoadedSAE, n: int = 8) -> bool:
-    """Whether decoding a StandardSAE from its nonzero codes equals sae_lens's decode on a few
-    random inputs (the same guard as fast_decode_agrees, for dense-output SAEs)."""
-    from sae_lens import StandardSAE
-
+    """Whether decoding a ReLU or JumpReLU SAE from its nonzero codes equals sae_lens's decode on
+    a few random inputs (the same guard as fast_decode_agrees, for dense-output SAEs)."""
     sae = item.sae
-    if type(sae) is not StandardSAE:
+    if not _dense_output(sae):
         return False
     codes = sae.encode(_probe_input(sae, n))
     flat = codes.reshape(n, -1)
@@ -206,6 +254,8 @@ def load_saes(sources: list[SAESource], adapter: ModelAdapter, device: str, dtyp
         keep_topk_choice(sae)
         item.fast_decode = fast_decode_agrees(item)
         item.sparse_decode = sparse_decode_agrees(item)
+        if floor_agrees(item):
+            item.floor = floor_of(sae)
         loaded.append(item)
     names = [s.name for s in loaded]
     dup = {n for n in names if names.count(n) > 1}

@@ -170,28 +170,31 @@ class FeatureStats:
         seq_ids: torch.Tensor,
         mask: torch.Tensor,
         chosen: tuple[torch.Tensor, torch.Tensor] | None = None,
+        floor: torch.Tensor | float | None = None,
     ) -> _Nonzeros:
         """Fold one batch of SAE codes in; returns the nonzeros it read (none in masked tokens'
         rows). codes: [B, T, d_sae]; seq_ids: [B] global sequence numbers; mask: [B, T] bool,
         False for tokens excluded from statistics. The rows of
         excluded tokens are zeroed in `codes` itself, which spares a masked copy of the batch.
         `chosen`, for TopK SAEs: the (indices, values) [B, T, k] that hold every nonzero code, so
-        the dense codes need not be scanned for them."""
+        the dense codes need not be scanned for them. `floor`, for ReLU and JumpReLU SAEs
+        (LoadedSAE.floor): `codes` are pre-activations, a code being the value where it exceeds
+        the floor (a scalar, or per feature) and 0 elsewhere; excluded rows are set to -inf."""
         B, T, F = codes.shape
         flat = codes.reshape(B * T, F)
         valid = mask.reshape(-1)
         n_valid = int(valid.sum())
         self.n_tokens += n_valid
         if n_valid < B * T:
-            flat.index_fill_(0, torch.nonzero(~valid).squeeze(1), 0)
+            flat.index_fill_(0, torch.nonzero(~valid).squeeze(1), 0 if floor is None else float("-inf"))
         if chosen is None:
-            nz = _Nonzeros.scan(flat)
+            nz = _Nonzeros.scan(flat, 0.0 if floor is None else floor)
         else:
             nz = _Nonzeros.from_choice(chosen, valid, n_valid, B * T, small=B * T * F < 2**31)
         self._add_sums(nz, T)
         self.tok_pos_n[:T] += mask.reshape(B, T).sum(0).to(self.tok_pos_n.device)
         row_tok = seq_ids.to(codes.device)[:, None] * self.spec.seq_len + torch.arange(T, device=codes.device)
-        self._offer_candidates(nz, row_tok.reshape(-1), _Windows(flat, nz, T, self.spec))
+        self._offer_candidates(nz, row_tok.reshape(-1), _Windows(flat, nz, T, self.spec, floor))
         return nz
 
     def _add_sums(self, nz: _Nonzeros, T: int) -> None:
@@ -433,11 +436,12 @@ class _Nonzeros:
     value: torch.Tensor
 
     @classmethod
-    def scan(cls, flat: torch.Tensor) -> _Nonzeros:
-        """Find them in the dense codes [N, F] (ReLU, JumpReLU and other dense-output SAEs)."""
+    def scan(cls, flat: torch.Tensor, floor: torch.Tensor | float = 0.0) -> _Nonzeros:
+        """Find them in the dense codes [N, F] (ReLU, JumpReLU and other dense-output SAEs), or
+        in the pre-activations where they exceed `floor` (see FeatureStats.update)."""
         N, F = flat.shape
         flat1 = flat.reshape(-1)
-        idx = torch.nonzero(flat1 > 0).squeeze(1)
+        idx = torch.nonzero((flat > floor).reshape(-1)).squeeze(1)
         if N * F < 2**31:  # int32 halves the cost of the index arithmetic
             idx = idx.to(torch.int32)
         row = idx // F
@@ -466,14 +470,18 @@ class _Windows:
     """Context windows of candidates: the feature's activation on each token from `left` before
     to `right` after the candidate's token (0 outside the sequence), for the page to shade."""
 
-    def __init__(self, flat: torch.Tensor, nz: _Nonzeros, seq_len: int, spec: StatsSpec):
-        self.flat1, self.nz, self.T = flat.reshape(-1), nz, seq_len
+    def __init__(self, flat: torch.Tensor, nz: _Nonzeros, seq_len: int, spec: StatsSpec, floor=None):
+        self.flat1, self.nz, self.T, self.floor = flat.reshape(-1), nz, seq_len, floor
         self.N, self.F = flat.shape
         self.offsets = torch.arange(-spec.left, spec.right + 1, device=flat.device, dtype=nz.row.dtype)
 
     def gather(self, sel: torch.Tensor) -> torch.Tensor:
-        n = self.nz.row[sel]
+        n, f = self.nz.row[sel], self.nz.feature[sel][:, None]
         tt = (n % self.T)[:, None] + self.offsets
         rows = (n[:, None] + self.offsets).clamp_(0, self.N - 1)
         inside = (tt >= 0) & (tt < self.T)
-        return torch.take(self.flat1, rows.long() * self.F + self.nz.feature[sel][:, None]).float() * inside
+        v = torch.take(self.flat1, rows.long() * self.F + f)
+        if self.floor is not None:  # pre-activations: the code is the value above the floor
+            floor = self.floor[f] if isinstance(self.floor, torch.Tensor) else self.floor
+            v = torch.where(v > floor, v, 0.0)
+        return v.float() * inside
