@@ -63,6 +63,7 @@ def feature() -> None:
         else:
             common.chart(fig, key="act_hist")
 
+    feature_view.position_panel(db, row_sae, f)
     feature_view.examples_panel(db, sae, f)
     c3, c4 = st.columns(2)
     with c3:

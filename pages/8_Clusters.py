@@ -1,12 +1,14 @@
 """Density clusters of one SAE: the feature map, the low-density tail's shared encoder direction,
 and dense features with their antipodal partners and position correlation."""
 
+import numpy as np
 import streamlit as st
 
 from backend.density import DENSE, format_density, is_dense, resolution_floor
 from backend.engine.clusters import ANTIPODAL_COSINE, TAIL_COSINE
 from backend.errors import UserError
 from backend.labels.joins import with_labels
+from backend.positions import BAND_RATIO, POSITIONAL_BITS, bands, describe_bands
 from backend.store import queries
 from ui import common, figures, labeling
 from ui.tokens import md
@@ -104,6 +106,7 @@ def clusters() -> None:
                 "anti_partner",
                 "anti_cos",
                 "pos_corr",
+                "pos_kl",
                 "top_tokens",
                 "label",
                 "open",
@@ -116,6 +119,7 @@ def clusters() -> None:
             "anti_partner": st.column_config.NumberColumn("antipodal partner"),
             "anti_cos": st.column_config.NumberColumn("decoder cosine", format="%.3f"),
             "pos_corr": st.column_config.NumberColumn("corr. with position", format="%+.3f"),
+            "pos_kl": st.column_config.NumberColumn("position bits", format="%.2f"),
             "open": st.column_config.LinkColumn("feature", display_text="open"),
             "partner_page": st.column_config.LinkColumn("partner", display_text="open"),
         },
@@ -126,8 +130,44 @@ def clusters() -> None:
         f"(minimum cosine among all {len(df):,}); {pairs} of them have one below {ANTIPODAL_COSINE}, an antipodal "
         "pair. Position "
         f"correlation: Pearson, of the activation (0 where silent) with the token's position, over all {n_tok:,} "
-        "counted tokens."
+        "counted tokens; it misses features that fire in narrow bands of positions, which the next table finds."
     )
+    _positional(db, sae, dense)
+
+
+def _positional(db: str, sae: str, dense) -> None:
+    """Dense features whose firings crowd into some positions (positions.py)."""
+    st.subheader("Positional dense features")
+    diag = queries.sae_diagnostics(db, sae)
+    width, tokens, seq_len = diag.pos_width, diag.pos_tokens, queries.sae_row(db, sae).context_len
+    hits = dense[dense["pos_kl"] >= POSITIONAL_BITS].sort_values("pos_kl", ascending=False)
+    explain = (
+        f"Bits: KL divergence of a feature's firings over ranges of {width} position(s) from the counted tokens' "
+        f"spread over them (0: fires alike at every position; {np.log2(len(tokens)):.0f} at most). Listed from "
+        f"{POSITIONAL_BITS:g} bit, as concentrated as firing evenly on half the positions. Bands: ranges where it "
+        f"fires at {BAND_RATIO:g}× its overall rate or more, the band with the most firings first."
+    )
+    if hits.empty:
+        st.info(f"No dense feature of this SAE is positional (all below {POSITIONAL_BITS:g} bit). {explain}")
+        return
+    prof = queries.position_profiles(db, sae, tuple(int(f) for f in hits["feature"]))
+    found = {int(r.feature): bands(r.pos_fire, tokens, width, seq_len) for r in prof.itertuples()}
+    table = hits.assign(
+        bands=[describe_bands(found.get(int(f), [])) for f in hits["feature"]],
+        open=[common.feature_url(sae, f) for f in hits["feature"]],
+    )
+    st.dataframe(
+        table[["feature", "density", "pos_kl", "bands", "pos_corr", "top_tokens", "label", "open"]],
+        hide_index=True,
+        column_config={
+            "density": st.column_config.NumberColumn(format="%.3f"),
+            "pos_kl": st.column_config.NumberColumn("bits from the tokens' spread", format="%.2f"),
+            "bands": st.column_config.TextColumn("fires most at positions"),
+            "pos_corr": st.column_config.NumberColumn("corr. with position", format="%+.3f"),
+            "open": st.column_config.LinkColumn("feature", display_text="open"),
+        },
+    )
+    st.caption(f"{len(hits):,} of {len(dense):,} dense features. {explain}")
 
 
 def _selected(df) -> list[int] | None:

@@ -95,6 +95,33 @@ def test_clusters_page_and_verdict_histogram(tmp_path, corpus_file, sae_dirs, ad
     specs = [c.proto.spec for c in at.get("plotly_chart")]
     assert "scattergl" in specs[0] and "log10 density" in specs[0]
     assert any("Dense features" in h.value for h in at.subheader)
+    # positional dense features: the tiny model's position embeddings make some of them fire in bands
+    import duckdb
+
+    from backend.density import DENSE
+    from backend.positions import POSITIONAL_BITS
+
+    con = duckdb.connect(str(d / "c.duckdb"), read_only=True)
+    want = con.execute(
+        """SELECT feature, pos_kl, pos_fire FROM features JOIN feature_diagnostics USING (sae, feature)
+           WHERE sae = 'relu-b0' AND density > ? AND pos_kl >= ? ORDER BY pos_kl DESC""",
+        [DENSE, POSITIONAL_BITS],
+    ).df()
+    con.close()
+    assert len(want) >= 1, "the tiny model has no positional dense feature: the test proves nothing"
+    assert any("Positional dense features" in h.value for h in at.subheader)
+    listed = next(t.value for t in at.dataframe if "bands" in t.value.columns)
+    assert listed["feature"].tolist() == want["feature"].tolist()
+    top = want.iloc[0]
+    busiest = int(np.argmax(top.pos_fire))  # bucket of width 1: the position itself
+    lo, hi = (int(x) for x in listed["bands"].iloc[0].split(",")[0].split("–"))
+    assert lo <= busiest <= hi
+    # ... and the Feature page draws its profile and says it is positional
+    at = run("pages/2_Feature.py", sae="relu-b0", feature=str(int(top.feature)))
+    assert not at.exception and not at.error
+    said = [m.value for m in at.markdown if "Where in the sequence it fires" in m.value]
+    assert said and f"positional: {top.pos_kl:.2f} bits" in said[0] and "not positional" not in said[0]
+    assert any("token position" in c.proto.spec for c in at.get("plotly_chart"))
     at = run("pages/8_Clusters.py", sae="relu-b0", sel="4,5,6")
     assert not at.exception and at.dataframe[0].value["feature"].tolist() == [4, 5, 6]
     at = run("pages/8_Clusters.py", sae="relu-b0", sel="four")
@@ -112,3 +139,31 @@ def test_clusters_page_and_verdict_histogram(tmp_path, corpus_file, sae_dirs, ad
     assert any(
         '"name":"interpretable"' in c.proto.spec and '"barmode":"stack"' in c.proto.spec for c in at.get("plotly_chart")
     )
+
+
+@pytest.mark.unit
+def test_position_bits_and_bands_find_what_a_correlation_misses():
+    """A feature firing in two narrow bands at opposite ends correlates with position at about 0,
+    yet its firings are far from the tokens' spread: bits above the positional cut, both bands named."""
+    from backend.positions import POSITIONAL_BITS, bands, describe_bands, position_kl
+
+    tokens = np.full(32, 1000)  # 32 buckets of 4 positions, 128 positions, equal tokens at each
+    even = np.full(32, 50)
+    banded = np.zeros(32)
+    banded[[2, 3]] = 400  # positions 8-15
+    banded[[28, 29, 30]] = 300  # positions 112-123
+    one = np.zeros(32)
+    one[5] = 7
+    kl = position_kl(np.stack([even, banded, one, np.zeros(32)]), tokens)
+    assert kl[0] == pytest.approx(0.0, abs=1e-12)
+    assert kl[1] == pytest.approx(sum(p * np.log2(p * 32) for p in [400 / 1700] * 2 + [300 / 1700] * 3))
+    assert kl[1] > POSITIONAL_BITS
+    assert kl[2] == pytest.approx(5.0) and np.isnan(kl[3])  # log2(32): all in one bucket; dead: NaN
+    pos = np.repeat(np.arange(128), 1)
+    rate = np.repeat(banded / tokens, 4)
+    assert abs(np.corrcoef(rate, pos)[0, 1]) < 0.35  # what a linear correlation sees
+    assert bands(banded, tokens, 4, 128) == [(112, 123), (8, 15)]  # the band with the most firings first
+    assert describe_bands(bands(banded, tokens, 4, 128)) == "112–123, 8–15"
+    assert bands(even, tokens, 4, 128) == [] and bands(np.zeros(32), tokens, 4, 128) == []
+    # a shorter last bucket: 30 positions in buckets of 4 end at position 29
+    assert bands(np.array([0, 0, 0, 0, 0, 0, 0, 9]), np.array([4] * 7 + [2]), 4, 30) == [(28, 29)]

@@ -120,6 +120,22 @@ def test_matches_brute_force(
         want_corr = np.array([np.corrcoef(a[:, f], pos)[0, 1] if a[:, f].any() else np.nan for f in range(a.shape[1])])
         np.testing.assert_allclose(diag["pos_corr"].astype(float), want_corr, rtol=1e-4, atol=1e-5)
         assert np.isfinite(want_corr).sum() > 10
+        # position profile: firings and activation sums per bucket of positions, and its KL from the tokens'
+        from backend.positions import position_kl
+
+        width, tokens = con.execute(
+            "SELECT pos_width, pos_tokens FROM sae_diagnostics WHERE sae = ?", [s.name]
+        ).fetchone()
+        bucket = torch.arange(codes.shape[1]) // width
+        fire_pos, act_pos = (codes > 0).sum(0).double(), codes.sum(0).double()  # [T, F]
+        n_b = int(bucket.max()) + 1
+        want_fire = torch.zeros(n_b, codes.shape[-1], dtype=torch.float64).index_add_(0, bucket, fire_pos).T.numpy()
+        want_act = torch.zeros(n_b, codes.shape[-1], dtype=torch.float64).index_add_(0, bucket, act_pos).T.numpy()
+        want_tok = torch.zeros(n_b).index_add_(0, bucket, counted.sum(0).float()).numpy()
+        assert tokens == want_tok.astype(int).tolist() and width == -(-cfg.context_len // 32)
+        np.testing.assert_array_equal(np.stack(diag["pos_fire"].to_numpy()), want_fire)
+        np.testing.assert_allclose(np.stack(diag["pos_act"].to_numpy()), want_act, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(diag["pos_kl"].astype(float), position_kl(want_fire, want_tok), rtol=1e-4)
 
         ex = con.execute("SELECT * FROM examples WHERE sae = ?", [s.name]).df()
         flat = codes.reshape(-1, codes.shape[-1])
@@ -310,7 +326,7 @@ def test_pre_activation_path_is_sae_lens_encode(loaded_saes, adapter, jumprelu_d
         cut = (pre > 0) & (codes == 0)
         assert not cut.any() if s is loaded_saes[0] else cut.any()  # JumpReLU cuts codes below thresholds
         spec = StatsSpec(d_sae=codes.shape[-1], d_in=x.shape[-1], seq_len=7, n_top=3, n_buckets=5, per_bucket=5,
-                         left=2, right=1, seed=0)  # fmt: skip
+                         left=2, right=1, seed=0, pos_buckets=3)  # fmt: skip
         a, b = FeatureStats(spec), FeatureStats(spec)
         nz_a = a.update(codes.clone(), torch.arange(3), mask)
         nz_b = b.update(pre.clone(), torch.arange(3), mask, floor=s.floor)
@@ -322,6 +338,13 @@ def test_pre_activation_path_is_sae_lens_encode(loaded_saes, adapter, jumprelu_d
         for name in ("top", "reservoir"):
             for x_a, x_b in zip(getattr(a, name).ordered(), getattr(b, name).ordered()):
                 assert torch.equal(x_a, x_b)
+        # the position profile in buckets of 3 positions (0-2, 3-5, 6), masked tokens left out
+        fire, act, tokens = b.position_profile()
+        kept = codes * mask[..., None]
+        for k, (lo, hi) in enumerate([(0, 3), (3, 6), (6, 7)]):
+            np.testing.assert_array_equal(fire[:, k], (kept[:, lo:hi] > 0).sum((0, 1)).numpy())
+            np.testing.assert_allclose(act[:, k], kept[:, lo:hi].sum((0, 1)).double().numpy(), rtol=1e-6)
+            assert tokens[k] == int(mask[:, lo:hi].sum())
     odd = LoadedSAE("t", "t", copy.deepcopy(jump.sae))
     assert floor_agrees(odd)
     odd.sae.activation_fn = torch.nn.GELU()  # not the activation whose floor is known

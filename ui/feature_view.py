@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from backend.density import DENSE, format_density, is_dense, log10_density, resolution_floor
+from backend.density import DENSE, TOO_FEW_FIRINGS, format_density, is_dense, log10_density, resolution_floor
 from backend.errors import UserError
 from backend.examples import activation_share, dedupe_windows, distinct_contexts, equal_width_groups
 from backend.explanations import store
+from backend.positions import BAND_RATIO, POSITIONAL_BITS, bands, describe_bands
 from backend.store import queries
 from backend.store.schema import ExampleKind
 from ui import common, figures
@@ -114,6 +115,37 @@ def neighbours_panel(db: str, sae: str, f: int) -> None:
             "dense": st.column_config.CheckboxColumn(f"dense (>{DENSE:.0%})"),
             "cosine": st.column_config.NumberColumn(format="%.3f"),
         },
+    )
+
+
+def position_panel(db: str, row_sae, f: int) -> None:
+    """Where in the sequence the feature fires: its rate per range of positions, and how
+    positional that is (positions.py)."""
+    sae = row_sae.sae
+    diag = queries.sae_diagnostics(db, sae)
+    prof = queries.position_profiles(db, sae, (f,))
+    if prof.empty:
+        return
+    r = prof.iloc[0]
+    fig = figures.position_profile(r.pos_fire, r.pos_act, diag.pos_tokens, diag.pos_width, row_sae.context_len)
+    if fig is None:
+        return
+    found = bands(r.pos_fire, diag.pos_tokens, diag.pos_width, row_sae.context_len)
+    kl = float(r.pos_kl)
+    n = int(np.sum(r.pos_fire))
+    verdict = "positional" if kl >= POSITIONAL_BITS else "not positional"
+    st.markdown(
+        f"**Where in the sequence it fires** · {verdict}: {kl:.2f} bits from the tokens' spread over positions"
+        + (f"; most in positions {describe_bands(found)}" if found else "")
+    )
+    common.chart(fig, key="pos_profile", config={"displayModeBar": False})
+    few = f" Only {n} firing(s): too few to judge where it fires." if n < TOO_FEW_FIRINGS else ""
+    st.caption(
+        f"Share of the counted tokens at each range of {diag.pos_width} position(s) on which the feature fires; "
+        f"dashed: over all positions. Bits: KL divergence of its firings' distribution over these ranges from "
+        f"the tokens' own (0: fires alike everywhere; {np.log2(len(diag.pos_tokens)):.0f} at most; positional from "
+        f"{POSITIONAL_BITS:g}, as concentrated as firing evenly on half the positions). Bands: ranges where it "
+        f"fires at {BAND_RATIO:g}× its overall rate or more.{few}"
     )
 
 

@@ -406,6 +406,42 @@ def activation_histogram(hist: np.ndarray, lo: float, hi: float) -> go.Figure | 
     return fig
 
 
+def position_profile(fire, act, tokens, width: int, seq_len: int) -> go.Figure | None:
+    """How often a feature fires at each range of token positions (positions.py), against its
+    rate over all positions (dashed); None for a feature that never fired."""
+    from backend.positions import bucket_ranges
+
+    fire, act, tokens = (np.asarray(a, dtype=np.float64) for a in (fire, act, tokens))
+    if fire.sum() == 0:
+        return None
+    ranges = bucket_ranges(width, seq_len, len(fire))
+    rate = np.divide(fire, tokens, out=np.full_like(fire, np.nan), where=tokens > 0)
+    mean = np.divide(act, fire, out=np.zeros_like(act), where=fire > 0)
+    overall = fire.sum() / tokens.sum()
+    hover = [
+        f"positions {lo}–{hi}: fires on {r:.2%} of {int(n):,} tokens ({int(k):,}){BR}mean activation {m:.3g}"
+        if n
+        else f"positions {lo}–{hi}: no counted token"
+        for (lo, hi), r, n, k, m in zip(ranges, rate, tokens, fire, mean)
+    ]
+    fig = go.Figure(
+        go.Bar(
+            x=[(lo + hi) / 2 for lo, hi in ranges],
+            y=rate,
+            width=[hi - lo + 1 for lo, hi in ranges],
+            marker_color="#ff7800",
+            marker_line_width=0,
+            hovertext=hover,
+            hovertemplate=f"%{{hovertext}}{extra()}",
+        )
+    )
+    fig.add_hline(y=overall, line_dash="dash", line_color="#444", annotation_text=f"all positions: {overall:.2%}")
+    fig.update_xaxes(title="token position", range=[-0.5, seq_len - 0.5])
+    fig.update_yaxes(title="fires on (share of tokens)", tickformat=".1%", rangemode="tozero")
+    fig.update_layout(height=260, margin=dict(t=10, l=10, r=10, b=10), bargap=0)
+    return fig
+
+
 def interpretability_chart(df: pd.DataFrame) -> go.Figure:
     """Fraction of features judged interpretable per density bucket with Wilson intervals, one
     marker series per SAE, buckets from sparse to dense; no lines: buckets are categories."""

@@ -19,7 +19,7 @@ import torch
 
 from backend.errors import UserError
 
-FORMAT = 1
+FORMAT = 2
 KEYS = {"format", "config", "n_seqs", "stats", "propagation"}
 
 

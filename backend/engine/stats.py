@@ -46,6 +46,8 @@ class StatsSpec:
     """log10 of the smallest activation the per-feature histogram resolves"""
     hist_hi: float = 4.0
     hist_bins: int = 64
+    pos_buckets: int = 32
+    """token positions are counted in this many equal ranges (the last may be shorter)"""
 
     @classmethod
     def for_run(cls, cfg: PrecomputeConfig, d_sae: int, d_in: int) -> StatsSpec:
@@ -68,6 +70,16 @@ class StatsSpec:
     @property
     def n_reservoir(self) -> int:
         return self.n_buckets * self.per_bucket
+
+    @property
+    def pos_width(self) -> int:
+        """positions per bucket of the position profile"""
+        return -(-self.seq_len // self.pos_buckets)
+
+    @property
+    def n_pos(self) -> int:
+        """buckets of the position profile that hold a position"""
+        return -(-self.seq_len // self.pos_width)
 
 
 def token_keys(tok_ids: torch.Tensor, seed: int) -> torch.Tensor:
@@ -110,6 +122,8 @@ class FeatureStats:
         "pos_sse",
         "pos_x2",
         "pos_n",
+        "pos_fire",
+        "pos_act",
     )
     """tensors that merge by addition (and are saved as they are)"""
 
@@ -124,6 +138,9 @@ class FeatureStats:
         self.sum_act_pos = torch.zeros(F, dtype=torch.float64, device=dev)
         self.tok_pos_n = torch.zeros(spec.seq_len, dtype=torch.int64, device=dev)
         self.hist = torch.zeros(F * (spec.hist_bins + 2), dtype=torch.int64, device=dev)
+        # position profile: firings and activation sum per feature and position bucket, [F * n_pos]
+        self.pos_fire = torch.zeros(F * spec.n_pos, dtype=torch.int64, device=dev)
+        self.pos_act = torch.zeros(F * spec.n_pos, dtype=torch.float64, device=dev)
         self.top = TopSet(F, spec.n_top, spec.window, dev, center=spec.left)
         self.reservoir = TopSet(F, spec.n_reservoir, spec.window, dev, center=spec.left)
         self.n_tokens = 0
@@ -202,7 +219,11 @@ class FeatureStats:
         v = nz.value.double()
         self.sum_act += torch.bincount(nz.feature, weights=v, minlength=F)
         self.sum_act2 += torch.bincount(nz.feature, weights=v * v, minlength=F)
-        self.sum_act_pos += torch.bincount(nz.feature, weights=v * (nz.row % T).double(), minlength=F)
+        pos = nz.row % T
+        self.sum_act_pos += torch.bincount(nz.feature, weights=v * pos.double(), minlength=F)
+        where = nz.feature * spec.n_pos + torch.div(pos, spec.pos_width, rounding_mode="floor")
+        self.pos_fire += torch.bincount(where, minlength=self.pos_fire.numel())
+        self.pos_act += torch.bincount(where, weights=v, minlength=self.pos_act.numel())
         width = activation_bin_width(spec.hist_lo, spec.hist_hi, spec.hist_bins)
         b = torch.floor((torch.log10(nz.value) - spec.hist_lo) / width).long() + 1
         b = torch.clamp(b, 0, spec.hist_bins + 1)
@@ -337,6 +358,14 @@ class FeatureStats:
         var = (n * sa2 - sa * sa).clamp(min=0) * (n * sp2 - sp * sp).clamp(min=0)
         corr = torch.where(var > 0, cov / var.sqrt(), torch.full_like(cov, float("nan")))
         return corr.cpu().numpy()
+
+    def position_profile(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per feature and position bucket, firings [F, n_pos] and activation sums [F, n_pos];
+        and the counted tokens per bucket [n_pos] they are rates of."""
+        n = self.spec.n_pos
+        per_pos = self.tok_pos_n.cpu().numpy()
+        tokens = np.add.reduceat(per_pos, np.arange(0, len(per_pos), self.spec.pos_width))[:n]
+        return self.pos_fire.view(-1, n).cpu().numpy(), self.pos_act.view(-1, n).cpu().numpy(), tokens
 
     def feature_table(self) -> dict[str, np.ndarray]:
         self.flush()

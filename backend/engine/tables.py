@@ -173,11 +173,13 @@ def diagnostics_frames(
     """Rows of `feature_diagnostics` and `sae_diagnostics` for one SAE (engine.clusters)."""
     from backend.density import resolution_floor
     from backend.engine import clusters
+    from backend.positions import position_kl
 
     xy, method = clusters.feature_map(s.sae.W_dec, seed)
     cut = tail_below if tail_below else clusters.tail_cut(density, resolution_floor(max(st.n_tokens, 1)))
     tail = clusters.tail_direction(s.sae.W_enc, density, cut)
     partner, anti = clusters.antipodal(s.sae.W_dec, density)
+    fire, act, tokens = st.position_profile()
     per_feature = pd.DataFrame(
         {
             "sae": name,
@@ -188,6 +190,9 @@ def diagnostics_frames(
             "pos_corr": st.position_correlation().astype(np.float32),
             "anti_partner": pd.array(np.where(partner >= 0, partner, None), dtype="Int32"),
             "anti_cos": anti,
+            "pos_kl": position_kl(fire, tokens).astype(np.float32),
+            "pos_fire": list(fire.astype(np.int64)),
+            "pos_act": list(act.astype(np.float32)),
         }
     )
     per_sae = pd.DataFrame(
@@ -199,6 +204,8 @@ def diagnostics_frames(
                 "tail_auto": not tail_below,
                 "tail_n": tail.n,
                 "tail_share": tail.share,
+                "pos_width": st.spec.pos_width,
+                "pos_tokens": tokens.astype(np.int64).tolist(),
             }
         ]
     )

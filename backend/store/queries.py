@@ -237,7 +237,7 @@ def saes(path: str) -> pd.DataFrame:
         path,
         f"""
         SELECT s.* EXCLUDE (sae_config), s.n_dead / s.d_sae AS dead_frac, s.n_dense / s.d_sae AS dense_frac,
-               r.model, r.corpus,
+               r.model, r.corpus, r.context_len,
                coalesce((SELECT sum(p.n) FROM position_error p WHERE p.sae = s.sae), 0)::BIGINT AS recon_tokens
         FROM saes s JOIN runs r USING (run_id) WHERE {COMPLETE} ORDER BY s.depth, s.sae""",
     )
@@ -605,11 +605,23 @@ def diagnostics(path: str, sae: str) -> pd.DataFrame:
     """Every feature of an SAE (as `features` gives it) with the engine.clusters diagnostics."""
     diag = _df(
         path,
-        """SELECT feature, map_x, map_y, tail_cos, pos_corr, anti_partner, anti_cos
+        """SELECT feature, map_x, map_y, tail_cos, pos_corr, anti_partner, anti_cos, pos_kl
            FROM feature_diagnostics WHERE sae = ? ORDER BY feature""",
         [sae],
     )
     return features(path, sae).drop(columns="mean_act").merge(diag, on="feature")
+
+
+@cached
+def position_profiles(path: str, sae: str, feats: tuple[int, ...]) -> pd.DataFrame:
+    """Firings and activation sums per position bucket (`pos_fire`, `pos_act`) and `pos_kl` of
+    these features (positions.py; buckets of sae_diagnostics.pos_width positions)."""
+    return _df(
+        path,
+        """SELECT feature, pos_fire, pos_act, pos_kl FROM feature_diagnostics
+           WHERE sae = ? AND feature IN (SELECT unnest(?::INTEGER[])) ORDER BY feature""",
+        [sae, list(feats)],
+    )
 
 
 @cached

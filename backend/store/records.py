@@ -59,6 +59,7 @@ class SaeInfo(_Row):
     train_context: int | None
     model: str
     corpus: str
+    context_len: int
 
 
 @dataclass(frozen=True)
@@ -87,3 +88,6 @@ class SaeDiagnostics(_Row):
     tail_auto: bool
     tail_n: int
     tail_share: float | None
+    pos_width: int
+    pos_tokens: np.ndarray
+    """counted tokens per bucket of `pos_width` positions (positions.py)"""

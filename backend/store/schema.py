@@ -10,7 +10,7 @@ import duckdb
 from backend.errors import UserError
 
 SCHEMA = Path(__file__).with_name("schema.sql").read_text()
-VERSION = "9"
+VERSION = "10"
 """Bumped whenever a table or column changes; files of another version are refused by name."""
 
 SAE_TABLES = (
@@ -34,7 +34,8 @@ _REQUIRED = {
     "features": {"sae", "feature", "count", "density", "max_act", "hist", "count_ge_1pct", "count_ge_10pct"},
     "examples": {"sae", "feature", "kind", "quantile", "seq", "pos", "ctx_start", "acts"},
     "propagation": {"run_id", "sae", "hook", "resid_change"},
-    "feature_diagnostics": {"sae", "feature", "map_x", "tail_cos", "pos_corr", "anti_partner"},
+    "feature_diagnostics": {"sae", "feature", "map_x", "tail_cos", "pos_corr", "anti_partner", "pos_kl", "pos_fire"},
+    "sae_diagnostics": {"sae", "map_method", "tail_cut", "pos_width", "pos_tokens"},
     "splice_output": {"run_id", "sae", "mode", "metric", "clean", "spliced", "cosine", "draws"},
     "splice_context": {"run_id", "sae", "ctx_lo", "ctx_hi", "increase"},
     "steering": {"sae", "feature", "estimate", "exact_plus", "exact_minus", "pick"},

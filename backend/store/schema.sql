@@ -280,7 +280,13 @@ CREATE TABLE IF NOT EXISTS feature_diagnostics (
     pos_corr     FLOAT,                -- correlation of the activation (0 where silent) with token position, over
                                        -- every counted token (stats.FeatureStats.position_correlation); NULL if dead
     anti_partner INTEGER,              -- dense features: the most anti-aligned decoder direction (clusters.antipodal)
-    anti_cos     FLOAT                 --   and its cosine; NULL for features that are not dense
+    anti_cos     FLOAT,                --   and its cosine; NULL for features that are not dense
+    -- position profile (stats.FeatureStats.position_profile): firings and activation sum per bucket of
+    -- sae_diagnostics.pos_width positions; pos_kl: KL divergence in bits of the firings' distribution
+    -- over the buckets from the counted tokens' (positions.position_kl); NULL if dead
+    pos_kl       FLOAT,
+    pos_fire     BIGINT[],
+    pos_act      FLOAT[]
 );
 
 -- Per SAE: how its map was made and what its low-density tail is.
@@ -290,5 +296,7 @@ CREATE TABLE IF NOT EXISTS sae_diagnostics (
     tail_cut   DOUBLE NOT NULL,        -- density below which the tail lies (clusters.tail_cut, or --tail-below)
     tail_auto  BOOLEAN NOT NULL,       -- the cut was found in the density histogram, not given
     tail_n     INTEGER NOT NULL,       -- live features below it
-    tail_share DOUBLE                  -- share of them with encoder cosine > 0.9 to their mean direction
+    tail_share DOUBLE,                 -- share of them with encoder cosine > 0.9 to their mean direction
+    pos_width  INTEGER NOT NULL,       -- positions per bucket of the position profile
+    pos_tokens BIGINT[] NOT NULL       -- counted tokens per bucket
 );
