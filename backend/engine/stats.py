@@ -111,7 +111,6 @@ class FeatureStats:
     FLUSH_CANDIDATES = 32_768
     FLUSH_BATCHES = 8
     _SUMS = (
-        "sum_act",
         "sum_act2",
         "sum_act_pos",
         "tok_pos_n",
@@ -131,7 +130,6 @@ class FeatureStats:
         self.spec = spec
         dev = torch.device(device)
         F = spec.d_sae
-        self.sum_act = torch.zeros(F, dtype=torch.float64, device=dev)
         # for each feature's correlation with token position: sums of a^2 and a * position per
         # feature, and the counted tokens at each position (every token, not only the firing ones)
         self.sum_act2 = torch.zeros(F, dtype=torch.float64, device=dev)
@@ -165,6 +163,11 @@ class FeatureStats:
     def count(self) -> torch.Tensor:
         """Firing count per feature: every nonzero activation lands in exactly one histogram bin."""
         return self.hist.view(self.spec.d_sae, -1).sum(1)
+
+    @property
+    def sum_act(self) -> torch.Tensor:
+        """Activation sum per feature, from the position profile (one bincount fewer per batch)."""
+        return self.pos_act.view(self.spec.d_sae, -1).sum(1)
 
     def _refresh_thresholds(self) -> None:
         self._top_min = self.top.threshold().float()  # scores are float32 values: exact
@@ -217,7 +220,6 @@ class FeatureStats:
     def _add_sums(self, nz: _Nonzeros, T: int) -> None:
         spec, F = self.spec, self.spec.d_sae
         v = nz.value.double()
-        self.sum_act += torch.bincount(nz.feature, weights=v, minlength=F)
         self.sum_act2 += torch.bincount(nz.feature, weights=v * v, minlength=F)
         pos = nz.row % T
         self.sum_act_pos += torch.bincount(nz.feature, weights=v * pos.double(), minlength=F)
