@@ -51,9 +51,15 @@ def layer() -> None:
         (lo if lo is not None else -10.0, hi if hi is not None else 0.0) if (lo is not None or hi is not None) else None
     )
     floor = resolution_floor(row.n_tokens)
+    status = labeling.status_table(db, sae)  # empty, with a warning, if the labels store is unreadable
     fig = figures.layer_histogram(feats, other, names=(sae, overlay or ""), selected=sel, floor=floor)
     reset = st.session_state.setdefault("_hist_reset", 0)
-    event = common.chart(fig, on_select="rerun", selection_mode="box", key=f"hist{reset}")
+    main, beside = st.columns([3, 2]) if not status.empty else (st.container(), None)
+    with main:
+        event = common.chart(fig, on_select="rerun", selection_mode="box", key=f"hist{reset}")
+    if beside is not None:
+        with beside:
+            _verdict_histogram(feats, status, floor, row.n_tokens, firing)
     box = (event.selection or {}).get("box") if event else None
     if box:
         x0, x1 = sorted(box[0]["x"][:2])
@@ -78,7 +84,6 @@ def layer() -> None:
         st.session_state["_hist_reset"] = reset + 1
         st.rerun()
 
-    status = labeling.status_table(db, sae)  # empty, with a warning, if the labels store is unreadable
     preset = st.session_state["w_filter"] or "all"
     shown = layer_table(db, sae, status, preset, lo, hi, SORTS[sort], firing)
     if st.session_state["w_filter"] == "ultralow" and below_floor(ULTRALOW, row.n_tokens):
@@ -109,15 +114,7 @@ def layer() -> None:
             "mean_act": st.column_config.NumberColumn("mean act", format="%.3g"),
         },
     )
-    if not status.empty:
-        st.markdown("**Density by verdict** (the team's labels of this SAE; each feature by its labelers' majority)")
-        by_verdict = with_labels(feats, status)
-        common.chart(figures.verdict_histogram(by_verdict, floor), key="verdicts")
-        n_labeled = int(by_verdict["label"].ne("").sum())
-        st.caption(
-            f"{n_labeled:,} labeled of {len(feats):,} features; densities over {row.n_tokens:,} tokens "
-            f"({FIRING_LABELS[firing]}). Dead features are not drawn."
-        )
+
     go = st.columns([1, 1, 4])
     target = go[0].number_input("Open feature #", 0, row.d_sae - 1, step=1, key="w_goto")
     if go[1].button("Go to feature", key="goto"):
@@ -127,6 +124,26 @@ def layer() -> None:
         f = int(shown.iloc[rows[0]]["feature"])
         listed = FeatureList(preset, lo, hi, firing, sort).params()
         st.switch_page(common.FEATURE, query_params=common.link_params(sae=sae, feature=f, list="layer", **listed))
+
+
+VERDICT_VIEWS = {"all": "all features", "labeled": "labeled only"}
+COUNT_AXES = {"linear": "linear", "log": "log"}
+
+
+def _verdict_histogram(feats, status, floor: float, n_tokens: int, firing: str) -> None:
+    """Beside the main histogram, on its density axis: the team's verdicts."""
+    st.markdown("**Density by verdict** (each feature by its labelers' majority)")
+    a, b = st.columns(2)
+    view = common.choice("verdicts", VERDICT_VIEWS, "Show", "labeled", container=a)
+    axis = common.choice("vcount", COUNT_AXES, "Count axis", "linear", container=b)
+    by_verdict = with_labels(feats, status)
+    fig = figures.verdict_histogram(by_verdict, floor, labeled_only=view == "labeled", log_count=axis == "log")
+    common.chart(fig, key="verdicts")
+    n_labeled = int(by_verdict["label"].ne("").sum())
+    st.caption(
+        f"{n_labeled:,} labeled of {len(feats):,} features; densities over {n_tokens:,} tokens "
+        f"({FIRING_LABELS[firing]}); bins of 0.1 decade, as beside it. Dead features are not drawn."
+    )
 
 
 layer()

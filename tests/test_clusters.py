@@ -95,6 +95,15 @@ def test_clusters_page_and_verdict_histogram(tmp_path, corpus_file, sae_dirs, ad
     specs = [c.proto.spec for c in at.get("plotly_chart")]
     assert "scattergl" in specs[0] and "log10 density" in specs[0]
     assert any("Dense features" in h.value for h in at.subheader)
+    # the tail's few features stay visible: each group in shares of itself, and one tick per tail feature
+    import json
+
+    tail = json.loads(next(c.proto.spec for c in at.get("plotly_chart") if "tail's mean direction" in c.proto.spec))
+    hists = [t for t in tail["data"] if t["type"] == "histogram"]
+    assert [t["histnorm"] for t in hists] == ["percent", "percent"]
+    ticks = next(t for t in tail["data"] if t["name"] == "each tail feature")
+    n_tail = int(hists[0]["name"].split("(")[1].rstrip(")"))
+    assert 0 < n_tail == len(_values(ticks["x"])) < len(_values(hists[1]["x"]))
     # positional dense features: the tiny model's position embeddings make some of them fire in bands
     import duckdb
 
@@ -136,9 +145,16 @@ def test_clusters_page_and_verdict_histogram(tmp_path, corpus_file, sae_dirs, ad
     add(str(d / "labels.sqlite"), Label("c.duckdb", run_id, "relu-b0", 20, "interpretable", "ann"))
     at = run("pages/1_Layer.py", sae="relu-b0")
     assert not at.exception and not at.error
-    assert any(
-        '"name":"interpretable"' in c.proto.spec and '"barmode":"stack"' in c.proto.spec for c in at.get("plotly_chart")
-    )
+    # beside the main histogram (columns of one row), labeled features only by default: one label shows
+    left, right = at.columns[0], at.columns[1]
+    assert '"dragmode":"select"' in left.get("plotly_chart")[0].proto.spec
+    spec = right.get("plotly_chart")[0].proto.spec
+    assert '"name":"interpretable"' in spec and '"barmode":"stack"' in spec and '"name":"unlabeled"' not in spec
+    at = run("pages/1_Layer.py", sae="relu-b0", verdicts="all", vcount="log")
+    spec = next(c.proto.spec for c in at.get("plotly_chart") if '"barmode":"stack"' in c.proto.spec)
+    assert '"name":"unlabeled"' in spec and '"type":"log"' in spec
+    at = run("pages/1_Layer.py", sae="relu-b0", vcount="sqrt")
+    assert "vcount='sqrt'" in at.error[0].value
 
 
 @pytest.mark.unit
@@ -167,3 +183,10 @@ def test_position_bits_and_bands_find_what_a_correlation_misses():
     assert bands(even, tokens, 4, 128) == [] and bands(np.zeros(32), tokens, 4, 128) == []
     # a shorter last bucket: 30 positions in buckets of 4 end at position 29
     assert bands(np.array([0, 0, 0, 0, 0, 0, 0, 9]), np.array([4] * 7 + [2]), 4, 30) == [(28, 29)]
+
+
+def _values(v) -> np.ndarray:
+    """A Plotly figure's array as JSON holds it: a list, or base64 bytes with their dtype."""
+    import base64
+
+    return np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"]) if isinstance(v, dict) else np.asarray(v)

@@ -684,23 +684,29 @@ VERDICT_SYMBOLS = {
 }
 
 
-def verdict_histogram(df: pd.DataFrame, floor: float | None = None) -> go.Figure:
+def verdict_histogram(
+    df: pd.DataFrame, floor: float | None = None, labeled_only: bool = False, log_count: bool = False
+) -> go.Figure:
     """log10-density histogram of live features stacked by the team's verdict: the picture behind
     "high-density features are interpretable, ultralow ones are not", from this team's labels.
-    `df`: log10_density and label ("" or NaN: unlabeled)."""
+    `df`: log10_density and label ("" or NaN: unlabeled). The bins are those of every live
+    feature, so the bars line up with the main histogram's even when only labeled ones are drawn;
+    a few labels among thousands of features show with `labeled_only` or a log count axis."""
     live = df[np.isfinite(df["log10_density"])]
     edges = log_density_edges(live["log10_density"].to_numpy())
     centres = (edges[:-1] + edges[1:]) / 2
     labels = live["label"].fillna("").replace("", "unlabeled")
     fig = go.Figure()
     for verdict, colour in VERDICT_COLOURS.items():
+        if labeled_only and verdict == "unlabeled":
+            continue
         counts, _ = np.histogram(live.loc[labels == verdict, "log10_density"], bins=edges)
         fig.add_trace(
             go.Bar(x=centres, y=counts, width=np.diff(edges), name=verdict, marker_color=colour, marker_line_width=0)
         )
-    fig.update_layout(barmode="stack", bargap=0, height=300, margin=dict(t=10, l=10, r=10, b=10))
-    fig.update_xaxes(title_text="log10 feature density")
-    fig.update_yaxes(title_text="features")
+    fig.update_layout(barmode="stack", bargap=0, height=320, margin=dict(t=30, l=10, r=10, b=10))
+    fig.update_xaxes(title_text="log10 feature density", range=[edges[0], edges[-1]])
+    fig.update_yaxes(title_text="features" + (" (log)" if log_count else ""), type="log" if log_count else "linear")
     density_marks(fig, floor)
     return fig
 
@@ -752,21 +758,45 @@ def feature_map(df: pd.DataFrame, method: str) -> go.Figure:
 
 def tail_cosines(df: pd.DataFrame, cut: float) -> go.Figure:
     """Encoder cosine to the low-density tail's mean direction: the tail's features against the
-    other live ones."""
+    other live ones, each group as shares of itself (a tail of 15 among 1,500 features would be
+    slivers on a common count axis), and every tail feature also as a tick below the axis."""
     live = df[df["density"] > 0]
     tail = live["density"] < cut
     fig = go.Figure()
-    for name, g, colour in (("low-density tail", live[tail], "#e76f51"), ("other live features", live[~tail], "#888")):
+    groups = (("low-density tail", live[tail], "#e76f51"), ("other live features", live[~tail], "#888"))
+    for name, g, colour in groups:
         fig.add_trace(
             go.Histogram(
-                x=g["tail_cos"], name=name, marker_color=colour, opacity=0.7, xbins=dict(start=-1, end=1, size=0.05)
+                x=g["tail_cos"],
+                name=f"{name} ({len(g):,})",
+                histnorm="percent",
+                marker_color=colour,
+                opacity=0.7,
+                xbins=dict(start=-1, end=1, size=0.05),
+                hovertemplate=f"cosine %{{x}}: %{{y:.1f}}% of the {name}{extra()}",
+            )
+        )
+    if 0 < int(tail.sum()) <= TAIL_TICKS:
+        fig.add_trace(
+            go.Scatter(
+                x=live.loc[tail, "tail_cos"],
+                y=np.zeros(int(tail.sum())),
+                mode="markers",
+                marker=dict(symbol="line-ns-open", size=14, color="#e76f51", line_width=2),
+                name="each tail feature",
+                customdata=live.loc[tail, "feature"],
+                hovertemplate=f"feature %{{customdata}}: cosine %{{x:.3f}}{extra()}",
             )
         )
     fig.add_vline(x=TAIL_COSINE, line_dash="dash", line_color="#333", line_width=1)
     fig.update_layout(barmode="overlay", height=300, margin=dict(t=10, l=10, r=10, b=10))
     fig.update_xaxes(title_text="encoder cosine to the tail's mean direction", range=[-1, 1])
-    fig.update_yaxes(title_text="features")
+    fig.update_yaxes(title_text="% of the group's features", rangemode="tozero")
     return fig
+
+
+TAIL_TICKS = 500
+"""up to this many tail features are also drawn one tick each"""
 
 
 def context_label(lo: int, hi: int) -> str:
