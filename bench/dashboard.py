@@ -15,6 +15,13 @@ and three Feature pages in turn; time to content per page (navigation start to t
 content visible), p50/p95 per N.
 Last line: s1_p50_ms=<a> s1_p95_ms=<b> s5_p50_ms=... s20_p95_ms=<z>
 
+With --browser --every-page it instead opens every page in one browser session, --repeat
+times in turn (the first round after the server starts is reported apart as cold), and times
+verdict saves on the Label queue: a click on a verdict until the saved verdict shows, and "Next"
+until the next feature's examples show. It works on a copy of the data folder's newest database
+(labels go to the copy's own store).
+Last line: page_p95_ms=<a> <page>_p95_ms=... verdict_p95_ms=<v> next_p95_ms=<n>
+
 With --pages it measures each page's own work (the script run through AppTest, cold and warm
 query caches) on the newest database of --data.
 Last line: overview_cold_ms=<a> overview_warm_ms=<b> layer_cold_ms=... interpretability_warm_ms=<z>
@@ -331,6 +338,97 @@ def browser_bench(data: Path, sessions: list[int], watcher: str, port: int = 876
     return results
 
 
+EVERY_PAGE = [  # name, URL path, what shows that the page's content is there (its last section)
+    ("overview", "/?db={db}", "[data-testid='stPlotlyChart']"),
+    ("layer", "/Layer?db={db}&sae={sae}", "[data-testid='stDataFrame']"),
+    ("feature", "/Feature?db={db}&sae={sae}&feature={f}", "span.tok"),
+    ("search", "/Search?db={db}&q=return", "[data-testid='stDataFrame']"),
+    ("queue", "/Label_queue?db={db}&sae={sae}", "span.tok"),
+    ("interpretability", "/Interpretability?db={db}", "h3:has-text('Export and import')"),
+    ("layers", "/Layers?db={db}", "h3:has-text('Reconstruction inside and beyond')"),
+    ("probe", "/Probe?db={db}&sae={sae}&text=def+main(args):+return+args", "h3:has-text('Every SAE')"),
+    ("clusters", "/Clusters?db={db}&sae={sae}", "h3:has-text('Dense features'), div:has-text('No feature of this')"),
+]
+
+
+def every_page_bench(data: Path, repeat: int, port: int = 8766) -> dict[str, list[float]]:
+    """Milliseconds per page and per verdict step (see the module docstring), on a copy of `data`."""
+    import asyncio
+    import shutil
+    import tempfile
+
+    import duckdb
+    from playwright.async_api import async_playwright
+
+    os.environ["SAE_DASHBOARD_DATA"] = str(data)
+    db = queries.list_databases()[0]
+    copy = Path(tempfile.mkdtemp(prefix="bench-pages-"))
+    shutil.copy(data / db, copy / db)
+    con = duckdb.connect(str(copy / db), read_only=True)
+    sae = con.execute("SELECT sae FROM saes ORDER BY depth DESC LIMIT 1").fetchone()[0]
+    top = "SELECT feature FROM features WHERE sae = ? ORDER BY count DESC LIMIT 40"
+    busy = [r[0] for r in con.execute(top, [sae]).fetchall()]
+    con.close()
+    proc = _serve(copy, port, "none")
+    base = f"http://127.0.0.1:{port}"
+    out: dict[str, list[float]] = {}
+
+    async def visit(page, name: str, path: str, ready: str, when: str) -> None:
+        t = time.perf_counter()
+        await page.goto(base + path)
+        await page.locator(ready).first.wait_for()
+        out.setdefault(f"{name}{when}", []).append((time.perf_counter() - t) * 1000)
+
+    async def run() -> None:
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            ctx = await browser.new_context(viewport={"width": 1400, "height": 1000})
+            await ctx.add_cookies([{"name": "sae_dashboard_labeler", "value": "bench", "url": base}])
+            page = await ctx.new_page()
+            page.set_default_timeout(180_000)
+            for r in range(repeat + 1):
+                when = " (cold)" if r == 0 else ""
+                for name, path, ready in EVERY_PAGE:
+                    f = busy[r % len(busy)]
+                    await visit(page, name, path.format(db=db, sae=sae, f=f), ready, when)
+            await page.goto(base + f"/Label_queue?db={db}&sae={sae}")
+            for _ in range(repeat):
+                await page.get_by_role("heading", name="Next feature").wait_for()
+                button = page.get_by_role("button", name="unsure").first
+                await button.wait_for()
+                t = time.perf_counter()
+                await button.click()
+                await page.get_by_text("Density was").wait_for()
+                out.setdefault("verdict", []).append((time.perf_counter() - t) * 1000)
+                t = time.perf_counter()
+                await page.get_by_role("button", name="Next →").click()
+                await page.get_by_role("heading", name="Next feature").wait_for()
+                await page.locator("span.tok").first.wait_for()
+                out.setdefault("next", []).append((time.perf_counter() - t) * 1000)
+            await browser.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        shutil.rmtree(copy, ignore_errors=True)
+    return out
+
+
+def every_page_main(args) -> None:
+    res = every_page_bench(Path(args.data), args.repeat)
+    warm = [m for k, v in res.items() if "(cold)" not in k and k not in ("verdict", "next") for m in v]
+    for k, v in res.items():
+        print(f"{k}: p50 {np.median(v):.0f} ms, p95 {np.percentile(v, 95):.0f} ms, max {max(v):.0f} ms over {len(v)}")
+    names = [n for n, _, _ in EVERY_PAGE]
+    print(
+        f"page_p95_ms={np.percentile(warm, 95):.0f} "
+        + " ".join(f"{n}_p95_ms={np.percentile(res[n], 95):.0f}" for n in names)
+        + f" verdict_p95_ms={np.percentile(res['verdict'], 95):.0f} next_p95_ms={np.percentile(res['next'], 95):.0f}"
+    )
+
+
 def browser_main(args) -> None:
     data = Path(args.data)
     watchers = ["none", "auto"] if args.watcher == "both" else [args.watcher]
@@ -409,6 +507,9 @@ if __name__ == "__main__":
         ap.add_argument("--data", default="data", help="data folder; its newest database is measured")
         ap.add_argument("--sessions", type=int, nargs="+", default=[1, 5, 20])
         ap.add_argument("--watcher", choices=["none", "auto", "both"], default="none")
-        browser_main(ap.parse_args())
+        ap.add_argument("--every-page", action="store_true", help="every page and verdict saves, one session")
+        ap.add_argument("--repeat", type=int, default=10, help="--every-page: rounds over the pages and verdicts")
+        args = ap.parse_args()
+        every_page_main(args) if args.every_page else browser_main(args)
     else:
         main()
