@@ -78,18 +78,16 @@ def queue() -> None:
         st.page_link(common.FEATURE, label=f"Open feature {f}", query_params=common.link_params(sae=sae, feature=f))
         st.button("Next →", on_click=advance, type="primary", key="next")
     else:
-        verdict = labeling.verdict_form(db, sae, f, key=key, who=me, shortcuts=True)
-        if verdict:
+
+        def now_saved(verdict: str) -> None:  # in the click's callback: this run draws the saved state
             held["saved"] = verdict
-            st.rerun()
+
+        labeling.verdict_form(db, sae, f, key=key, who=me, shortcuts=True, on_saved=now_saved)
         st.button("Skip", on_click=advance, key="skip")
     # QUEUE_EXAMPLES, or the run's --n-top if smaller: the same number for every queued feature
     feature_view.examples_panel(db, sae, f, n_top=QUEUE_EXAMPLES, quantiles=False, exact=True)
     if not saved:  # the verdict within reach after reading the examples
-        verdict = labeling.verdict_buttons(db, sae, f, key=key, who=me, suffix="_below")
-        if verdict:
-            held["saved"] = verdict
-            st.rerun()
+        labeling.verdict_buttons(db, sae, f, key=key, who=me, suffix="_below", on_saved=now_saved)
     feature_view.effects_panel(db, sae, f)
 
 

@@ -108,10 +108,12 @@ def verdict_form(
     who: str | None,
     shortcuts: bool = False,
     suggestion: str | None = None,
+    on_saved=None,
 ) -> str | None:
     """One click per verdict (keys 1, 2, 3 with `shortcuts`), optional description and
     confidence; `suggestion` (an imported explanation) starts the description box. Returns the
-    verdict saved; a failed save says why and keeps what was typed."""
+    verdict the click that started this run saved (see verdict_buttons); a failed save says why
+    and keeps what was typed."""
     if not who:
         st.info("Enter your name in the sidebar to label.")
         return None
@@ -126,26 +128,54 @@ def verdict_form(
         placeholder="e.g. fires on closing brackets in code",
     )
     st.segmented_control("Confidence", [1, 2, 3], key=f"{key}_conf", format_func=CONFIDENCE.get)
-    return verdict_buttons(db_path, sae, feature, key, who, shortcuts=shortcuts)
+    return verdict_buttons(db_path, sae, feature, key, who, shortcuts=shortcuts, on_saved=on_saved)
 
 
 def verdict_buttons(
-    db_path: str, sae: str, feature: int, key: str, who: str, suffix: str = "", shortcuts: bool = False
+    db_path: str,
+    sae: str,
+    feature: int,
+    key: str,
+    who: str,
+    suffix: str = "",
+    shortcuts: bool = False,
+    on_saved=None,
 ) -> str | None:
     """The three verdict buttons, saving with the description and confidence of `verdict_form`
-    under the same key; `suffix` places a second row of them (below long examples)."""
+    under the same key; `suffix` places a second row of them (below long examples). A click saves
+    in the button's callback, before the page's script runs, and `on_saved(verdict)` is called
+    there: the page draws the saved state in that one run (saving inside the script and then
+    rerunning drew every verdict's page twice). Returns the verdict the click saved, once."""
+    saved = st.session_state.pop(f"{key}_saved", None)
     cols = st.columns(3)
     for i, (col, verdict) in enumerate(zip(cols, labels.VERDICTS), start=1):
         # with a shortcut, Streamlit shows its key on the button itself
-        if col.button(
-            verdict, key=f"{key}_{verdict}{suffix}", use_container_width=True, shortcut=str(i) if shortcuts else None
-        ):
-            return _save(db_path, sae, feature, key, who, verdict)
-    return None
+        col.button(
+            verdict,
+            key=f"{key}_{verdict}{suffix}",
+            use_container_width=True,
+            shortcut=str(i) if shortcuts else None,
+            on_click=_clicked,
+            args=(db_path, sae, feature, key, who, verdict, on_saved),
+        )
+    return saved
+
+
+def _clicked(db_path: str, sae: str, feature: int, key: str, who: str, verdict: str, on_saved) -> None:
+    if _save(db_path, sae, feature, key, who, verdict):
+        st.session_state[f"{key}_saved"] = verdict
+        if on_saved is not None:
+            on_saved(verdict)
+
+
+def _may_write() -> bool:
+    """write_allowed's answer without drawing anything (a callback cannot show the password box)."""
+    pw = _password()
+    return not pw or st.session_state.get("_labels_ok") == pw
 
 
 def _save(db_path: str, sae: str, feature: int, key: str, who: str, verdict: str) -> str | None:
-    if not write_allowed():  # every write path asks, even a second row of buttons
+    if not _may_write():  # every write path asks, even a second row of buttons
         return None
     desc, conf = st.session_state.get(f"{key}_desc"), st.session_state.get(f"{key}_conf")
     try:
