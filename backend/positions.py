@@ -63,3 +63,13 @@ def bands(fire: np.ndarray, tokens: np.ndarray, width: int, seq_len: int) -> lis
 
 def describe_bands(found: list[tuple[int, int]], most: int = 3) -> str:
     return ", ".join(f"{lo}–{hi}" for lo, hi in found[:most]) + (" …" if len(found) > most else "")
+
+
+def explain(width: int, n_buckets: int) -> str:
+    """What the bits and the bands mean, in the words every page that shows them uses."""
+    return (
+        f"Bits: KL divergence of a feature's firings over ranges of {width} position(s) from the counted tokens' "
+        f"spread over them (0: fires alike at every position; {np.log2(max(n_buckets, 1)):.0f} at most); "
+        f"positional from {POSITIONAL_BITS:g}, as concentrated as firing evenly on half the positions. Bands: ranges "
+        f"where it fires at {BAND_RATIO:g}× its overall rate or more, the band with the most firings first."
+    )

@@ -271,6 +271,17 @@ def _serve(data: Path, port: int, watcher: str):
     raise RuntimeError("streamlit did not start")
 
 
+def _run_while_serving(proc, run) -> None:
+    """Run the coroutine function `run`, then stop the server `proc` however it ended."""
+    import asyncio
+
+    try:
+        asyncio.run(run())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 async def _session(browser, base: str, db: str, sae: str, features: list[int], out: list) -> None:
     ctx = await browser.new_context(viewport={"width": 1400, "height": 1000})
     page = await ctx.new_page()
@@ -330,11 +341,7 @@ def browser_bench(data: Path, sessions: list[int], watcher: str, port: int = 876
                 results[n] = out
             await browser.close()
 
-    try:
-        asyncio.run(run())
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    _run_while_serving(proc, run)
     return results
 
 
@@ -353,7 +360,6 @@ EVERY_PAGE = [  # name, URL path, what shows that the page's content is there (i
 
 def every_page_bench(data: Path, repeat: int, port: int = 8766) -> dict[str, list[float]]:
     """Milliseconds per page and per verdict step (see the module docstring), on a copy of `data`."""
-    import asyncio
     import shutil
     import tempfile
 
@@ -412,10 +418,8 @@ def every_page_bench(data: Path, repeat: int, port: int = 8766) -> dict[str, lis
             await browser.close()
 
     try:
-        asyncio.run(run())
+        _run_while_serving(proc, run)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
         shutil.rmtree(copy, ignore_errors=True)
     return out
 

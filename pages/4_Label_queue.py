@@ -45,6 +45,8 @@ def queue() -> None:
     # the DOM) exists before the verdict; a reload serves the same step again
     slot = f"_queue_{labeling.db_name(db)}_{sae}_{mode}_{step}"
     held = st.session_state.get(slot)
+    if held and not held["saved"]:  # a verdict's click saved it in its callback, before this run
+        held["saved"] = labeling.just_saved(f"queue_{held['token']}")
     f = held["feature"] if held else None
     if f is not None and not held["saved"] and not still_eligible(feats, current, me, mode, f, disputed):
         f = None  # the mode changed, or someone labeled it meanwhile: this one no longer belongs here
@@ -78,16 +80,12 @@ def queue() -> None:
         st.page_link(common.FEATURE, label=f"Open feature {f}", query_params=common.link_params(sae=sae, feature=f))
         st.button("Next →", on_click=advance, type="primary", key="next")
     else:
-
-        def now_saved(verdict: str) -> None:  # in the click's callback: this run draws the saved state
-            held["saved"] = verdict
-
-        labeling.verdict_form(db, sae, f, key=key, who=me, shortcuts=True, on_saved=now_saved)
+        labeling.verdict_form(db, sae, f, key=key, who=me, shortcuts=True)
         st.button("Skip", on_click=advance, key="skip")
     # QUEUE_EXAMPLES, or the run's --n-top if smaller: the same number for every queued feature
     feature_view.examples_panel(db, sae, f, n_top=QUEUE_EXAMPLES, quantiles=False, exact=True)
     if not saved:  # the verdict within reach after reading the examples
-        labeling.verdict_buttons(db, sae, f, key=key, who=me, suffix="_below", on_saved=now_saved)
+        labeling.verdict_buttons(db, sae, f, key=key, who=me, suffix="_below")
     feature_view.effects_panel(db, sae, f)
 
 

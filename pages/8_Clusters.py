@@ -1,14 +1,13 @@
 """Density clusters of one SAE: the feature map, the low-density tail's shared encoder direction,
 and dense features with their antipodal partners and position correlation."""
 
-import numpy as np
 import streamlit as st
 
 from backend.density import DENSE, format_density, is_dense, resolution_floor
 from backend.engine.clusters import ANTIPODAL_COSINE, TAIL_COSINE
 from backend.errors import UserError
 from backend.labels.joins import with_labels
-from backend.positions import BAND_RATIO, POSITIONAL_BITS, bands, describe_bands
+from backend.positions import POSITIONAL_BITS, bands, describe_bands, explain
 from backend.store import queries
 from ui import common, figures, labeling
 from ui.tokens import md
@@ -141,14 +140,9 @@ def _positional(db: str, sae: str, dense) -> None:
     diag = queries.sae_diagnostics(db, sae)
     width, tokens, seq_len = diag.pos_width, diag.pos_tokens, queries.sae_row(db, sae).context_len
     hits = dense[dense["pos_kl"] >= POSITIONAL_BITS].sort_values("pos_kl", ascending=False)
-    explain = (
-        f"Bits: KL divergence of a feature's firings over ranges of {width} position(s) from the counted tokens' "
-        f"spread over them (0: fires alike at every position; {np.log2(len(tokens)):.0f} at most). Listed from "
-        f"{POSITIONAL_BITS:g} bit, as concentrated as firing evenly on half the positions. Bands: ranges where it "
-        f"fires at {BAND_RATIO:g}× its overall rate or more, the band with the most firings first."
-    )
+    meaning = explain(width, len(tokens))
     if hits.empty:
-        st.info(f"No dense feature of this SAE is positional (all below {POSITIONAL_BITS:g} bit). {explain}")
+        st.info(f"No dense feature of this SAE is positional (all below {POSITIONAL_BITS:g} bit). {meaning}")
         return
     prof = queries.position_profiles(db, sae, tuple(int(f) for f in hits["feature"]))
     found = {int(r.feature): bands(r.pos_fire, tokens, width, seq_len) for r in prof.itertuples()}
@@ -167,7 +161,7 @@ def _positional(db: str, sae: str, dense) -> None:
             "open": st.column_config.LinkColumn("feature", display_text="open"),
         },
     )
-    st.caption(f"{len(hits):,} of {len(dense):,} dense features. {explain}")
+    st.caption(f"{len(hits):,} of {len(dense):,} dense features, listed from {POSITIONAL_BITS:g} bit. {meaning}")
 
 
 def _selected(df) -> list[int] | None:

@@ -12,7 +12,7 @@ from backend.density import DENSE, TOO_FEW_FIRINGS, format_density, is_dense, lo
 from backend.errors import UserError
 from backend.examples import activation_share, dedupe_windows, distinct_contexts, equal_width_groups
 from backend.explanations import store
-from backend.positions import BAND_RATIO, POSITIONAL_BITS, bands, describe_bands
+from backend.positions import POSITIONAL_BITS, bands, describe_bands, explain
 from backend.store import queries
 from backend.store.schema import ExampleKind
 from ui import common, figures
@@ -142,10 +142,7 @@ def position_panel(db: str, row_sae, f: int) -> None:
     few = f" Only {n} firing(s): too few to judge where it fires." if n < TOO_FEW_FIRINGS else ""
     st.caption(
         f"Share of the counted tokens at each range of {diag.pos_width} position(s) on which the feature fires; "
-        f"dashed: over all positions. Bits: KL divergence of its firings' distribution over these ranges from "
-        f"the tokens' own (0: fires alike everywhere; {np.log2(len(diag.pos_tokens)):.0f} at most; positional from "
-        f"{POSITIONAL_BITS:g}, as concentrated as firing evenly on half the positions). Bands: ranges where it "
-        f"fires at {BAND_RATIO:g}× its overall rate or more.{few}"
+        f"dashed: over all positions. {explain(diag.pos_width, len(diag.pos_tokens))}{few}"
     )
 
 

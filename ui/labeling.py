@@ -60,14 +60,12 @@ def write_allowed(key: str = "w_pw") -> bool:
     view; with a password, this session must have given it (compared as UTF-8 bytes; wrong
     guesses throttled per server and client address, `access.Throttle`)."""
     pw = _password()
-    if not pw:
-        if common.once_per_run("open-notice"):
+    if _may_write():
+        if not pw and common.once_per_run("open-notice"):
             st.caption(
                 "Labeling is open: anyone who can reach this server can label "
                 "(set SAE_DASHBOARD_PASSWORD or `labels_password` in secrets.toml to require a password)."
             )
-        return True
-    if st.session_state.get("_labels_ok") == pw:
         return True
     given = st.text_input("Labeling password", type="password", key=key)
     if given and given == st.session_state.get(f"_{key}_wrong"):
@@ -108,7 +106,6 @@ def verdict_form(
     who: str | None,
     shortcuts: bool = False,
     suggestion: str | None = None,
-    on_saved=None,
 ) -> str | None:
     """One click per verdict (keys 1, 2, 3 with `shortcuts`), optional description and
     confidence; `suggestion` (an imported explanation) starts the description box. Returns the
@@ -128,7 +125,7 @@ def verdict_form(
         placeholder="e.g. fires on closing brackets in code",
     )
     st.segmented_control("Confidence", [1, 2, 3], key=f"{key}_conf", format_func=CONFIDENCE.get)
-    return verdict_buttons(db_path, sae, feature, key, who, shortcuts=shortcuts, on_saved=on_saved)
+    return verdict_buttons(db_path, sae, feature, key, who, shortcuts=shortcuts)
 
 
 def verdict_buttons(
@@ -139,14 +136,14 @@ def verdict_buttons(
     who: str,
     suffix: str = "",
     shortcuts: bool = False,
-    on_saved=None,
 ) -> str | None:
     """The three verdict buttons, saving with the description and confidence of `verdict_form`
     under the same key; `suffix` places a second row of them (below long examples). A click saves
-    in the button's callback, before the page's script runs, and `on_saved(verdict)` is called
-    there: the page draws the saved state in that one run (saving inside the script and then
-    rerunning drew every verdict's page twice). Returns the verdict the click saved, once."""
-    saved = st.session_state.pop(f"{key}_saved", None)
+    in the button's callback, before the page's script runs, so the page draws the saved state in
+    that one run (saving inside the script and then rerunning drew every verdict's page twice).
+    Returns the verdict the click saved, as `just_saved` does (a page that must know it before
+    drawing the buttons asks `just_saved` itself)."""
+    saved = just_saved(key)
     cols = st.columns(3)
     for i, (col, verdict) in enumerate(zip(cols, labels.VERDICTS), start=1):
         # with a shortcut, Streamlit shows its key on the button itself
@@ -156,20 +153,24 @@ def verdict_buttons(
             use_container_width=True,
             shortcut=str(i) if shortcuts else None,
             on_click=_clicked,
-            args=(db_path, sae, feature, key, who, verdict, on_saved),
+            args=(db_path, sae, feature, key, who, verdict),
         )
     return saved
 
 
-def _clicked(db_path: str, sae: str, feature: int, key: str, who: str, verdict: str, on_saved) -> None:
+def just_saved(key: str) -> str | None:
+    """The verdict the click that started this run saved under `key`; once, then None."""
+    return st.session_state.pop(f"{key}_saved", None)
+
+
+def _clicked(db_path: str, sae: str, feature: int, key: str, who: str, verdict: str) -> None:
     if _save(db_path, sae, feature, key, who, verdict):
         st.session_state[f"{key}_saved"] = verdict
-        if on_saved is not None:
-            on_saved(verdict)
 
 
 def _may_write() -> bool:
-    """write_allowed's answer without drawing anything (a callback cannot show the password box)."""
+    """Whether this session may write now, drawing nothing: write_allowed asks it first, and a
+    button's callback asks only it (a callback cannot show the password box)."""
     pw = _password()
     return not pw or st.session_state.get("_labels_ok") == pw
 
