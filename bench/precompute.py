@@ -19,7 +19,8 @@ jump (random SAEs without the demo).
 The breakdown lines split the full run's time beyond the bare pass into its parts, each timed
 where it runs (exclusive of the parts it calls; encodes inside the splice sample count as the
 sample): the model forward and the encodes inside the full run (their excess over the bare pass
-is what the full run's own encode step adds), the nonzero scan, the per-feature statistics, the
+is what the full run's own encode step adds), the nonzero scan, the per-feature statistics (on
+the CPU also the choice of top-k and reservoir candidates, made in the same compiled pass), the
 top-k and reservoir offers (with their context windows), the reconstruction error, the splice
 sample, the token file, finalize, and the rest. Each is also given as a fraction of the bare
 time, and the fractions add up to overhead_ratio - 1.

@@ -21,6 +21,7 @@ import torch
 from backend.config import PrecomputeConfig
 from backend.density import activation_bin_width, is_dense
 from backend.density import density as density_of
+from backend.engine import nonzero_loops
 from backend.engine.topset import TopSet
 from backend.store.schema import ExampleKind
 
@@ -211,14 +212,25 @@ class FeatureStats:
             nz = _Nonzeros.scan(flat, 0.0 if floor is None else floor)
         else:
             nz = _Nonzeros.from_choice(chosen, valid, n_valid, B * T, small=B * T * F < 2**31)
-        self._add_sums(nz, T)
         self.tok_pos_n[:T] += mask.reshape(B, T).sum(0).to(self.tok_pos_n.device)
         row_tok = seq_ids.to(codes.device)[:, None] * self.spec.seq_len + torch.arange(T, device=codes.device)
-        self._offer_candidates(nz, row_tok.reshape(-1), _Windows(flat, nz, T, self.spec, floor))
+        row_tok = row_tok.reshape(-1)
+        row_key = token_keys(row_tok, self.spec.seed)
+        selected = self._add_sums(nz, T, row_key)
+        self._offer_candidates(nz, row_tok, row_key, _Windows(flat, nz, T, self.spec, floor), selected)
         return nz
 
-    def _add_sums(self, nz: _Nonzeros, T: int) -> None:
+    def _add_sums(self, nz: _Nonzeros, T: int, row_key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Add a batch's nonzeros to the sums; on the CPU the same compiled pass also returns
+        which of them are candidates for the top sets and the reservoirs (else None)."""
         spec, F = self.spec, self.spec.d_sae
+        width = activation_bin_width(spec.hist_lo, spec.hist_hi, spec.hist_bins)
+        b = torch.floor((torch.log10(nz.value) - spec.hist_lo) / width).long() + 1
+        b = torch.clamp(b, 0, spec.hist_bins + 1)
+        if nonzero_loops.usable(self.hist) and nz.value.dtype == torch.float32:
+            sums = {k: getattr(self, k) for k in ("sum_act2", "sum_act_pos", "pos_fire", "pos_act", "hist")}
+            offers = (self._top_min, row_key, self._res_max_key)
+            return nonzero_loops.add_sums(nz, b, T, spec.n_pos, spec.pos_width, spec.hist_bins + 2, sums, offers)
         v = nz.value.double()
         self.sum_act2 += torch.bincount(nz.feature, weights=v * v, minlength=F)
         pos = nz.row % T
@@ -226,19 +238,19 @@ class FeatureStats:
         where = nz.feature * spec.n_pos + torch.div(pos, spec.pos_width, rounding_mode="floor")
         self.pos_fire += torch.bincount(where, minlength=self.pos_fire.numel())
         self.pos_act += torch.bincount(where, weights=v, minlength=self.pos_act.numel())
-        width = activation_bin_width(spec.hist_lo, spec.hist_hi, spec.hist_bins)
-        b = torch.floor((torch.log10(nz.value) - spec.hist_lo) / width).long() + 1
-        b = torch.clamp(b, 0, spec.hist_bins + 1)
         self.hist += torch.bincount(nz.feature * (spec.hist_bins + 2) + b, minlength=self.hist.numel())
 
-    def _offer_candidates(self, nz: _Nonzeros, row_tok: torch.Tensor, windows: _Windows) -> None:
+    def _offer_candidates(self, nz: _Nonzeros, row_tok, row_key, windows: _Windows, selected=None) -> None:
         """Pend the nonzeros that can enter a top set or a reservoir. Only candidates that beat
-        the current k-th best can enter, which makes the per-batch work shrink as sets fill."""
-        sel = torch.nonzero(nz.value > self._top_min[nz.feature]).squeeze(1)
-        self._pend("top", nz, sel, nz.value[sel].double(), row_tok, windows)
-        keys = token_keys(row_tok, self.spec.seed)[nz.row]
-        sel = torch.nonzero(keys < self._res_max_key[nz.feature]).squeeze(1)
-        self._pend("reservoir", nz, sel, -keys[sel].double(), row_tok, windows)
+        the current k-th best can enter, which makes the per-batch work shrink as sets fill.
+        `selected`: those candidates' indices, where the sums' pass already found them."""
+        if selected is None:
+            top = torch.nonzero(nz.value > self._top_min[nz.feature]).squeeze(1)
+            res = torch.nonzero(row_key[nz.row] < self._res_max_key[nz.feature]).squeeze(1)
+        else:
+            top, res = selected
+        self._pend("top", nz, top, nz.value[top].double(), row_tok, windows)
+        self._pend("reservoir", nz, res, -row_key[nz.row[res]].double(), row_tok, windows)
         self._pending_batches += 1
         if self._pending_n >= self.FLUSH_CANDIDATES or self._pending_batches >= self.FLUSH_BATCHES:
             self.flush()
@@ -471,9 +483,12 @@ class _Nonzeros:
         """Find them in the dense codes [N, F] (ReLU, JumpReLU and other dense-output SAEs), or
         in the pre-activations where they exceed `floor` (see FeatureStats.update)."""
         N, F = flat.shape
+        small = N * F < 2**31  # int32 halves the cost of the index arithmetic
+        if nonzero_loops.usable(flat):
+            return cls(*nonzero_loops.scan(flat, floor, torch.int32 if small else torch.int64))
         flat1 = flat.reshape(-1)
         idx = torch.nonzero((flat > floor).reshape(-1)).squeeze(1)
-        if N * F < 2**31:  # int32 halves the cost of the index arithmetic
+        if small:
             idx = idx.to(torch.int32)
         row = idx // F
         return cls(row, (idx - row * F).long(), flat1[idx].float())
