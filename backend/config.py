@@ -134,12 +134,21 @@ class PrecomputeConfig(InputConfig):
     """top and bottom tokens per feature by W_dec . W_U (or W_E)"""
     n_neighbours: int = 10
     """nearest features by decoder cosine similarity"""
+    feature_map: str = "umap"
+    """layout of the Clusters page's feature map: umap (cosine metric, the run's seed; on 2 CPU cores about 3 s
+    per SAE of 1,536 features plus 10 s of compilation per process, minutes at 65k features) or pca (the unit
+    decoder directions' first two principal components, under a second at any width)"""
     include_special: bool = False
     """count BOS/CLS/SEP positions in the statistics (they often dominate a few features)"""
     run_name: str | None = None
     """run id in the database; default: model name + a hash of the options"""
     force: bool = False
     """recompute a run that is already complete"""
+    append: bool = False
+    """add these SAEs to the complete run in --db that read the same model, corpus and options (every option but
+    the SAEs and where the run executes must match; the corpus must give the same tokens, which is checked): a
+    suite built one group of SAEs at a time, each needing only its own memory. Per-SAE tables equal one pass over
+    all SAEs; what is measured across SAEs (error propagation, compounding) covers the SAEs of each group"""
     shard: str | None = None
     """'I/N': process every N-th sequence starting at I and save a partial state to merge later"""
     workers: int = 0
@@ -173,6 +182,10 @@ class PrecomputeConfig(InputConfig):
             self.shard_index()
         if self.workers < 0 or (self.workers and self.shard):
             raise UserError("--workers must be >= 0, and cannot be combined with --shard")
+        if self.feature_map not in ("umap", "pca"):
+            raise UserError(f"--feature-map {self.feature_map!r}: use umap or pca")
+        if self.append and (self.shard or self.workers):
+            raise UserError("--append runs in one process: drop --shard and --workers")
 
     @classmethod
     def from_dict(cls, d: dict, **overrides) -> PrecomputeConfig:
@@ -196,11 +209,18 @@ class PrecomputeConfig(InputConfig):
             raise UserError(f"--shard {self.shard}: need 0 <= I < N")
         return i, n
 
+    _UNKEYED = ("db", "force", "shard", "run_name", "device", "workers", "ray_address", "append")
+    """options that change where or how a run executes, not what it measures"""
+
+    def run_key(self) -> dict:
+        """The options a run appended to must share with this one: all but the SAEs and _UNKEYED."""
+        keyed = {k: v for k, v in asdict(self).items() if k not in (*self._UNKEYED, "saes")}
+        return json.loads(json.dumps(keyed, sort_keys=True, default=str))
+
     def run_id(self) -> str:
         if self.run_name:
             return self.run_name
-        skip = ("db", "force", "shard", "run_name", "device", "workers", "ray_address")
-        keyed = {k: v for k, v in asdict(self).items() if k not in skip}
+        keyed = {k: v for k, v in asdict(self).items() if k not in self._UNKEYED}
         digest = hashlib.sha1(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:8]
         return f"{self.model.split('/')[-1]}-{digest}"
 

@@ -193,6 +193,9 @@ def propagation(db: str, saes) -> None:
         )
         return
     which = common.choice("spread", SPREAD, "Heatmap of", "resid")
+    together = claims.measured_together(saes)
+    if together:
+        st.markdown(together)
     links = {s: common.figure_url("Layer", sae=s) for s in saes["sae"]}
     out = queries.splice_output(db)
     harm = HARM[out["metric"].iloc[0]] if not out.empty else "output harm"

@@ -38,8 +38,8 @@ def clusters() -> None:
         + (
             "(UMAP, cosine metric, seed 0)"
             if method == "umap"
-            else "(first two principal components of the unit-norm directions: umap-learn is not installed here; "
-            "`pip install umap-learn` and precompute again for UMAP)"
+            else "(first two principal components of the unit-norm directions: precompute --feature-map pca, or an "
+            "SAE too narrow for UMAP)"
         )
         + f"; colour: log10 density over {n_tok:,} tokens (grey: dead); shape: the team's verdict; ringed: dense "
         f"(> {DENSE:.0%}). Lasso or box-select points to list them; select one point to open it."

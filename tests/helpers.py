@@ -54,6 +54,7 @@ def tiny_config(db: str, corpus: str, sae_dirs: dict[str, str], **overrides):
         left=4,
         right=2,
         saes=[SAESource(path=p) for p in sae_dirs.values()],
+        feature_map="pca",  # UMAP (the default) is tested on its own and by the demo; here it would only add time
     )
     base.update(overrides)
     return PrecomputeConfig(**base)

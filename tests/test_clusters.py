@@ -66,18 +66,33 @@ def test_dense_features_find_their_antipodal_partner():
 
 
 @pytest.mark.unit
-def test_feature_map_is_the_decoder_directions_principal_plane():
+def test_feature_map_pca_is_the_decoder_directions_principal_plane():
     _, W_dec, _ = _planted()
-    xy, method = clusters.feature_map(W_dec)
-    assert xy.shape == (D_SAE, 2)
-    if method == "pca":
-        d = torch.nn.functional.normalize(W_dec, dim=-1).numpy()
+    for narrow in (False, True):  # an SAE too narrow for UMAP's neighbourhoods gets the principal plane too
+        w = W_dec[: 4 * clusters.UMAP_NEIGHBOURS] if narrow else W_dec
+        xy, method = clusters.feature_map(w, method="umap" if narrow else "pca")
+        assert method == "pca" and xy.shape == (len(w), 2)
+        d = torch.nn.functional.normalize(w, dim=-1).numpy()
         c = d - d.mean(0)
         _, _, vt = np.linalg.svd(c, full_matrices=False)
-        want = c @ vt[:2].T
-        np.testing.assert_allclose(np.abs(xy), np.abs(want), rtol=1e-4, atol=1e-5)
-    else:
-        assert method == "umap" and np.isfinite(xy).all()
+        np.testing.assert_allclose(np.abs(xy), np.abs(c @ vt[:2].T), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.integration
+def test_feature_map_umap_groups_near_directions_and_repeats_with_its_seed():
+    """UMAP by default: features whose decoder directions are near copies of one another land
+    together, apart from other groups, and the same seed gives the same layout."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 32, generator=g)
+    W_dec = (centres.repeat_interleave(50, 0) + 0.05 * torch.randn(200, 32, generator=g)) * 3.0
+    xy, method = clusters.feature_map(W_dec, seed=1)
+    assert method == "umap" and xy.shape == (200, 2) and np.isfinite(xy).all()
+    group = np.repeat(np.arange(4), 50)
+    dist = np.linalg.norm(xy[:, None] - xy[None], axis=-1)
+    same, other = dist[group[:, None] == group[None]], dist[group[:, None] != group[None]]
+    assert np.median(same) * 5 < np.median(other)
+    again, _ = clusters.feature_map(W_dec, seed=1)
+    np.testing.assert_array_equal(xy, again)
 
 
 @pytest.mark.integration

@@ -432,6 +432,56 @@ def test_two_shards_merge_to_one_pass(small_cfg, adapter, loaded_saes, tmp_path)
         np.testing.assert_allclose(sa[col].to_numpy(float), sb[col].to_numpy(float), rtol=rtol, err_msg=col)
 
 
+def test_appended_groups_equal_one_pass(small_cfg, adapter, loaded_saes, sae_dirs, corpus_file, tmp_path):
+    """Two groups built with --append hold, for every per-SAE table and the `saes` row, what one
+    pass over both SAEs writes; the run keeps one id, its sequences and vocabulary once. Appending
+    with other options, an SAE the run has, or a corpus that now gives other tokens is a one-line
+    error that adds nothing."""
+    import dataclasses
+    import shutil
+
+    from backend.config import SAESource
+    from backend.store.schema import PROPAGATION_TABLES, SAE_TABLES
+
+    corpus = tmp_path / "corpus.jsonl"
+    shutil.copy(corpus_file, corpus)
+    srcs = [SAESource(path=p) for p in sae_dirs.values()]
+    opts = dict(corpus=str(corpus), splice_seqs=7)
+    one = small_cfg(db=str(tmp_path / "one.duckdb"), saes=srcs, **opts)
+    precompute(one, adapter, loaded_saes)
+    db = str(tmp_path / "groups.duckdb")
+    run_id = precompute(small_cfg(db=db, saes=srcs[:1], **opts), adapter, loaded_saes[:1])
+    assert precompute(small_cfg(db=db, saes=srcs[1:], append=True, **opts), adapter, loaded_saes[1:]) == run_id
+
+    order = {"examples": "sae, feature, kind, rank", "features": "sae, feature", "position_error": "sae, pos",
+             "density_hist": "sae, bin_lo", "token_effects": "ALL", "neighbours": "ALL", "steering": "ALL",
+             "saes": "sae", "sequences": "seq", "vocab": "token_id"}  # fmt: skip
+    for name in (*SAE_TABLES, *PROPAGATION_TABLES, "saes", "sequences", "vocab"):
+        a, b = _table(one.db, name, order.get(name, "ALL")), _table(db, name, order.get(name, "ALL"))
+        if name == "saes":
+            assert list(b["grp"]) == [0, 1] and list(a["grp"]) == [0, 0]
+            a, b = a.drop(columns=["grp", "run_id"]), b.drop(columns=["grp", "run_id"])
+        a, b = a.drop(columns=["run_id"], errors="ignore"), b.drop(columns=["run_id"], errors="ignore")
+        assert len(a) == len(b) and (len(a) > 0 or name in ("steering", "steering_summary")), name
+        for col in a.columns:
+            assert list(map(_plain, a[col])) == list(map(_plain, b[col])), f"{name}.{col}"
+    runs = _table(db, "runs", "run_id")
+    assert list(runs["run_id"]) == [run_id] and list(runs["status"]) == ["complete"]
+
+    def refused(cfg, saes, words):
+        before = _table(db, "saes", "sae")
+        with pytest.raises(UserError, match=words):
+            precompute(cfg, adapter, saes)
+        assert _table(db, "saes", "sae").equals(before)
+
+    refused(small_cfg(db=db, saes=srcs[1:], append=True, **{**opts, "n_top": 3}), loaded_saes[1:], "no complete run")
+    refused(small_cfg(db=db, saes=srcs[1:], append=True, **opts), loaded_saes[1:], "already has topk-b1")
+    corpus.write_text(corpus.read_text().replace("the", "a"))
+    again = dataclasses.replace(loaded_saes[0], name="relu-again")
+    refused(small_cfg(db=db, saes=srcs[:1], append=True, **opts), [again], "other tokens than run")
+    assert not list(tmp_path.glob(".groups.duckdb.*"))  # no token file or spool left behind
+
+
 def test_mismatched_sae_fails_fast(adapter, tmp_path):
     from backend.config import SAESource
     from backend.engine.saes import load_saes

@@ -365,3 +365,38 @@ def test_layers_page_says_why_without_a_splice_sample(small_cfg, adapter, chain_
     at = app_runner(d, monkeypatch)("pages/6_Layers.py")
     assert not at.exception and not at.error
     assert any("--splice-seqs" in i.value for i in at.info)
+
+
+def test_appended_groups_propagate_within_their_group(small_cfg, adapter, chain_saes, tmp_path, monkeypatch):
+    """A suite built in two groups (--append) measures propagation between SAEs of one group only,
+    with the same numbers one pass gives for those pairs, and the Across layers page says which
+    SAEs were measured together."""
+    from backend.config import SAESource
+    from tests.helpers import app_runner
+
+    d = tmp_path / "data"
+    d.mkdir()
+    srcs = [SAESource(path=s.source) for s in chain_saes]
+    one = _cfg(small_cfg, str(tmp_path / "one.duckdb"), saes=srcs)
+    precompute(one, adapter, chain_saes)
+    db = str(d / "groups.duckdb")
+    precompute(_cfg(small_cfg, db, saes=srcs[:2]), adapter, chain_saes[:2])
+    precompute(_cfg(small_cfg, db, saes=srcs[2:], append=True), adapter, chain_saes[2:])
+
+    group = {s.name: int(k >= 2) for k, s in enumerate(chain_saes)}
+    at_hook = {s.hook: group[s.name] for s in chain_saes}
+    sql = "SELECT sae, hook, resid_change FROM propagation ORDER BY sae, hook"
+    a, b = _df(one.db, sql), _df(db, sql)
+    assert {group[s] for s in b["sae"]} == {0, 1}
+    assert all(at_hook[h] == group[s] for s, h in zip(b["sae"], b["hook"]))  # within a group only
+    crossing = [group[s] != at_hook[h] for s, h in zip(a["sae"], a["hook"])]
+    assert any(crossing)  # one pass measured pairs across the groups' boundary, which b leaves out
+    same = a[[not c for c in crossing]].reset_index(drop=True)
+    assert list(same["sae"] + same["hook"]) == list(b["sae"] + b["hook"])
+    np.testing.assert_allclose(same["resid_change"], b["resid_change"], rtol=1e-9)
+
+    at = app_runner(d, monkeypatch)("pages/6_Layers.py", spread="resid")
+    assert not at.exception and not at.error
+    text = " ".join(m.value for m in at.markdown)
+    assert "Measured together" in text
+    assert "group 0: relu-pre0, topk-mid0; group 1: relu-pre1, relu-post1, topk-post1" in text.replace("\\", "")

@@ -93,3 +93,22 @@ def worst_spreader(prop: pd.DataFrame) -> str | None:
             f"**{md(fam)}**: splicing {md(sae)} ({md(short_hook(hook))}) moves later hooks most, {v:.3f} on average"
         )
     return "Which SAE hurts later layers most: " + "; ".join(parts) + "."
+
+
+def measured_together(saes: pd.DataFrame) -> str | None:
+    """Where a run was built in groups (precompute --append), which SAEs were measured together:
+    propagation and compounding pair only SAEs of one group. None for runs built in one pass."""
+    parts = []
+    for run_id, run in saes.groupby("run_id", sort=False):
+        if run["grp"].nunique() < 2:
+            continue
+        groups = "; ".join(
+            f"group {int(g)}: {', '.join(md(s) for s in members['sae'])}" for g, members in run.groupby("grp")
+        )
+        parts.append(f"run {md(str(run_id))} was built in {run['grp'].nunique()} groups ({groups})")
+    if not parts:
+        return None
+    return (
+        "Measured together: " + "; ".join(parts) + ". An SAE's error is followed to later hooks, and chained with "
+        "its family, only through SAEs of its own group (precompute --append); the other cells are blank."
+    )

@@ -2,7 +2,7 @@
 the pass measured), computed once at the end of a run so the pages are instant.
 
 - Feature map: a 2-D layout of the decoder directions (UMAP with the cosine metric and a fixed
-  seed where umap-learn is installed, else the first two principal components of the unit-norm
+  seed, or with --feature-map pca the first two principal components of the unit-norm
   directions; the method is recorded).
 - The low-density tail's shared encoder direction: replications of Towards Monosemanticity found
   that most features of the ultralow cluster point almost the same way (a training artefact,
@@ -29,21 +29,28 @@ ANTIPODAL_COSINE = -0.9
 """a dense feature and its most anti-aligned decoder partner are an antipodal pair below this cosine"""
 
 
-def feature_map(W_dec: torch.Tensor, seed: int = 0) -> tuple[np.ndarray, str]:
-    """[d_sae, 2] coordinates of the decoder directions, and the method that made them."""
-    d = torch.nn.functional.normalize(W_dec.detach().float().cpu(), dim=-1).numpy()
-    try:
-        import umap  # noqa: F401 - optional: `pip install umap-learn`
-    except ImportError:
-        centred = (d - d.mean(0)).astype(np.float64)
-        # the top two eigenvectors of the d_in x d_in covariance: the SVD's plane, at a fraction
-        # of a full SVD's cost when d_sae >> d_in
-        _, vecs = np.linalg.eigh(centred.T @ centred)
-        return (centred @ vecs[:, :-3:-1]).astype(np.float32), "pca"
-    import umap
+MAP_METHODS = ("umap", "pca")
 
-    xy = umap.UMAP(n_components=2, metric="cosine", random_state=seed, n_neighbors=15).fit_transform(d)
-    return xy.astype(np.float32), "umap"
+
+def feature_map(W_dec: torch.Tensor, seed: int = 0, method: str = "umap") -> tuple[np.ndarray, str]:
+    """[d_sae, 2] coordinates of the decoder directions, and the method that made them: UMAP
+    (cosine metric, seed `seed`), or the first two principal components of the unit-norm
+    directions (`method="pca"`, and for SAEs too narrow for UMAP's neighbourhoods)."""
+    d = torch.nn.functional.normalize(W_dec.detach().float().cpu(), dim=-1).numpy()
+    if method == "umap" and len(d) > 4 * UMAP_NEIGHBOURS:
+        import umap
+
+        layout = umap.UMAP(n_components=2, metric="cosine", random_state=seed, n_neighbors=UMAP_NEIGHBOURS)
+        return layout.fit_transform(d).astype(np.float32), "umap"
+    centred = (d - d.mean(0)).astype(np.float64)
+    # the top two eigenvectors of the d_in x d_in covariance: the SVD's plane, at a fraction
+    # of a full SVD's cost when d_sae >> d_in
+    _, vecs = np.linalg.eigh(centred.T @ centred)
+    return (centred @ vecs[:, :-3:-1]).astype(np.float32), "pca"
+
+
+UMAP_NEIGHBOURS = 15
+"""UMAP's n_neighbors (its default); an SAE of at most 4x as many features is laid out by PCA"""
 
 
 def tail_cut(density: np.ndarray, floor: float) -> float:

@@ -46,12 +46,14 @@ def versions() -> dict:
     return out
 
 
-def finalize(h: Harvest, token_files: list[str]) -> str:
+def finalize(h: Harvest, token_files: list[str], run_id: str | None = None, group: int = 0) -> str:
     """Write a finished harvest as one complete run; returns the run id. Each SAE's tables are
     spooled as soon as they are made and its statistics let go of, so the final step holds one
-    SAE's rows at a time (RunWriter)."""
+    SAE's rows at a time (RunWriter). `run_id` and `group` (> 0): add the harvest's SAEs to that
+    complete run as its group-th group (--append)."""
     cfg, adapter = h.cfg, h.adapter
-    run_id = cfg.run_id()
+    append = group > 0
+    run_id = run_id or cfg.run_id()
     names = writes.unique_sae_names(cfg.db, run_id, [s.name for s in h.saes])
     effect_kind, matrix = adapter.token_effect_matrix()
     strings = adapter.token_strings()
@@ -76,10 +78,11 @@ def finalize(h: Harvest, token_files: list[str]) -> str:
         for s, name in tqdm(list(zip(h.saes, names)), desc="finalize", unit="sae", file=sys.stderr):
             st = h.stats[s.name]
             context = tables.train_context(s, cfg.sae_context)
-            rows.append(tables.sae_row(run_id, name, s, st, h.propagation.downstream(s.name), effect_kind, context))
+            ds = h.propagation.downstream(s.name)
+            rows.append(tables.sae_row(run_id, name, s, st, ds, effect_kind, context, group))
             feats = tables.features_frame(name, st)
             density = feats["density"].to_numpy()
-            diag, summary = tables.diagnostics_frames(name, s, st, density, cfg.tail_below, cfg.seed)
+            diag, summary = tables.diagnostics_frames(name, s, st, density, cfg.tail_below, cfg.seed, cfg.feature_map)
             steer = steer_summary = None
             if sweep is not None:
                 steer = sweep.table(name, s, feats["max_act"].to_numpy(), density)
@@ -112,6 +115,7 @@ def finalize(h: Harvest, token_files: list[str]) -> str:
             pd.DataFrame([asdict(r) for r in rows]),
             {**props, "vocab": vocab},
             token_files[0] if len(token_files) == 1 else token_files,
+            append=append,
         )
     return run_id
 

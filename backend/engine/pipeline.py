@@ -33,6 +33,8 @@ def precompute(cfg: PrecomputeConfig, adapter: ModelAdapter | None = None, saes:
         expand_sources(cfg.saes)  # unknown releases / ids / folders fail before the model loads
     if not cfg.shard:
         writes.check_path(cfg.db)
+    if cfg.append:  # no run to join fails before the model loads; names are checked once the SAEs have theirs
+        writes.append_target(cfg.db, cfg.run_key(), cfg.run_name, [])
     adapter = adapter or load_model(cfg.model, cfg.device, cfg.dtype)
     saes = saes if saes is not None else load_saes(cfg.saes, adapter, cfg.device, cfg.dtype)
     run_id = cfg.run_id()
@@ -46,6 +48,8 @@ def precompute(cfg: PrecomputeConfig, adapter: ModelAdapter | None = None, saes:
         state_file.save(h.state_dict(), out / "state.pt")
         return str(out)
     token_file = str(db.with_name(f".{db.name}.{run_id}.tokens.parquet"))
+    if cfg.append:
+        return _append(cfg, adapter, saes)
     with new_file_removed_on_failure(db):
         try:
             with writes.running(cfg.db, run_id, run_meta(cfg, adapter), force=cfg.force):
@@ -55,6 +59,22 @@ def precompute(cfg: PrecomputeConfig, adapter: ModelAdapter | None = None, saes:
         finally:
             if os.path.exists(token_file):
                 os.remove(token_file)
+    return run_id
+
+
+def _append(cfg: PrecomputeConfig, adapter: ModelAdapter, saes: list[LoadedSAE]) -> str:
+    """Add a group of SAEs to a complete run (--append). The run stays complete and readable
+    throughout; the group's rows arrive in one transaction at the end, or not at all."""
+    run_id, group = writes.append_target(cfg.db, cfg.run_key(), cfg.run_name, [s.name for s in saes])
+    db = Path(cfg.db)
+    token_file = str(db.with_name(f".{db.name}.{run_id}.append-{group}.tokens.parquet"))
+    try:
+        h = Harvest(cfg, adapter, saes, token_file)
+        h.run()
+        finalize(h, [token_file], run_id=run_id, group=group)
+    finally:
+        if os.path.exists(token_file):
+            os.remove(token_file)
     return run_id
 
 

@@ -76,6 +76,8 @@ class SaeRow(LayerMetrics, ContextMetrics):
     context_left: int
     context_right: int
     train_context: int | None
+    grp: int
+    """the precompute of the run that measured this SAE (0, then one more per --append)"""
 
 
 def train_context(s: LoadedSAE, fallback: int | None) -> int | None:
@@ -93,6 +95,7 @@ def sae_row(
     ds: dict,
     effect_kind: str,
     context: int | None = None,
+    group: int = 0,
 ) -> SaeRow:
     cfg = s.sae.cfg
     m: LayerMetrics = st.layer_metrics()
@@ -120,6 +123,7 @@ def sae_row(
         hist_hi=st.spec.hist_hi,
         context_left=st.spec.left,
         context_right=st.spec.right,
+        grp=group,
     )
 
 
@@ -168,14 +172,20 @@ def density_hist_frame(name: str, density: np.ndarray) -> pd.DataFrame:
 
 
 def diagnostics_frames(
-    name: str, s: LoadedSAE, st: FeatureStats, density: np.ndarray, tail_below: float | None, seed: int = 0
+    name: str,
+    s: LoadedSAE,
+    st: FeatureStats,
+    density: np.ndarray,
+    tail_below: float | None,
+    seed: int = 0,
+    map_method: str = "umap",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rows of `feature_diagnostics` and `sae_diagnostics` for one SAE (engine.clusters)."""
     from backend.density import resolution_floor
     from backend.engine import clusters
     from backend.positions import position_kl
 
-    xy, method = clusters.feature_map(s.sae.W_dec, seed)
+    xy, method = clusters.feature_map(s.sae.W_dec, seed, map_method)
     cut = tail_below if tail_below else clusters.tail_cut(density, resolution_floor(max(st.n_tokens, 1)))
     tail = clusters.tail_direction(s.sae.W_enc, density, cut)
     partner, anti = clusters.antipodal(s.sae.W_dec, density)

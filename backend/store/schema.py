@@ -10,7 +10,7 @@ import duckdb
 from backend.errors import UserError
 
 SCHEMA = Path(__file__).with_name("schema.sql").read_text()
-VERSION = "10"
+VERSION = "11"
 """Bumped whenever a table or column changes; files of another version are refused by name."""
 
 SAE_TABLES = (
@@ -30,7 +30,7 @@ RUN_TABLES = ("sequences", "vocab", *PROPAGATION_TABLES)
 
 _REQUIRED = {
     "runs": {"run_id", "status", "model", "corpus", "n_tokens"},
-    "saes": {"run_id", "sae", "hook", "depth", "d_sae", "explained_variance", "train_context", "ev_beyond"},
+    "saes": {"run_id", "sae", "hook", "depth", "d_sae", "explained_variance", "train_context", "ev_beyond", "grp"},
     "features": {"sae", "feature", "count", "density", "max_act", "hist", "count_ge_1pct", "count_ge_10pct"},
     "examples": {"sae", "feature", "kind", "quantile", "seq", "pos", "ctx_start", "acts"},
     "propagation": {"run_id", "sae", "hook", "resid_change"},

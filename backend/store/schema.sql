@@ -70,6 +70,8 @@ CREATE TABLE IF NOT EXISTS saes (
     rel_error_inside  DOUBLE,
     ev_beyond         DOUBLE,
     rel_error_beyond  DOUBLE,
+    grp               INTEGER NOT NULL,    -- which precompute of the run measured this SAE: 0 the first, 1, 2 ... each
+                                           -- --append; propagation and compounding pair only SAEs of one group
     PRIMARY KEY (sae)
 );
 
@@ -292,7 +294,7 @@ CREATE TABLE IF NOT EXISTS feature_diagnostics (
 -- Per SAE: how its map was made and what its low-density tail is.
 CREATE TABLE IF NOT EXISTS sae_diagnostics (
     sae        VARCHAR NOT NULL,
-    map_method VARCHAR NOT NULL,       -- umap | pca (umap-learn not installed)
+    map_method VARCHAR NOT NULL,       -- umap | pca (precompute --feature-map, or an SAE too narrow for UMAP)
     tail_cut   DOUBLE NOT NULL,        -- density below which the tail lies (clusters.tail_cut, or --tail-below)
     tail_auto  BOOLEAN NOT NULL,       -- the cut was found in the density histogram, not given
     tail_n     INTEGER NOT NULL,       -- live features below it

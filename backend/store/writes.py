@@ -160,6 +160,43 @@ def mark_run(path: str | Path, run_id: str, status: RunStatus, error: str | None
         )
 
 
+def append_target(path: str | Path, key: dict, run_name: str | None, names: list[str]) -> tuple[str, int]:
+    """The complete run in `path` that SAEs measured with options `key` (PrecomputeConfig.run_key)
+    can join, and the group number they get there; one-line errors for no such run, several, or
+    an SAE name the run already has."""
+    if not Path(path).exists():
+        raise UserError(f"--append: {path} does not exist; build the first group without --append")
+    with connect_write(path) as con:
+        runs = con.execute(
+            "SELECT run_id, config FROM runs WHERE status = ? ORDER BY started_at", [RunStatus.COMPLETE]
+        ).fetchall()
+        same = [rid for rid, config in runs if _run_key(json.loads(config)) == key and run_name in (None, rid)]
+        if not same:
+            named = f" named {run_name!r}" if run_name else ""
+            raise UserError(
+                f"--append: no complete run{named} in {Path(path).name} read this model, corpus and these options "
+                f"({len(runs)} complete run(s) there; `python -m backend info --db {path}` lists them)"
+            )
+        if len(same) > 1:
+            raise UserError(f"--append: runs {', '.join(same)} all match; choose one with --run-name")
+        run_id = same[0]
+        have = con.execute("SELECT sae, grp FROM saes WHERE run_id = ?", [run_id]).fetchall()
+    taken = {sae for sae, _ in have}
+    clash = sorted(n for n in names if n in taken or f"{n}@{run_id}" in taken)
+    if clash:
+        raise UserError(f"--append: run {run_id!r} already has {', '.join(clash)}; leave those SAEs out of this group")
+    return run_id, 1 + max((g for _, g in have), default=-1)
+
+
+def _run_key(config: dict) -> dict | None:
+    from backend.config import PrecomputeConfig
+
+    try:
+        return PrecomputeConfig.from_dict(config).run_key()
+    except (TypeError, UserError):  # written by a version with other options: not the same run
+        return None
+
+
 def unique_sae_names(path: str | Path, run_id: str, names: list[str]) -> list[str]:
     """Names already used by another run in this file get an `@run_id` suffix."""
     with connect_write(path) as con:
@@ -220,20 +257,27 @@ class RunWriter:
         saes: pd.DataFrame,
         tables: dict[str, pd.DataFrame],
         sequences_parquet: str | list[str] | None,
+        append: bool = False,
     ) -> None:
         """Everything in one transaction: the `saes` rows, the run's sequences and vocabulary
-        (`tables["vocab"]`), the spooled per-SAE tables, the propagation tables, the run complete."""
+        (`tables["vocab"]`), the spooled per-SAE tables, the propagation tables, the run complete.
+        `append`: the run is complete already and keeps its rows, sequences and vocabulary; the
+        sequences read now must be those it holds, and its counts stay as they are."""
         with connect_write(self.path) as con:
             con.execute("BEGIN")
             try:
-                con.execute("DELETE FROM saes WHERE run_id = ?", [self.run_id])
+                if append:
+                    _check_same_tokens(con, self.run_id, sequences_parquet)
+                else:
+                    con.execute("DELETE FROM saes WHERE run_id = ?", [self.run_id])
                 _insert(con, "saes", saes)
-                if sequences_parquet is not None:
+                if sequences_parquet is not None and not append:
                     con.execute(
                         "INSERT INTO sequences SELECT ?, seq, tokens FROM read_parquet(?) ORDER BY seq",
                         [self.run_id, sequences_parquet],
                     )
-                _insert(con, "vocab", tables.get("vocab"))
+                if not append:
+                    _insert(con, "vocab", tables.get("vocab"))
                 # features.top_tokens is computed from the examples, sequences and vocab above
                 for t in (*(t for t in SAE_TABLES if t != "features"), "features"):
                     for sae, part in self.parts[t]:  # one part at a time: each part's own column types cast
@@ -244,15 +288,34 @@ class RunWriter:
                             _insert(con, t, part)
                 for name in PROPAGATION_TABLES:
                     _insert(con, name, tables.get(name))
-                sets = ", ".join(f"{k} = ?" for k in run_fields)
-                con.execute(
-                    f"UPDATE runs SET {sets}, status = ?, finished_at = ?, error = NULL WHERE run_id = ?",
-                    [*run_fields.values(), RunStatus.COMPLETE, now(), self.run_id],
-                )
+                if not append:
+                    sets = ", ".join(f"{k} = ?" for k in run_fields)
+                    con.execute(
+                        f"UPDATE runs SET {sets}, status = ?, finished_at = ?, error = NULL WHERE run_id = ?",
+                        [*run_fields.values(), RunStatus.COMPLETE, now(), self.run_id],
+                    )
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
+
+
+def _check_same_tokens(con, run_id: str, sequences_parquet: str | list[str] | None) -> None:
+    """An appended group must have read exactly the run's sequences (a local corpus file may have
+    changed since, or a tokenizer): its per-SAE tables would not describe the run's tokens."""
+    if sequences_parquet is None:
+        raise UserError("--append needs the sequences the pass read, to check them against the run's")
+    differ = con.execute(
+        """SELECT count(*), min(seq) FROM (SELECT seq, tokens FROM read_parquet(?)) t
+           FULL OUTER JOIN (SELECT seq, tokens FROM sequences WHERE run_id = ?) s USING (seq)
+           WHERE t.tokens IS DISTINCT FROM s.tokens""",
+        [sequences_parquet, run_id],
+    ).fetchone()
+    if differ[0]:
+        raise UserError(
+            f"--append: the corpus now gives other tokens than run {run_id!r} read ({differ[0]} sequence(s) differ, "
+            f"the first is {differ[1]}); nothing was added. Append only with the corpus and tokenizer the run read"
+        )
 
 
 @contextmanager
