@@ -310,7 +310,7 @@ def _check_same_tokens(con, run_id: str, sequences_parquet: str | list[str] | No
            FULL OUTER JOIN (SELECT seq, tokens FROM sequences WHERE run_id = ?) s USING (seq)
            WHERE t.tokens IS DISTINCT FROM s.tokens""",
         [sequences_parquet, run_id],
-    ).fetchone()
+    ).fetchall()[0]
     if differ[0]:
         raise UserError(
             f"--append: the corpus now gives other tokens than run {run_id!r} read ({differ[0]} sequence(s) differ, "
