@@ -175,7 +175,7 @@ def append_target(path: str | Path, key: dict, run_name: str | None, names: list
             named = f" named {run_name!r}" if run_name else ""
             raise UserError(
                 f"--append: no complete run{named} in {Path(path).name} read this model, corpus and these options "
-                f"({len(runs)} complete run(s) there; `python -m backend info --db {path}` lists them)"
+                f"({len(runs)} complete run(s) there; `python -m backend info {path}` lists them)"
             )
         if len(same) > 1:
             raise UserError(f"--append: runs {', '.join(same)} all match; choose one with --run-name")
