@@ -40,7 +40,7 @@ def feature_map(W_dec: torch.Tensor, seed: int = 0, method: str = "umap") -> tup
     if method == "umap" and len(d) > 4 * UMAP_NEIGHBOURS:
         import umap
 
-        layout = umap.UMAP(n_components=2, metric="cosine", random_state=seed, n_neighbors=UMAP_NEIGHBOURS)
+        layout = umap.UMAP(n_components=2, metric="cosine", random_state=seed, n_neighbors=UMAP_NEIGHBOURS, n_jobs=1)
         return layout.fit_transform(d).astype(np.float32), "umap"
     centred = (d - d.mean(0)).astype(np.float64)
     # the top two eigenvectors of the d_in x d_in covariance: the SVD's plane, at a fraction
