@@ -29,9 +29,6 @@ ANTIPODAL_COSINE = -0.9
 """a dense feature and its most anti-aligned decoder partner are an antipodal pair below this cosine"""
 
 
-MAP_METHODS = ("umap", "pca")
-
-
 def feature_map(W_dec: torch.Tensor, seed: int = 0, method: str = "umap") -> tuple[np.ndarray, str]:
     """[d_sae, 2] coordinates of the decoder directions, and the method that made them: UMAP
     (cosine metric, seed `seed`), or the first two principal components of the unit-norm
