@@ -29,6 +29,10 @@ ANTIPODAL_COSINE = -0.9
 """a dense feature and its most anti-aligned decoder partner are an antipodal pair below this cosine"""
 
 
+UMAP_NEIGHBOURS = 15
+"""UMAP's n_neighbors (its default); an SAE of at most 4x as many features is laid out by PCA"""
+
+
 def feature_map(W_dec: torch.Tensor, seed: int = 0, method: str = "umap") -> tuple[np.ndarray, str]:
     """[d_sae, 2] coordinates of the decoder directions, and the method that made them: UMAP
     (cosine metric, seed `seed`), or the first two principal components of the unit-norm
@@ -44,10 +48,6 @@ def feature_map(W_dec: torch.Tensor, seed: int = 0, method: str = "umap") -> tup
     # of a full SVD's cost when d_sae >> d_in
     _, vecs = np.linalg.eigh(centred.T @ centred)
     return (centred @ vecs[:, :-3:-1]).astype(np.float32), "pca"
-
-
-UMAP_NEIGHBOURS = 15
-"""UMAP's n_neighbors (its default); an SAE of at most 4x as many features is laid out by PCA"""
 
 
 def tail_cut(density: np.ndarray, floor: float) -> float:

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 _DTYPES = (torch.float32, torch.float64)
-_pool: ThreadPoolExecutor | None = None
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+"""(its size, the pool): made again when torch's thread count changes"""
 
 
 def usable(codes: torch.Tensor) -> bool:
@@ -36,9 +37,9 @@ def _map(fn, items: list) -> list:
     global _pool
     if len(items) == 1:
         return [fn(items[0])]
-    if _pool is None or _pool._max_workers != _threads():
-        _pool = ThreadPoolExecutor(_threads(), thread_name_prefix="nonzeros")
-    return list(_pool.map(fn, items))
+    if _pool is None or _pool[0] != _threads():
+        _pool = (_threads(), ThreadPoolExecutor(_threads(), thread_name_prefix="nonzeros"))
+    return list(_pool[1].map(fn, items))
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
