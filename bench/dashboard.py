@@ -34,6 +34,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,204 +43,334 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.store import queries, writes  # noqa: E402
-from backend.store.schema import RunStatus  # noqa: E402
 
 
-def build(
-    path: Path,
-    n_layers: int,
-    d_sae: int,
-    n_ex: int,
-    window: int,
-    seq_len: int = 128,
-    n_seqs: int = 20_000,
-    vocab: int = 50_257,
-    seed: int = 0,
-) -> None:
+@dataclass(frozen=True)
+class Shape:
+    """A suite of residual SAEs to synthesise: `layers` SAEs of `d_sae` features, plus `wide` SAEs
+    of `d_wide` features (Gemma Scope 2B has one 1M-feature SAE beside its 65k suite)."""
+
+    model: str
+    d_model: int
+    vocab: int
+    layers: int
+    d_sae: int
+    wide: int = 0
+    d_wide: int = 0
+    examples: int = 40
+    """top + sampled examples per live feature (half each)"""
+    window: int = 33
+    seq_len: int = 128
+    n_seqs: int = 20_000
+    labels: int = 0
+    """features labeled (a labels.sqlite beside the database)"""
+
+
+SHAPES = {
+    "gpt2": Shape("gpt2-small (synthetic)", 768, 50_257, 12, 24_576),
+    # Gemma Scope 2B residual SAEs: 26 layers x 65,536 and one 1M SAE, 40 + 40 examples of 64 tokens
+    "gemma": Shape("gemma-2-2b (synthetic)", 2_304, 256_000, 26, 65_536, 1, 1_048_576, 80, 64, 1024, 20_000, 2_000),
+}
+
+
+def _densities(rng, n: int) -> np.ndarray:
+    """Log-normal around 1e-3, with a dense tail above 0.1 (1%), an ultralow tail below 1e-5 (3%)
+    and 3% dead, as the issue describes real suites."""
+    logd = rng.normal(-3.0, 0.8, n)
+    tail = rng.random(n)
+    logd = np.where(tail < 0.01, rng.uniform(-1.0, -0.2, n), logd)
+    logd = np.where((tail >= 0.01) & (tail < 0.04), rng.uniform(-7.0, -5.0, n), logd)
+    return np.where((tail >= 0.04) & (tail < 0.07), 0.0, 10 ** np.clip(logd, -8, 0))
+
+
+def build(path: Path, shape: Shape, seed: int = 0) -> None:
+    """The database through the project's own write path (writes.begin_run, RunWriter,
+    tables.density_hist_frame), so it has exactly the tables and columns a precompute writes;
+    only the numbers are made up."""
+    import dataclasses
+
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from backend import labels
+    from backend.engine.tables import SaeRow, density_hist_frame
+
     rng = np.random.default_rng(seed)
-    path.unlink(missing_ok=True)
-    con = writes.connect_write(path)
-    con.execute("BEGIN")
-    con.execute(
-        "INSERT INTO runs (run_id, status, model, model_kind, corpus, n_tokens, n_seqs, context_len) "
-        "VALUES ('synthetic', ?, 'gpt2-small (synthetic)', 'causal', 'synthetic', ?, ?, ?)",
-        [RunStatus.COMPLETE, n_seqs * seq_len, n_seqs, seq_len],
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for p in (path, Path(str(path) + ".wal"), path.with_name("labels.sqlite")):
+        p.unlink(missing_ok=True)
+    run_id, n_tok = "synthetic", shape.n_seqs * shape.seq_len
+    meta = dict(model=shape.model, model_kind="causal", corpus="synthetic", context_len=shape.seq_len)
+    writes.begin_run(path, run_id, {**meta, "dtype": "float32", "device": "cpu", "config": {}, "versions": {}})
+    tokens_file = path.with_name(path.name + ".tokens.parquet")
+    toks = rng.integers(0, shape.vocab, size=(shape.n_seqs, shape.seq_len), dtype=np.int32)
+    offsets = pa.array(np.arange(0, toks.size + 1, shape.seq_len, dtype=np.int32))
+    pq.write_table(
+        pa.table(
+            {
+                "seq": pa.array(np.arange(shape.n_seqs, dtype=np.int32)),
+                "tokens": pa.ListArray.from_arrays(offsets, pa.array(toks.ravel())),
+            }
+        ),
+        tokens_file,
     )
-    toks = rng.integers(0, vocab, size=(n_seqs, seq_len), dtype=np.int32)
-    seq_tbl = pa.table(
+    vocab = pd.DataFrame(
         {
-            "run_id": pa.array(["synthetic"] * n_seqs),
-            "seq": pa.array(np.arange(n_seqs, dtype=np.int32)),
-            "tokens": pa.ListArray.from_arrays(
-                pa.array(np.arange(0, n_seqs * seq_len + 1, seq_len, dtype=np.int32)), pa.array(toks.ravel())
-            ),
+            "run_id": run_id,
+            "token_id": np.arange(shape.vocab, dtype=np.int32),
+            "token": [f" tok{i}" for i in range(shape.vocab)],
+            "special": np.zeros(shape.vocab, dtype=bool),
         }
     )
-    con.register("seq_tbl", seq_tbl)
-    con.execute("INSERT INTO sequences SELECT * FROM seq_tbl")
-    voc = pa.table(
-        {
-            "run_id": pa.array(["synthetic"] * vocab),
-            "token_id": pa.array(np.arange(vocab, dtype=np.int32)),
-            "token": pa.array([f" tok{i}" for i in range(vocab)]),
-        }
-    )
-    con.register("voc", voc)
-    con.execute("INSERT INTO vocab SELECT * FROM voc")
-    for layer in range(n_layers):
-        sae = f"blocks.{layer}.hook_resid_pre"
-        print(f"  layer {layer}", file=sys.stderr, flush=True)
-        logd = rng.normal(-3.5, 1.2, d_sae)
-        density = np.where(rng.random(d_sae) < 0.03, 0.0, 10 ** np.clip(logd, -7, 0))
-        count = np.round(density * n_seqs * seq_len).astype(np.int64)
-        con.execute(
-            "INSERT INTO saes (run_id, sae, hook, depth, source, architecture, d_in, d_sae, n_tokens, l0, mse, "
-            "explained_variance, n_dead, n_dense, effect_kind, hist_lo, hist_hi, context_left, context_right) "
-            "VALUES ('synthetic', ?, ?, ?, 'synthetic', 'standard', 768, ?, ?, 30, 1, 0.9, ?, ?, 'unembed', "
-            "-4, 4, 24, 8)",
-            [sae, sae, layer - 0.5, d_sae, n_seqs * seq_len, int((count == 0).sum()), int((density > 0.1).sum())],
-        )
-        hist = rng.integers(0, 100, size=(d_sae, 66), dtype=np.int32)
-        feats = pa.table(
-            {
-                "sae": pa.array([sae] * d_sae),
-                "feature": pa.array(np.arange(d_sae, dtype=np.int32)),
-                "count": pa.array(count),
-                "density": pa.array(density),
-                "mean_act": pa.array(rng.random(d_sae)),
-                "max_act": pa.array(rng.random(d_sae) * 10),
-                "hist": pa.ListArray.from_arrays(
-                    pa.array(np.arange(0, d_sae * 66 + 1, 66, dtype=np.int32)), pa.array(hist.ravel())
-                ),
-                "top_tokens": pa.array([" a | b | c"] * d_sae),
-            }
-        )
-        con.register("feats", feats)
-        con.execute("INSERT INTO features SELECT * FROM feats")
-        n = d_sae * n_ex
-        f = np.repeat(np.arange(d_sae, dtype=np.int32), n_ex)
-        j = np.tile(np.arange(n_ex), d_sae)
-        pos = rng.integers(window, seq_len, n).astype(np.int16)
-        ex = pa.table(
-            {
-                "sae": pa.array([sae] * n),
-                "feature": pa.array(f),
-                "kind": pa.array((j >= n_ex // 2).astype(np.int8)),
-                "rank": pa.array(j.astype(np.int16)),
-                "quantile": pa.array(np.where(j >= n_ex // 2, (j - n_ex // 2) // 4, -1).astype(np.int8)),
-                "seq": pa.array(rng.integers(0, n_seqs, n).astype(np.int32)),
-                "pos": pa.array(pos),
-                "ctx_start": pa.array((pos - 24).clip(0).astype(np.int16)),
-                "value": pa.array(rng.random(n).astype(np.float32)),
-                "acts": pa.ListArray.from_arrays(
-                    pa.array(np.arange(0, n * window + 1, window, dtype=np.int32)),
-                    pa.array(rng.random(n * window).astype(np.float32)),
-                ),
-            }
-        )
-        con.register("ex", ex)
-        con.execute("INSERT INTO examples SELECT * FROM ex")
-        k = 10
-        te = pa.table(
-            {
-                "sae": pa.array([sae] * d_sae * 2 * k),
-                "feature": pa.array(np.repeat(np.arange(d_sae, dtype=np.int32), 2 * k)),
-                "direction": pa.array(np.tile(np.repeat(np.array([1, -1], dtype=np.int8), k), d_sae)),
-                "rank": pa.array(np.tile(np.arange(k, dtype=np.int16), 2 * d_sae)),
-                "token_id": pa.array(rng.integers(0, vocab, d_sae * 2 * k).astype(np.int32)),
-                "value": pa.array(rng.random(d_sae * 2 * k).astype(np.float32)),
-            }
-        )
-        con.register("te", te)
-        con.execute("INSERT INTO token_effects SELECT * FROM te")
-        nb = pa.table(
-            {
-                "sae": pa.array([sae] * d_sae * k),
-                "feature": pa.array(np.repeat(np.arange(d_sae, dtype=np.int32), k)),
-                "rank": pa.array(np.tile(np.arange(k, dtype=np.int16), d_sae)),
-                "other": pa.array(rng.integers(0, d_sae, d_sae * k).astype(np.int32)),
-                "cosine": pa.array(rng.random(d_sae * k).astype(np.float32)),
-            }
-        )
-        con.register("nb", nb)
-        con.execute("INSERT INTO neighbours SELECT * FROM nb")
-        from backend.engine.tables import density_hist_frame
-
-        dh = density_hist_frame(sae, density)
-        con.register("dh", dh)
-        con.execute("INSERT INTO density_hist SELECT * FROM dh")
-    con.execute("COMMIT")
-    con.close()
+    widths = [shape.d_sae] * shape.layers + [shape.d_wide] * shape.wide
+    names = [f"blocks.{i}.hook_resid_post" for i in range(shape.layers)]
+    names += [f"blocks.{shape.layers // 2}.hook_resid_post.{w}" for w in range(shape.wide)]
+    rows, n_ex, half, win = [], shape.examples, shape.examples // 2, shape.window
+    with writes.RunWriter(path, run_id) as w:
+        for k, (name, d) in enumerate(zip(names, widths)):
+            print(f"  {name}: {d:,} features", file=sys.stderr, flush=True)
+            density = _densities(rng, d)
+            count = np.round(density * n_tok).astype(np.int64)
+            density = count / n_tok
+            live = np.flatnonzero(count)
+            hist = pa.ListArray.from_arrays(
+                pa.array(np.arange(0, d * 66 + 1, 66, dtype=np.int32)),
+                pa.array(rng.integers(0, 100, d * 66, dtype=np.int32)),
+            )
+            feats = pa.table(
+                {
+                    "sae": pa.array([name] * d),
+                    "feature": pa.array(np.arange(d, dtype=np.int32)),
+                    "count": pa.array(count),
+                    "density": pa.array(density),
+                    "mean_act": pa.array(rng.random(d) * 3),
+                    "max_act": pa.array(rng.random(d) * 10 + 3),
+                    "hist": hist,
+                    "count_ge_1pct": pa.array((count * 0.9).astype(np.int64)),
+                    "count_ge_10pct": pa.array((count * 0.5).astype(np.int64)),
+                }
+            )
+            w.sae(name, {"features": feats, "density_hist": density_hist_frame(name, density)})
+            for lo in range(0, len(live), 16_384):  # examples in slices, as a precompute spools them
+                ids = live[lo : lo + 16_384]
+                n = len(ids) * n_ex
+                j = np.tile(np.arange(n_ex), len(ids))
+                pos = rng.integers(0, shape.seq_len, n)
+                acts = rng.random((n, win), dtype=np.float32)
+                acts[acts < 0.9] = 0.0  # a sparse feature is silent on most of its window
+                w.sae(
+                    name,
+                    {
+                        "examples": pa.table(
+                            {
+                                "sae": pa.array([name] * n),
+                                "feature": pa.array(np.repeat(ids.astype(np.int32), n_ex)),
+                                "kind": pa.array((j >= half).astype(np.int8)),
+                                "rank": pa.array(np.where(j >= half, j - half, j).astype(np.int16)),
+                                "quantile": pa.array(np.where(j >= half, (j - half) * 10 // half, 0).astype(np.int8)),
+                                "seq": pa.array(rng.integers(0, shape.n_seqs, n).astype(np.int32)),
+                                "pos": pa.array(pos.astype(np.int16)),
+                                "ctx_start": pa.array((pos - win // 2).clip(0).astype(np.int16)),
+                                "value": pa.array(rng.random(n).astype(np.float32)),
+                                "acts": pa.FixedSizeListArray.from_arrays(pa.array(acts.ravel()), win).cast(
+                                    pa.list_(pa.float32())
+                                ),
+                            }
+                        )
+                    },
+                )
+            kk = 10
+            w.sae(
+                name,
+                {
+                    "token_effects": pa.table(
+                        {
+                            "sae": pa.array([name] * d * 2 * kk),
+                            "feature": pa.array(np.repeat(np.arange(d, dtype=np.int32), 2 * kk)),
+                            "direction": pa.array(np.tile(np.repeat(np.array([1, -1], dtype=np.int8), kk), d)),
+                            "rank": pa.array(np.tile(np.arange(kk, dtype=np.int16), 2 * d)),
+                            "token_id": pa.array(rng.integers(0, shape.vocab, d * 2 * kk).astype(np.int32)),
+                            "value": pa.array(rng.random(d * 2 * kk).astype(np.float32)),
+                        }
+                    ),
+                    "neighbours": pa.table(
+                        {
+                            "sae": pa.array([name] * d * kk),
+                            "feature": pa.array(np.repeat(np.arange(d, dtype=np.int32), kk)),
+                            "rank": pa.array(np.tile(np.arange(kk, dtype=np.int16), d)),
+                            "other": pa.array(rng.integers(0, d, d * kk).astype(np.int32)),
+                            "cosine": pa.array(rng.random(d * kk).astype(np.float32)),
+                        }
+                    ),
+                    "feature_diagnostics": pa.table(
+                        {
+                            "sae": pa.array([name] * d),
+                            "feature": pa.array(np.arange(d, dtype=np.int32)),
+                            "map_x": pa.array(rng.normal(size=d).astype(np.float32)),
+                            "map_y": pa.array(rng.normal(size=d).astype(np.float32)),
+                            "tail_cos": pa.array(rng.random(d).astype(np.float32)),
+                            "pos_corr": pa.array(rng.normal(0, 0.1, d).astype(np.float32)),
+                            "anti_partner": pa.array([None] * d, pa.int32()),
+                            "anti_cos": pa.array([None] * d, pa.float32()),
+                            "pos_kl": pa.array(rng.random(d).astype(np.float32)),
+                            "pos_fire": pa.array([None] * d, pa.list_(pa.int64())),
+                            "pos_act": pa.array([None] * d, pa.list_(pa.float32())),
+                        }
+                    ),
+                    "sae_diagnostics": pd.DataFrame(
+                        [
+                            {
+                                "sae": name,
+                                "map_method": "umap",
+                                "tail_cut": 1e-5,
+                                "tail_auto": False,
+                                "tail_n": int(((count > 0) & (density < 1e-5)).sum()),
+                                "tail_share": 0.0,
+                                "pos_width": 16,
+                                "pos_tokens": [n_tok // (shape.seq_len // 16)] * (shape.seq_len // 16),
+                            }
+                        ]
+                    ),
+                },
+            )
+            values = {
+                "run_id": run_id, "sae": name, "hook": name.split(".hook")[0] + ".hook_resid_post",
+                "depth": float(k if k < shape.layers else shape.layers // 2), "source": "synthetic",
+                "architecture": "jumprelu", "d_in": shape.d_model, "d_sae": d, "sae_config": "{}",
+                "n_tokens": n_tok, "l0": 60.0, "mse": 1.0, "explained_variance": 0.8 + 0.005 * (k % 20),
+                "n_dead": int((count == 0).sum()), "n_dense": int((density > 0.1).sum()), "effect_kind": "unembed",
+                "hist_lo": -4.0, "hist_hi": 4.0, "context_left": win // 2, "context_right": win - win // 2 - 1,
+                "grp": 0,
+            }  # fmt: skip
+            rows.append({f.name: values.get(f.name) for f in dataclasses.fields(SaeRow)})
+        w.finish({"n_tokens": n_tok, "n_seqs": shape.n_seqs}, pd.DataFrame(rows), {"vocab": vocab}, str(tokens_file))
+    tokens_file.unlink()
+    picked = [(names[i % len(names)], int(rng.integers(widths[i % len(names)]))) for i in range(shape.labels)]
+    verdicts = [labels.VERDICTS[i % len(labels.VERDICTS)] for i in range(shape.labels)]
+    rows = [labels.Label(path.name, run_id, n, f, v, "bench").row() for (n, f), v in zip(picked, verdicts)]
+    labels.add_rows(path.with_name("labels.sqlite"), rows)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--db", default="data/bench/gpt2-scale.duckdb")
-    ap.add_argument("--layers", type=int, default=12)
-    ap.add_argument("--d-sae", type=int, default=24_576)
-    ap.add_argument("--examples", type=int, default=40)
+    ap.add_argument("--scale", choices=SHAPES, default="gpt2", help="the suite's shape (Shape, SHAPES)")
+    ap.add_argument("--db", help="default: data/bench/<scale>-scale.duckdb")
+    ap.add_argument("--layers", type=int, help="override the shape's number of SAEs of --d-sae features")
+    ap.add_argument("--d-sae", type=int)
+    ap.add_argument("--wide", type=int, help="override the shape's number of wide SAEs")
+    ap.add_argument("--examples", type=int, help="override the shape's examples per live feature")
     ap.add_argument("--samples", type=int, default=100, help="features timed")
     ap.add_argument("--rebuild", action="store_true")
     args = ap.parse_args()
-    path = Path(args.db)
+    over = {"layers": args.layers, "d_sae": args.d_sae, "wide": args.wide, "examples": args.examples}
+    shape = replace(SHAPES[args.scale], **{k: v for k, v in over.items() if v is not None})
+    path = Path(args.db or f"data/bench/{args.scale}-scale.duckdb")
     if args.rebuild or not path.exists():
         t = time.perf_counter()
-        print(f"building {path} ...", file=sys.stderr)
-        build(path, args.layers, args.d_sae, args.examples, window=33)
+        print(f"building {path}: {shape}", file=sys.stderr)
+        build(path, shape)
         print(f"built in {time.perf_counter() - t:.0f} s, {path.stat().st_size / 1e9:.2f} GB", file=sys.stderr)
-    p95, layer_s = latencies(path, args.samples)
-    print(f"feature_p95_ms={p95:.1f} layer_page_s={layer_s:.2f}")
+    figures = latencies(path, args.samples)
+    print(" ".join(f"{k}={v}" for k, v in figures.items()))
 
 
-def latencies(path: Path, samples: int = 100, layer_runs: int = 5) -> tuple[float, float]:
-    """(feature drilldown p95 in ms, Layer page median in s) on the database at `path` (the run
-    of its first SAE, if it holds several); prints the details."""
+def _sent_mb(at) -> float:
+    """What a run of the page hands the browser: the serialized size of its elements, in MB."""
+    total, stack = 0, [at._tree]
+    while stack:
+        node = stack.pop()
+        children = getattr(node, "children", None)
+        if children:
+            stack.extend(children.values())
+        elif getattr(node, "proto", None) is not None:
+            total += node.proto.ByteSize()
+    return total / 1e6
+
+
+def latencies(path: Path, samples: int = 100, layer_runs: int = 3) -> dict[str, str]:
+    """The figures of the database at `path` (the run of its first SAE, if it holds several);
+    prints the details: the feature drilldown's queries (cold caches), the Overview and the Layer
+    page of the widest SAE and of others through AppTest (cold caches), what the Layer page
+    sends, a corpus search, and the file's size per feature."""
+    from streamlit.testing.v1 import AppTest
+
     db = str(path)
     os.environ["SAE_DASHBOARD_DATA"] = str(path.parent.resolve())
     rng = np.random.default_rng(1)
     saes = queries.saes(db)
     saes = saes[saes["run_id"] == saes["run_id"].iloc[0]]
-    sae_names, run_id, d_sae = list(saes["sae"]), saes["run_id"].iloc[0], int(saes["d_sae"].iloc[0])
+    sae_names, run_id = list(saes["sae"]), saes["run_id"].iloc[0]
+    widths = dict(zip(saes["sae"], saes["d_sae"].astype(int)))
 
-    times = []
+    def cold() -> None:
+        """Every query cache emptied; the read connection stays open, as on a running server."""
+        for fn in queries._CACHED:
+            fn.cache_clear()
+
+    times, parts = [], {}
     for _ in range(samples):
-        queries.clear_caches()
+        cold()
         queries.saes(db)  # the SAE list is loaded once per app start, not per feature
         queries.vocab(db, run_id)
-        sae, f = sae_names[rng.integers(len(sae_names))], int(rng.integers(d_sae))
-        t = time.perf_counter()
-        queries.feature(db, sae, f)
-        queries.examples(db, sae, f)
-        queries.token_effects(db, sae, f)
-        queries.neighbours(db, sae, f)
-        times.append((time.perf_counter() - t) * 1000)
+        sae = sae_names[rng.integers(len(sae_names))]
+        f = int(rng.integers(widths[sae]))
+        t0 = t = time.perf_counter()
+        for q in (queries.feature, queries.examples, queries.token_effects, queries.neighbours):
+            q(db, sae, f)
+            parts.setdefault(q.__name__, []).append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+        times.append((t - t0) * 1000)
     p50, p95 = statistics.median(times), float(np.percentile(times, 95))
-    print(f"feature drilldown queries (cold): p50 {p50:.1f} ms, p95 {p95:.1f} ms over {len(times)} features")
+    each = ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in parts.items())
+    print(f"feature drilldown queries (cold caches): p50 {p50:.1f} ms, p95 {p95:.1f} ms over {len(times)} features")
+    print(f"  medians per query (ms): {each}")
 
-    from streamlit.testing.v1 import AppTest
-
-    # One app, started once (as a server would be); each timed run opens another SAE's Layer page
-    # with cold query caches: the DuckDB reads, the histogram, and the d_sae-row table.
-    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120)
-    at.switch_page("pages/1_Layer.py")
+    # One app, started once (as a server would be); each timed run has cold query caches.
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=600)
     at.query_params["db"] = path.name
-    at.query_params["sae"] = sae_names[-1]
     at.run()
-    page_times = []
-    for sae in sae_names[:layer_runs]:
-        queries.clear_caches()
+    cold()
+    t = time.perf_counter()
+    at.run()
+    overview_s = time.perf_counter() - t
+    assert not at.exception, [e.value for e in at.exception]
+    print(f"overview (AppTest rerun, cold query caches, {len(sae_names)} SAEs): {overview_s:.2f} s")
+
+    at.switch_page("pages/1_Layer.py")
+    widest = max(sae_names, key=lambda n: (widths[n], n))
+    layer = {}
+    for sae in [widest] + [n for n in sae_names if n != widest][: layer_runs - 1]:
         at.query_params["sae"] = sae
-        t = time.perf_counter()
-        at.run()
-        page_times.append(time.perf_counter() - t)
-        assert not at.exception, [e.value for e in at.exception]
-        assert len(at.dataframe[0].value) == d_sae
-    layer_s = statistics.median(page_times)
-    print(
-        f"layer page (AppTest rerun, cold query caches, {d_sae:,} rows): median {layer_s:.2f} s, "
-        f"runs {', '.join(f'{t:.2f}' for t in page_times)}"
-    )
-    return p95, layer_s
+        runs = []
+        for _ in range(layer_runs):
+            cold()
+            t = time.perf_counter()
+            at.run()
+            runs.append(time.perf_counter() - t)
+            assert not at.exception, [e.value for e in at.exception]
+        layer[sae] = (statistics.median(runs), _sent_mb(at), len(at.dataframe[0].value))
+        print(
+            f"layer page {sae} ({widths[sae]:,} features; AppTest, cold query caches): median {layer[sae][0]:.2f} s "
+            f"(runs {', '.join(f'{r:.2f}' for r in runs)}), {layer[sae][1]:.2f} MB of elements, "
+            f"{layer[sae][2]:,} table rows"
+        )
+    cold()
+    t = time.perf_counter()
+    hits = queries.search(db, " tok17", None)
+    search_s = time.perf_counter() - t
+    print(f"search for ' tok17' (cold): {search_s:.2f} s, {len(hits)} hits")
+    n_feat = int(sum(widths.values()))
+    size = path.stat().st_size
+    print(f"database: {size / 1e9:.2f} GB, {size / n_feat:,.0f} bytes per feature over {n_feat:,} features")
+    wide_s, wide_mb, _ = layer[widest]
+    return {
+        "db_gb": f"{size / 1e9:.2f}",
+        "overview_s": f"{overview_s:.2f}",
+        "layer_s": f"{wide_s:.2f}",
+        "layer_mb": f"{wide_mb:.2f}",
+        "feature_p95_ms": f"{p95:.1f}",
+        "search_s": f"{search_s:.2f}",
+    }
 
 
 CHROMIUM_ARGS = [

@@ -1,12 +1,17 @@
-"""One SAE: its log10-density histogram (drag a range to filter) and a sortable feature table."""
+"""One SAE: its log10-density histogram (drag a range to filter) and a sortable feature table,
+one page of it at a time (filtered, sorted and paged in DuckDB, so a million-feature SAE sends
+one page to the browser)."""
+
+import math
+from dataclasses import replace
 
 import streamlit as st
 
 from backend.density import DENSE, ULTRALOW, below_floor, is_dense, resolution_floor
-from backend.labels.joins import layer_table, with_labels
-from backend.store import queries
+from backend.labels.joins import layer_rows, with_labels
+from backend.store import feature_lists, queries
 from ui import common, figures, labeling
-from ui.feature_list import FIRING_LABELS, PRESETS, SORTS, FeatureList
+from ui.feature_list import FIRING_LABELS, PAGE_ROWS, PRESETS, SORTS, FeatureList
 from ui.tokens import md
 
 common.setup("Layer")
@@ -45,8 +50,8 @@ def layer() -> None:
         help="ReLU SAEs fire with tiny activations that inflate density; a threshold relative to each feature's "
         "max activation leaves them out (applied to its stored activation histogram, exact to within one bin).",
     )
-    feats = queries.features(db, sae, firing)
-    other = queries.features(db, overlay, firing) if overlay else None
+    feats = queries.densities(db, sae, firing)
+    other = queries.densities(db, overlay, firing) if overlay else None
     sel = (
         (lo if lo is not None else -10.0, hi if hi is not None else 0.0) if (lo is not None or hi is not None) else None
     )
@@ -68,7 +73,7 @@ def layer() -> None:
             common.set_params(lo=new[0], hi=new[1], filter=None)
             st.rerun()
 
-    c1, c2, c3 = st.columns([3, 2, 1])
+    c1, c2, c3, c4 = st.columns([3, 2, 1, 1])
     common.seed("w_filter", "filter", preset)
     c1.segmented_control(
         "Preset",
@@ -79,23 +84,29 @@ def layer() -> None:
         help=f"dead: never active · ultralow: density < {ULTRALOW:g} · dense: density > {DENSE:g}",
     )
     sort = common.choice("sort", list(SORTS), "Sort", "density ↓", widget="selectbox", container=c2)
-    if c3.button("Clear range", disabled=lo is None and hi is None):
+    per = int(common.choice("rows", [str(n) for n in PAGE_ROWS], "Rows per page", "200", "selectbox", c3))
+    if c4.button("Clear range", disabled=lo is None and hi is None):
         common.set_params(lo=None, hi=None)
         st.session_state["_hist_reset"] = reset + 1
         st.rerun()
 
-    preset = st.session_state["w_filter"] or "all"
-    shown = layer_table(db, sae, status, preset, lo, hi, SORTS[sort], firing)
-    if st.session_state["w_filter"] == "ultralow" and below_floor(ULTRALOW, row.n_tokens):
+    listed = replace(listed, preset=st.session_state["w_filter"] or "all", firing=firing, sort=sort, rows=per)
+    total = feature_lists.count(db, sae, listed.spec())
+    n_pages = max(1, math.ceil(total / per))
+    page_no = _page_number(listed, n_pages)
+    shown = layer_rows(db, sae, status, listed.spec(), (page_no - 1) * per, per)
+    if listed.preset == "ultralow" and below_floor(ULTRALOW, row.n_tokens):
         st.warning(
             f"This run read {row.n_tokens:,} tokens, so the smallest density it can measure is "
             f"1 / {row.n_tokens:,} = {10**floor:.1e}, above the ultralow cut {ULTRALOW:g}: no feature can show "
             "as ultralow here, and an empty list says nothing about the SAE. Precompute on more tokens to resolve it."
         )
     rng = f" with log10 density in [{lo if lo is not None else '-∞'}, {hi if hi is not None else 0}]" if sel else ""
+    first = (page_no - 1) * per
+    rows_note = f" Rows {first + 1:,}–{first + len(shown):,}, page {page_no:,} of {n_pages:,}." if n_pages > 1 else ""
     st.markdown(
-        f"**{len(shown):,}** of {len(feats):,} features{rng}, over {row.n_tokens:,} tokens; "
-        f"firing counts {FIRING_LABELS[firing]}. Click a row to open it."
+        f"**{total:,}** of {row.d_sae:,} features{rng}, over {row.n_tokens:,} tokens; "
+        f"firing counts {FIRING_LABELS[firing]}.{rows_note} Click a row to open it."
     )
     picked = st.dataframe(
         shown.assign(dense=is_dense(shown["density"]))[
@@ -122,8 +133,27 @@ def layer() -> None:
     rows = picked.selection.rows if picked else []
     if rows:
         f = int(shown.iloc[rows[0]]["feature"])
-        listed = FeatureList(preset, lo, hi, firing, sort).params()
-        st.switch_page(common.FEATURE, query_params=common.link_params(sae=sae, feature=f, list="layer", **listed))
+        st.switch_page(
+            common.FEATURE, query_params=common.link_params(sae=sae, feature=f, list="layer", **listed.params())
+        )
+
+
+def _page_number(listed: FeatureList, n_pages: int) -> int:
+    """The page of the list to show: the URL's `page`, back to 1 whenever the list itself changes
+    (another preset, range, threshold, sort or page size), and at most the last page."""
+    spec = (listed.spec(), listed.rows)
+    if st.session_state.get("_listed", spec) != spec:
+        common.set_params(page=None)
+        st.session_state.pop("w_page", None)
+    st.session_state["_listed"] = spec
+    page_no = min(common.int_param("page", 1) or 1, n_pages)
+    if n_pages > 1:
+        common.seed("w_page", "page", page_no)
+        if not 1 <= st.session_state["w_page"] <= n_pages:  # the file was rebuilt with fewer features
+            st.session_state["w_page"] = page_no
+        st.number_input("Page", 1, n_pages, key="w_page", on_change=common.to_url, args=("w_page", "page"))
+        page_no = int(st.session_state["w_page"])
+    return page_no
 
 
 VERDICT_VIEWS = {"all": "all features", "labeled": "labeled only"}

@@ -5,7 +5,7 @@ import random
 import streamlit as st
 
 from backend.density import density_bucket, log10_density
-from backend.store import queries
+from backend.store import feature_lists, queries
 from ui import common, feature_view, figures, labeling, live
 from ui.feature_list import PARAMS, FeatureList, opened_from_list
 from ui.tokens import escape, md
@@ -85,15 +85,12 @@ def _navigation(db: str, sae: str, f: int, n: int) -> None:
     nav = st.columns([1, 1, 1, 2, 3])
     if opened_from_list():
         listed = FeatureList.from_url()
-        order = listed.rows(db, sae, labeling.status_table(db, sae))["feature"].astype(int).tolist()
-        i = order.index(f) if f in order else None
-        steps = (
-            (nav[0], "← previous", order[i - 1] if i else None),
-            (nav[1], "next →", order[i + 1] if i is not None and i + 1 < len(order) else None),
-        )
-        where = f"{i + 1:,} of {len(order):,}" if i is not None else f"not among the {len(order):,}"
+        at, before, after, total = feature_lists.around(db, sae, listed.spec(), f)
+        steps = ((nav[0], "← previous", before), (nav[1], "next →", after))
+        where = f"{at + 1:,} of {total:,}" if at is not None else f"not among the {total:,}"
         nav[4].caption(md(f"Feature {where} in the list: {listed.describe()}"))
-        back = common.link_params(sae=sae, **listed.params())
+        page_no = at // listed.rows + 1 if at is not None else None
+        back = common.link_params(sae=sae, **listed.params(), page=page_no if page_no and page_no > 1 else None)
         nav[3].page_link(common.LAYER, label="← back to the list", query_params=back)
     else:
         steps = ((nav[0], "← previous", (f - 1) % n), (nav[1], "next →", (f + 1) % n))

@@ -32,7 +32,7 @@ def queue() -> None:
     if not labeling.write_allowed():
         return
     step = common.int_param("step", 0) or 0
-    feats = queries.features(db, sae)
+    feats = queries.densities(db, sae)
     try:
         current = labels.latest(labeling.labels_location(), labeling.db_name(db))
     except UserError as e:

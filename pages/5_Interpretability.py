@@ -97,7 +97,7 @@ def _automatic(db: str, cur) -> None:
     sae = common.choice("auto_sae", names, "SAE", names[0], widget="selectbox")
     kind, fscores, thr = auto_scores.choose(scores[scores["sae"] == sae])
     mine = cur[cur["sae"] == sae] if not cur.empty else cur
-    densities = queries.features(db, sae)[["feature", "log10_density"]]
+    densities = queries.densities(db, sae)[["feature", "log10_density"]]
     ov = av.overall(mine, fscores)
     cols = st.columns(3)
     if ov["n_pos"] and ov["n_neg"]:

@@ -42,7 +42,7 @@ def probe_page() -> None:
         return
 
     st.subheader(md(f"{sae}: the features that fire most"))
-    feats = queries.features(db, sae)
+    feats = queries.densities(db, sae)
     dense = set() if st.session_state["w_dense"] else set(feats.loc[is_dense(feats["density"]), "feature"])
     top = live.probe_table(db, sae, top_features(p, sae, by, n=20, hide=dense))
     if top.empty:
@@ -97,7 +97,7 @@ def _summary(db: str, p, by: str, show_dense: bool):
     dense features as the table above."""
     rows = []
     for name in p.codes:
-        feats = queries.features(db, name)
+        feats = queries.densities(db, name)
         dense = set() if show_dense else set(feats.loc[is_dense(feats["density"]), "feature"])
         t = top_features(p, name, by, n=3, hide=dense)
         firing = p.codes[name].table()

@@ -33,6 +33,14 @@ def clusters() -> None:
 
     st.subheader("Feature map")
     method = summary.map_method
+    drawn = figures.map_sample(df)
+    sampled = (
+        ""
+        if len(drawn) == len(df)
+        else f" Drawn: {len(drawn):,} of the {len(df):,} features, every labeled and every dense one and a uniform "
+        f"sample of the others (the same for everyone who opens this view): a browser draws at most "
+        f"{figures.MAP_POINTS:,} points well."
+    )
     st.caption(
         f"Each point is one of the {len(df):,} features, placed by its decoder direction "
         + (
@@ -42,10 +50,10 @@ def clusters() -> None:
             "SAE too narrow for UMAP)"
         )
         + f"; colour: log10 density over {n_tok:,} tokens (grey: dead); shape: the team's verdict; ringed: dense "
-        f"(> {DENSE:.0%}). Lasso or box-select points to list them; select one point to open it."
+        f"(> {DENSE:.0%}). Lasso or box-select points to list them; select one point to open it.{sampled}"
     )
     event = common.chart(
-        figures.feature_map(df, method), on_select="rerun", selection_mode=("points", "box", "lasso"), key="map"
+        figures.feature_map(drawn, method), on_select="rerun", selection_mode=("points", "box", "lasso"), key="map"
     )
     points = (event.selection or {}).get("points", []) if event else []
     picked = sorted({int(p["customdata"]) for p in points if "customdata" in p})

@@ -86,7 +86,7 @@ def app_runner(data_dir, monkeypatch):
     monkeypatch.delenv("SAE_DASHBOARD_MODEL", raising=False)
     queries.clear_caches()
 
-    def make(page: str = "app.py", labeler: str | None = None, **params) -> AppTest:
+    def make(page: str = "app.py", /, labeler: str | None = None, **params) -> AppTest:
         at = AppTest.from_file(str(repo_root() / "app.py"), default_timeout=60)
         if page != "app.py":
             at.switch_page(page)

@@ -87,3 +87,48 @@ def test_the_output_heatmap_orders_rows_by_the_spliced_saes_depth():
     assert (cells["hook"] == "output").all() and list(cells["spliced_depth"]) == [1, 0, 2]
     fig = figures.propagation_heatmap(cells, "harm", {s: None for s in cells["sae"]})
     assert list(fig.data[0].y) == ["0.resid_pre", "0.resid_post", "1.resid_post"]  # shallow first, reversed axis
+
+
+def _diagnostics(n: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    density = np.where(rng.random(n) < 0.05, 0.0, 10 ** rng.uniform(-6, -0.3, n))
+    label = np.where(rng.random(n) < 0.01, "interpretable", "")
+    return pd.DataFrame(
+        {
+            "feature": np.arange(n),
+            "density": density,
+            "log10_density": np.where(density > 0, np.log10(np.where(density > 0, density, 1)), np.nan),
+            "label": label,
+            "map_x": rng.normal(size=n),
+            "map_y": rng.normal(size=n),
+            "tail_cos": rng.uniform(-1, 1, n),
+        }
+    )
+
+
+def test_a_wide_saes_map_draws_a_fixed_sample_keeping_every_labeled_and_dense_feature():
+    from ui import figures
+
+    small = _diagnostics(2_000)
+    assert figures.map_sample(small, limit=2_000) is small
+    wide = _diagnostics(120_000)
+    drawn = figures.map_sample(wide, limit=50_000)
+    must = wide[(wide["label"] != "") | (wide["density"] > 0.1)]
+    assert len(drawn) == 50_000 and set(must["feature"]) <= set(drawn["feature"])
+    assert drawn["feature"].tolist() == figures.map_sample(wide, limit=50_000)["feature"].tolist()
+    points = sum(len(t.x) for t in figures.feature_map(drawn, "umap").data)
+    assert points == 50_000
+
+
+def test_the_tail_histogram_sends_bins_as_shares_of_each_group():
+    from ui import figures
+
+    df = _diagnostics(100_000)
+    fig = figures.tail_cosines(df, cut=1e-4)
+    bars = [t for t in fig.data if t.type == "bar"]
+    assert len(bars) == 2 and all(len(b.x) == 40 for b in bars)  # 40 bins travel, not 100,000 values
+    live = df[df["density"] > 0]
+    tail = live[live["density"] < 1e-4]
+    want, _ = np.histogram(tail["tail_cos"], bins=np.linspace(-1, 1, 41))
+    np.testing.assert_allclose(bars[0].y, 100 * want / len(tail))
+    assert abs(sum(bars[1].y) - 100) < 1e-9

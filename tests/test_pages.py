@@ -431,23 +431,57 @@ def test_the_feature_pages_verdict_is_in_the_sidebar_beside_the_evidence(app):
 
 
 def test_previous_and_next_walk_the_layer_list_and_back_returns_to_it(app, data_dir):
-    from backend.labels.joins import layer_table
+    from backend.store.feature_lists import ListSpec, count, page
 
     db = str(data_dir / "tiny.duckdb")
-    order = layer_table(db, "relu-b0", None, "all", -2.0, 0.0, ("max_act", False), "any")["feature"].tolist()
-    assert len(order) >= 3 and order != sorted(order)
+    spec = ListSpec(lo=-2.0, hi=0.0, sort="max_act", ascending=False)
+    order = page(db, "relu-b0", spec, 0, 1000)["feature"].tolist()
+    assert len(order) >= 3 and order != sorted(order) and count(db, "relu-b0", spec) == len(order)
     params = dict(sae="relu-b0", list="layer", lo="-2.0", hi="0.0", sort="max act ↓")
     at = app("pages/2_Feature.py", feature=str(order[1]), **params)
     _ok(at)
     assert any(f"2 of {len(order)} in the list" in c.value for c in at.caption)
     back = next(str(el.proto) for el in at.main if "back to the list" in str(getattr(el, "proto", "")))
-    assert "lo=-2.0" in back and "sort=max" in back and "feature=" not in back
+    assert "lo=-2.0" in back and "sort=max" in back and "feature=" not in back and "page=" not in back
     at.button(key="nav_next →").click().run()
     assert at.query_params["feature"] in (str(order[2]), [str(order[2])])
     at.button(key="nav_← previous").click().run()
     at.button(key="nav_← previous").click().run()
     assert at.query_params["feature"] in (str(order[0]), [str(order[0])])
     assert at.button(key="nav_← previous").disabled  # the list's first
+
+
+def test_the_layer_table_is_paged_and_back_returns_to_the_features_page(app, data_dir):
+    """One page of the list goes to the browser; the pages together are the whole list, in order."""
+    at = app("pages/1_Layer.py", sae="relu-b0", rows="50")
+    _ok(at)
+    first = at.dataframe[0].value
+    assert len(first) == 50 and list(first["density"]) == sorted(first["density"], reverse=True)
+    assert any("Rows 1–50, page 1 of 2" in m.value for m in at.markdown)
+    at.number_input(key="w_page").set_value(2).run()
+    _ok(at)
+    assert at.query_params["page"] in ("2", ["2"])
+    second = at.dataframe[0].value
+    assert len(second) == 14 and not set(first["feature"]) & set(second["feature"])
+    assert second["density"].iloc[0] <= first["density"].iloc[-1]
+    # a shared link opens on its page; another preset starts the list again at page 1
+    at = app("pages/1_Layer.py", sae="relu-b0", rows="50", page="2")
+    assert at.dataframe[0].value["feature"].tolist() == second["feature"].tolist()
+    at.selectbox(key="w_sort").set_value("feature").run()
+    _ok(at)
+    assert "page" not in at.query_params and at.dataframe[0].value["feature"].tolist() == list(range(50))
+    # the Feature page's "back" names the page that holds the feature
+    f = int(second["feature"].iloc[3])
+    at = app("pages/2_Feature.py", sae="relu-b0", feature=str(f), list="layer", rows="50")
+    _ok(at)
+    assert any("54 of 64 in the list" in c.value for c in at.caption)
+    back = next(str(el.proto) for el in at.main if "back to the list" in str(getattr(el, "proto", "")))
+    assert "page=2" in back and "rows=50" in back
+    for bad, message in (("0", "page=0 is out of range"), ("x", "page='x' is not a whole number")):
+        at = app("pages/1_Layer.py", sae="relu-b0", page=bad)
+        assert message in at.error[0].value
+    at = app("pages/1_Layer.py", sae="relu-b0", rows="7")
+    assert "rows=7" in at.error[0].value
 
 
 def test_architectures_read_as_people_name_them(app):

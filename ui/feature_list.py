@@ -1,15 +1,14 @@
-"""The Layer page's list of features (preset, density range, firing threshold, sort) as URL
-parameters, read the same way by the Layer page and by a Feature page opened from it, so that
-"previous" and "next" walk that list and "back" returns to it."""
+"""The Layer page's list of features (preset, density range, firing threshold, sort, rows per
+page) as URL parameters, read the same way by the Layer page and by a Feature page opened from
+it, so that "previous" and "next" walk that list and "back" returns to the page of it that holds
+the feature. The list itself is filtered, sorted and paged in DuckDB (backend.store.feature_lists)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import pandas as pd
-
 from backend.errors import UserError
-from backend.labels.joins import layer_table
+from backend.store.feature_lists import ListSpec
 from ui import common
 
 PRESETS = ["all", "dead", "ultralow", "dense"]
@@ -20,7 +19,9 @@ SORTS = {
     "max act ↓": ("max_act", False),
     "feature": ("feature", True),
 }
-PARAMS = ("filter", "lo", "hi", "fire", "sort")
+PAGE_ROWS = (50, 200, 1000)
+"""rows per page of the Layer table: one page at a time goes to the browser"""
+PARAMS = ("filter", "lo", "hi", "fire", "sort", "rows", "page")
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class FeatureList:
     hi: float | None = None
     firing: str = "any"
     sort: str = "density ↓"
+    rows: int = 200
 
     @classmethod
     def from_url(cls) -> FeatureList:
@@ -45,16 +47,21 @@ class FeatureList:
         sort = common.param("sort") or "density ↓"
         if sort not in SORTS:
             raise UserError(f"URL parameter sort={sort!r}: use one of {', '.join(SORTS)}")
-        return cls(preset, lo, hi, firing, sort)
+        rows = common.int_param("rows") or 200
+        if rows not in PAGE_ROWS:
+            raise UserError(f"URL parameter rows={rows}: use one of {', '.join(map(str, PAGE_ROWS))}")
+        return cls(preset, lo, hi, firing, sort, rows)
 
     def params(self) -> dict:
         """The URL parameters that say this list (defaults left out)."""
         out = {"filter": self.preset, "lo": self.lo, "hi": self.hi, "fire": self.firing, "sort": self.sort}
-        defaults = {"filter": "all", "fire": "any", "sort": "density ↓"}
+        out["rows"] = self.rows
+        defaults = {"filter": "all", "fire": "any", "sort": "density ↓", "rows": 200}
         return {k: v for k, v in out.items() if v is not None and defaults.get(k) != v}
 
-    def rows(self, db: str, sae: str, status: pd.DataFrame | None) -> pd.DataFrame:
-        return layer_table(db, sae, status, self.preset, self.lo, self.hi, SORTS[self.sort], self.firing)
+    def spec(self) -> ListSpec:
+        col, ascending = SORTS[self.sort]
+        return ListSpec(self.preset, self.lo, self.hi, self.firing, col, ascending)
 
     def describe(self) -> str:
         parts = [] if self.preset == "all" else [self.preset]

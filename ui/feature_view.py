@@ -147,7 +147,7 @@ def position_panel(db: str, row_sae, f: int) -> None:
 
 
 def density_panel(db: str, sae: str, row: dict) -> None:
-    feats = queries.features(db, sae)
+    feats = queries.densities(db, sae)
     marker = log10_density(row.density)
     marker = None if np.isnan(marker) else marker
     floor = resolution_floor(queries.sae_row(db, sae).n_tokens)

@@ -711,9 +711,28 @@ def verdict_histogram(
     return fig
 
 
+MAP_POINTS = 50_000
+"""the most features the feature map draws: past this a browser holds its points poorly (a
+million WebGL points are about 40 MB of arrays), so a wider SAE is drawn from map_sample"""
+
+
+def map_sample(df: pd.DataFrame, limit: int = MAP_POINTS, seed: int = 0) -> pd.DataFrame:
+    """The features the map draws: all of them up to `limit`; past it every labeled and every
+    dense feature, and a uniform sample (fixed seed, so a shared link shows the same points) of
+    the others to fill `limit`."""
+    if len(df) <= limit:
+        return df
+    keep = (df["label"].fillna("") != "").to_numpy() | is_dense(df["density"]).to_numpy()
+    rest = np.flatnonzero(~keep)
+    n = max(0, min(limit - int(keep.sum()), len(rest)))
+    keep[np.random.default_rng(seed).choice(rest, n, replace=False)] = True
+    return df[keep]
+
+
 def feature_map(df: pd.DataFrame, method: str) -> go.Figure:
     """Decoder directions in 2-D, coloured by log10 density (dead grey), shaped by verdict;
-    dense features ringed. Points carry their feature id (customdata) for selection."""
+    dense features ringed. Points carry their feature id (customdata) for selection. Draws
+    `df` as given: a wide SAE's page passes map_sample(df)."""
     fig = go.Figure()
     dead = ~np.isfinite(df["log10_density"])
     labels = df["label"].fillna("").replace("", "unlabeled")
@@ -764,16 +783,19 @@ def tail_cosines(df: pd.DataFrame, cut: float) -> go.Figure:
     tail = live["density"] < cut
     fig = go.Figure()
     groups = (("low-density tail", live[tail], "#e76f51"), ("other live features", live[~tail], "#888"))
+    edges = np.linspace(-1.0, 1.0, 41)  # 0.05 wide; binned here, so 40 bars travel, not a value per feature
     for name, g, colour in groups:
+        counts, _ = np.histogram(g["tail_cos"].dropna().clip(-1.0, 1.0), bins=edges)
         fig.add_trace(
-            go.Histogram(
-                x=g["tail_cos"],
+            go.Bar(
+                x=(edges[:-1] + edges[1:]) / 2,
+                y=100.0 * counts / max(len(g), 1),
+                width=0.05,
                 name=f"{name} ({len(g):,})",
-                histnorm="percent",
                 marker_color=colour,
+                marker_line_width=0,
                 opacity=0.7,
-                xbins=dict(start=-1, end=1, size=0.05),
-                hovertemplate=f"cosine %{{x}}: %{{y:.1f}}% of the {name}{extra()}",
+                hovertemplate=f"cosine %{{x:.3f}}: %{{y:.1f}}% of the {name}{extra()}",
             )
         )
     if 0 < int(tail.sum()) <= TAIL_TICKS:

@@ -8,7 +8,8 @@ import pandas as pd
 
 from backend.density import TOO_FEW_FIRINGS
 from backend.labels.store import latest
-from backend.store import queries
+from backend.store import feature_lists, queries
+from backend.store.feature_lists import ListSpec
 
 
 def current_with_density(labels_loc: str, db_path: str) -> pd.DataFrame:
@@ -42,23 +43,14 @@ def with_labels(features: pd.DataFrame, status: pd.DataFrame | None) -> pd.DataF
     return out.assign(label=out["label"].fillna("").astype(str))
 
 
-def layer_table(
-    db_path: str,
-    sae: str,
-    status: pd.DataFrame | None = None,
-    preset: str = "all",
-    lo: float | None = None,
-    hi: float | None = None,
-    sort: tuple[str, bool] = ("density", False),
-    firing: str = "any",
+def layer_rows(
+    db_path: str, sae: str, status: pd.DataFrame | None, spec: ListSpec, offset: int = 0, limit: int = 200
 ) -> pd.DataFrame:
-    """The Layer page's table: the SAE's features in a preset and log10-density range, sorted
-    (ties by feature id), each with its consensus label from `status` (feature_status's frame),
-    or, unlabeled and fired fewer than TOO_FEW_FIRINGS times, "too few firings to judge (n)";
-    densities count activations per `firing` (queries.features)."""
-    shown = queries.filter_features(queries.features(db_path, sae, firing), preset, lo, hi)
-    col, ascending = sort
-    shown = with_labels(shown.sort_values([col, "feature"], ascending=[ascending, True]), status)
+    """A page of the Layer table: rows offset .. offset + limit of the SAE's list `spec`
+    (feature_lists: filtered, sorted and paged in DuckDB), each with its consensus label from
+    `status` (feature_status's frame), or, unlabeled and fired fewer than TOO_FEW_FIRINGS times,
+    "too few firings to judge (n)"."""
+    shown = with_labels(feature_lists.page(db_path, sae, spec, offset, limit), status)
     few = (shown["label"] == "") & (shown["count"] > 0) & (shown["count"] < TOO_FEW_FIRINGS)
     return shown.assign(
         label=shown["label"].where(~few, shown["count"].map(lambda n: f"too few firings to judge ({n})"))

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from backend.config import splice_members
-from backend.density import FIRING_THRESHOLDS, density, is_dense, is_ultralow, log10_density
+from backend.density import FIRING_THRESHOLDS, density, log10_density
 from backend.errors import UserError
 from backend.paths import data_dir
 from backend.store import datafolder, schema
@@ -306,6 +306,21 @@ def position_error(path: str) -> pd.DataFrame:
 
 
 @cached
+def densities(path: str, sae: str, firing: str = "any") -> pd.DataFrame:
+    """feature, count, density and log10_density of every feature, as `features` counts them:
+    what the histograms need, without the text column that is most of a wide SAE's table."""
+    s = sae_row(path, sae)
+    if firing not in FIRING_THRESHOLDS:
+        raise UserError(f"firing threshold {firing!r}: use one of {', '.join(FIRING_THRESHOLDS)}")
+    count = "count" if firing == "any" else f"count_ge_{firing}"
+    df = _df(path, f"SELECT feature, {count} AS count, density FROM features WHERE sae = ? ORDER BY feature", [sae])
+    if firing != "any":
+        df["density"] = density(df["count"], s.n_tokens)
+    df["log10_density"] = log10_density(df["density"].to_numpy())
+    return df
+
+
+@cached
 def features(path: str, sae: str, firing: str = "any") -> pd.DataFrame:
     """Every feature of an SAE (without histograms), for the layer table and its filters.
     `firing`: what counts as active (density.FIRING_THRESHOLDS): any nonzero activation, or
@@ -324,25 +339,6 @@ def features(path: str, sae: str, firing: str = "any") -> pd.DataFrame:
     df["density"] = df["stored_density"] if firing == "any" else density(df["count"], s.n_tokens)
     df["log10_density"] = log10_density(df["density"].to_numpy())
     return df[["feature", "count", "density", "mean_act", "max_act", "top_tokens", "log10_density"]]
-
-
-def filter_features(
-    df: pd.DataFrame, preset: str = "all", lo: float | None = None, hi: float | None = None
-) -> pd.DataFrame:
-    """Features in a preset class and/or a log10-density range [lo, hi]."""
-    if preset == "dead":
-        df = df[df["count"] == 0]
-    elif preset == "ultralow":
-        df = df[is_ultralow(df["density"], df["count"])]
-    elif preset == "dense":
-        df = df[is_dense(df["density"])]
-    elif preset != "all":
-        raise UserError(f"unknown filter {preset!r}: use all, dead, ultralow or dense")
-    if lo is not None:
-        df = df[df["log10_density"] >= lo]
-    if hi is not None:
-        df = df[df["log10_density"] <= hi]
-    return df
 
 
 @cached
