@@ -14,11 +14,11 @@ import numpy as np
 DENSE = 0.1
 """a feature active on more than this fraction of tokens is dense (strictly greater)"""
 ULTRALOW = 1e-5
+"""a live feature active on fewer than this fraction of tokens is ultralow (strictly less)"""
 TOO_FEW_FIRINGS = 8
 """a feature that fired fewer times than this is "too few firings to judge": the blind queue
 leaves it out (its short list of examples would give its density away, and a handful of
 examples is no basis for a verdict), and the Layer table says so"""
-"""a live feature active on fewer than this fraction of tokens is ultralow (strictly less)"""
 LOG_BIN_WIDTH = 0.1
 """width in decades of the bins of every log10-density histogram"""
 
@@ -68,6 +68,14 @@ def density_bucket(log10: float | None) -> str:
         if lo <= log10 < hi:
             return name
     return DENSITY_BUCKETS[-1][2]
+
+
+def density_buckets(log10) -> np.ndarray:
+    """density_bucket of each value of an array, at numpy speed (a queue over a million features)."""
+    x = np.asarray(log10, dtype=float)
+    names = np.array([b[2] for b in DENSITY_BUCKETS] + [DEAD], dtype=object)
+    i = np.searchsorted(np.array([b[0] for b in DENSITY_BUCKETS[1:]]), x, side="right")
+    return names[np.where(np.isfinite(x), i, len(DENSITY_BUCKETS))]
 
 
 def bucket_order() -> list[str]:

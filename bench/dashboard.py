@@ -1,12 +1,14 @@
-"""Dashboard latency at GPT-2-small scale on a synthetic feature database.
+"""Dashboard latency on a synthetic feature database of a real suite's shape.
 
-Builds (once) a database shaped like 12 layers x 24,576 features with 20 top + 20 quantile
-examples each (32-token windows), through the real schema, then times:
-  - the Layer page: a Streamlit AppTest run of the page in a started app (histogram + 24,576-row
-    table), cold query caches;
-  - a feature drilldown's queries (feature, examples, token effects, neighbours) on random
-    features with cold caches, p50/p95.
-Last line: feature_p95_ms=<x> layer_page_s=<y>
+Builds (once) a database shaped like a suite of residual SAEs (--scale gpt2: 12 x 24,576
+features, 40 examples each with 33-token windows; --scale gemma: Gemma Scope 2B's 26 x 65,536
+plus one 1,048,576-feature SAE, 40 top + 40 sampled examples of 64 tokens per live feature,
+log-normal densities around 1e-3 with dense and ultralow tails, 2,000 labels) through the
+project's own write path (writes.begin_run, RunWriter: the tables a precompute writes), then
+times, with cold query caches: a feature drilldown's queries on random features (p50/p95), the
+Overview, the Layer page of the widest SAE and of two others (AppTest; and what each sends, in MB
+of elements), a corpus search, and the file's size per feature.
+Last line: db_gb=<a> overview_s=<b> layer_s=<c> layer_mb=<d> feature_p95_ms=<e> search_s=<f> search_common_s=<g>
 
 With --browser it instead measures pages in a real browser: `streamlit run app.py` (the
 repository's .streamlit/config.toml, file watcher off unless --watcher auto) over a data folder,
@@ -23,8 +25,8 @@ until the next feature's examples show. It works on a copy of the data folder's 
 Last line: page_p95_ms=<a> <page>_p95_ms=... verdict_p95_ms=<v> next_p95_ms=<n>
 
 With --pages it measures each page's own work (the script run through AppTest, cold and warm
-query caches) on the newest database of --data.
-Last line: overview_cold_ms=<a> overview_warm_ms=<b> layer_cold_ms=... interpretability_warm_ms=<z>
+query caches) on the newest database of --data (per-SAE pages on --sae, default the deepest).
+Last line: overview_cold_ms=<a> overview_warm_ms=<b> layer_cold_ms=... clusters_warm_ms=<z>
 """
 
 from __future__ import annotations
@@ -354,11 +356,14 @@ def latencies(path: Path, samples: int = 100, layer_runs: int = 3) -> dict[str, 
             f"(runs {', '.join(f'{r:.2f}' for r in runs)}), {layer[sae][1]:.2f} MB of elements, "
             f"{layer[sae][2]:,} table rows"
         )
-    cold()
-    t = time.perf_counter()
-    hits = queries.search(db, " tok17", None)
-    search_s = time.perf_counter() - t
-    print(f"search for ' tok17' (cold): {search_s:.2f} s, {len(hits)} hits")
+    search = {}
+    for kind, text in (("rare", "tok17 tok"), ("common", "tok17")):  # 1 in 256k tokens; prefix of 4% of them
+        cold()
+        t = time.perf_counter()
+        hits = queries.search(db, text, None)
+        search[kind] = time.perf_counter() - t
+        n = queries.occurrences(db, text, None)
+        print(f"search for {text!r} ({n:,} occurrences; cold caches): {search[kind]:.2f} s, {len(hits)} features")
     n_feat = int(sum(widths.values()))
     size = path.stat().st_size
     print(f"database: {size / 1e9:.2f} GB, {size / n_feat:,.0f} bytes per feature over {n_feat:,} features")
@@ -369,7 +374,8 @@ def latencies(path: Path, samples: int = 100, layer_runs: int = 3) -> dict[str, 
         "layer_s": f"{wide_s:.2f}",
         "layer_mb": f"{wide_mb:.2f}",
         "feature_p95_ms": f"{p95:.1f}",
-        "search_s": f"{search_s:.2f}",
+        "search_s": f"{search['rare']:.2f}",
+        "search_common_s": f"{search['common']:.2f}",
     }
 
 
@@ -601,16 +607,18 @@ def pages_main(args) -> None:
     db = queries.list_databases()[0]
     path = str(data / db)
     saes = queries.saes(path)
-    sae = saes.sort_values("depth")["sae"].iloc[-1]
-    feats = queries.features(path, sae)
+    sae = args.sae or saes.sort_values("depth")["sae"].iloc[-1]
+    feats = queries.densities(path, sae)
     f = int(feats.sort_values("count")["feature"].iloc[-1])
     pages = [
         ("overview", "app.py", {}),
         ("layer", "pages/1_Layer.py", {"sae": sae}),
         ("feature", "pages/2_Feature.py", {"sae": sae, "feature": str(f)}),
-        ("search", "pages/3_Search.py", {"q": "return"}),
+        ("search", "pages/3_Search.py", {"q": args.query}),
         ("queue", "pages/4_Label_queue.py", {"sae": sae}),
         ("interpretability", "pages/5_Interpretability.py", {}),
+        ("layers", "pages/6_Layers.py", {}),
+        ("clusters", "pages/8_Clusters.py", {"sae": sae}),
     ]
     root = Path(__file__).resolve().parents[1]
     out = {}
@@ -641,6 +649,8 @@ if __name__ == "__main__":
         ap.add_argument("--pages", action="store_true")
         ap.add_argument("--data", default="data", help="data folder; its newest database is measured")
         ap.add_argument("--repeat", type=int, default=5)
+        ap.add_argument("--sae", help="the SAE of the per-SAE pages (default: the deepest)")
+        ap.add_argument("--query", default="return", help="the Search page's text")
         pages_main(ap.parse_args())
     elif "--browser" in sys.argv:
         ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

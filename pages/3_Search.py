@@ -43,6 +43,15 @@ def search() -> None:
         return
     hits = queries.search(db, q, sae)
     st.markdown(f"**{len(hits)}** features" + (" (first 200)" if len(hits) == 200 else ""))
+    n = queries.occurrences(db, q, sae)
+    if n > queries.COMMON_PHRASE:
+        st.caption(
+            md(
+                f"{q.strip()!r} occurs {n:,} times in the corpus: only top examples whose activating token it is are "
+                f"counted. Anywhere in an example's context is searched for text found up to "
+                f"{queries.COMMON_PHRASE:,} times; a longer phrase narrows it."
+            )
+        )
     # a new frame: `hits` is the cached result itself, shared by every session
     hits = hits.assign(
         open=[common.feature_url(s, f) for s, f in zip(hits["sae"], hits["feature"])], dense=is_dense(hits["density"])

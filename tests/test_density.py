@@ -39,6 +39,14 @@ def test_density_rules_have_one_meaning():
     assert counts[-1] >= 1
 
 
+def test_buckets_of_an_array_are_each_values_bucket():
+    from backend.density import density_bucket, density_buckets
+
+    edges = [-5.0, -4.0, -3.0, -2.0, -1.0, 0.0]
+    values = np.array([np.nan, -np.inf, -9.0, *edges, *(np.nextafter(e, -1) for e in edges), -3.3, 0.5])
+    assert density_buckets(values).tolist() == [density_bucket(v) for v in values]
+
+
 def test_firing_thresholds_read_off_the_histogram():
     from backend.density import counts_at_least
 

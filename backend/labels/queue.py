@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from backend.density import TOO_FEW_FIRINGS, bucket_order, density_bucket
+from backend.density import TOO_FEW_FIRINGS, bucket_order, density_buckets
 
 MODES = {
     "unlabeled": "only features nobody labeled",
@@ -24,7 +24,7 @@ def candidates(
     if mode not in MODES:
         raise ValueError(f"unknown queue mode {mode!r}")
     live = features[features["count"] >= TOO_FEW_FIRINGS]
-    live = live.assign(bucket=live["log10_density"].map(density_bucket))
+    live = live.assign(bucket=density_buckets(live["log10_density"]))
     labeled = set(current["feature"]) if not current.empty else set()
     mine = set(current[current["labeler"] == me]["feature"]) if not current.empty else set()
     if mode == "disagreements":
