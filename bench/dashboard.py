@@ -314,6 +314,7 @@ def latencies(path: Path, samples: int = 100, layer_runs: int = 3) -> dict[str, 
         cold()
         queries.saes(db)  # the SAE list is loaded once per app start, not per feature
         queries.vocab(db, run_id)
+        queries.uncounted(db, run_id)
         sae = sae_names[rng.integers(len(sae_names))]
         f = int(rng.integers(widths[sae]))
         t0 = t = time.perf_counter()

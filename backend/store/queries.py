@@ -359,13 +359,21 @@ def examples(path: str, sae: str, f: int) -> pd.DataFrame:
     s = sae_row(path, sae)
     df = _df(
         path,
-        """
-        SELECT e.kind, e.rank, e.quantile, e.seq, e.pos, e.ctx_start, e.value, e.acts,
-               list_slice(q.tokens, e.ctx_start + 1, e.ctx_start + len(e.acts)) AS token_ids
-        FROM examples e JOIN sequences q ON q.run_id = ? AND q.seq = e.seq
-        WHERE e.sae = ? AND e.feature = ? ORDER BY e.kind, e.quantile DESC, e.rank""",
-        [s.run_id, sae, f],
+        """SELECT kind, rank, quantile, seq, pos, ctx_start, value, acts FROM examples
+           WHERE sae = ? AND feature = ? ORDER BY kind, quantile DESC, rank""",
+        [sae, f],
     )
+    # the sequences in a second query by their numbers: joined, DuckDB read every sequence's
+    # tokens (20M of them at Gemma Scope's scale) to find the few it needs
+    seqs = _df(
+        path,
+        "SELECT seq, tokens FROM sequences WHERE run_id = ? AND seq IN (SELECT unnest(?::INTEGER[]))",
+        [s.run_id, sorted({int(q) for q in df["seq"]})],
+    )
+    tokens = {int(q): np.asarray(t, dtype=np.int64) for q, t in zip(seqs["seq"], seqs["tokens"])}
+    df["token_ids"] = [
+        tokens[int(q)][int(c) : int(c) + len(a)] for q, c, a in zip(df["seq"], df["ctx_start"], df["acts"])
+    ]
     strings, skip = vocab(path, s.run_id), uncounted(path, s.run_id)
     df["tokens"] = [list(strings[np.asarray(ids, dtype=np.int64)]) for ids in df["token_ids"]]
     df["counted"] = [~skip[np.asarray(ids, dtype=np.int64)] for ids in df["token_ids"]]
