@@ -75,6 +75,10 @@ SHAPES = {
 }
 
 
+POS_WIDTH = 32
+"""positions per bucket of the position profile (1,024-token sequences in 32 buckets, as a precompute makes them)"""
+
+
 def _densities(rng, n: int) -> np.ndarray:
     """Log-normal around 1e-3, with a dense tail above 0.1 (1%), an ultralow tail below 1e-5 (3%)
     and 3% dead, as the issue describes real suites."""
@@ -83,6 +87,63 @@ def _densities(rng, n: int) -> np.ndarray:
     logd = np.where(tail < 0.01, rng.uniform(-1.0, -0.2, n), logd)
     logd = np.where((tail >= 0.01) & (tail < 0.04), rng.uniform(-7.0, -5.0, n), logd)
     return np.where((tail >= 0.04) & (tail < 0.07), 0.0, 10 ** np.clip(logd, -8, 0))
+
+
+def _splice_frames(run_id: str, saes: list[tuple[str, str, float]], context_len: int, rng) -> dict:
+    """Made-up propagation tables of the run's shape (propagation.Propagation.frames's columns):
+    each SAE (name, hook, depth) spliced, measured at every deeper hook, its family's SAEs there,
+    the model's loss alone / ablated / compounded / against random errors, and by context."""
+    from backend.engine.loss import context_buckets
+
+    prop, recon, out, ctx = [], [], [], []
+    clean, n = 2.3, 20_000
+    for i, (name, _, depth) in enumerate(saes):
+        later = [(t, h, d) for t, h, d in saes if d > depth or t == name]
+        for t, h, d in later:
+            change = 0.05 * (1 + (d - depth)) * (1 + rng.random() * 0.1)
+            prop.append((run_id, name, h, d, n, change * 1e6, 1e6, change))
+            if t != name:
+                err = (0.2 + 0.01 * (d - depth)) * 1e6
+                recon.append(
+                    (
+                        run_id,
+                        name,
+                        t,
+                        h,
+                        d,
+                        n,
+                        0.2e6,
+                        1e6,
+                        1.1e6,
+                        0.8,
+                        0.18,
+                        err,
+                        1e6,
+                        1.1e6,
+                        1 - err / 1e6,
+                        err / 1.1e6,
+                    )
+                )
+        for mode, draws in (("alone", None), ("ablated", None), ("compound", None), ("random", 2)):
+            hurt = {"alone": 0.1, "ablated": 5.0, "compound": 0.1 * (i + 1), "random": 0.02}[mode]
+            k = i + 1 if mode == "compound" else 1
+            out.append((run_id, name, mode, "jumprelu", depth, k, draws, "ce_loss", n, clean, clean + hurt, None))
+        for lo, hi in context_buckets(context_len):
+            inc = 0.05 + 0.1 * rng.random()
+            ctx.append((run_id, name, "jumprelu", depth, "ce_loss", lo, hi, n, clean, clean + inc, inc))
+    cols = {
+        "propagation": ["run_id", "sae", "hook", "depth", "n_tokens", "delta_sq", "clean_sq", "resid_change"],
+        "propagation_recon": ["run_id", "sae", "target", "hook", "depth", "n_tokens"]
+        + [f"{k}_{w}" for w in ("clean", "spliced") for k in ("err", "var", "x2", "ev", "rel_error")],
+        "splice_output": ["run_id", "sae", "mode", "family", "depth", "n_spliced", "draws", "metric", "n", "clean"]
+        + ["spliced", "cosine"],
+        "splice_context": ["run_id", "sae", "family", "depth", "metric", "ctx_lo", "ctx_hi", "n", "clean"]
+        + ["spliced", "increase"],
+    }
+    import pandas as pd
+
+    rows = {"propagation": prop, "propagation_recon": recon, "splice_output": out, "splice_context": ctx}
+    return {t: pd.DataFrame(rows[t], columns=cols[t]) for t in cols}
 
 
 def build(path: Path, shape: Shape, seed: int = 0) -> None:
@@ -181,6 +242,14 @@ def build(path: Path, shape: Shape, seed: int = 0) -> None:
                         )
                     },
                 )
+            # the position profile: firings and activation sums per bucket of positions, NULL if dead
+            buckets = -(-shape.seq_len // POS_WIDTH)
+            share = rng.dirichlet(np.ones(buckets), size=d)
+            fire = np.floor(share * count[:, None]).astype(np.int64)
+            offsets = np.arange(0, d * buckets + 1, buckets, dtype=np.int32)
+            dead, is_dense = pa.array(count == 0), density > 0.1  # dense: an antipodal partner
+            pos_fire = pa.ListArray.from_arrays(offsets, pa.array(fire.ravel()), mask=dead)
+            pos_act = pa.ListArray.from_arrays(offsets, pa.array((fire * 1.5).astype(np.float32).ravel()), mask=dead)
             kk = 10
             w.sae(
                 name,
@@ -212,11 +281,11 @@ def build(path: Path, shape: Shape, seed: int = 0) -> None:
                             "map_y": pa.array(rng.normal(size=d).astype(np.float32)),
                             "tail_cos": pa.array(rng.random(d).astype(np.float32)),
                             "pos_corr": pa.array(rng.normal(0, 0.1, d).astype(np.float32)),
-                            "anti_partner": pa.array([None] * d, pa.int32()),
-                            "anti_cos": pa.array([None] * d, pa.float32()),
+                            "anti_partner": pa.array(rng.integers(0, d, d).astype(np.int32), mask=~is_dense),
+                            "anti_cos": pa.array(-rng.random(d).astype(np.float32), mask=~is_dense),
                             "pos_kl": pa.array(rng.random(d).astype(np.float32)),
-                            "pos_fire": pa.array([None] * d, pa.list_(pa.int64())),
-                            "pos_act": pa.array([None] * d, pa.list_(pa.float32())),
+                            "pos_fire": pos_fire,
+                            "pos_act": pos_act,
                         }
                     ),
                     "sae_diagnostics": pd.DataFrame(
@@ -228,8 +297,8 @@ def build(path: Path, shape: Shape, seed: int = 0) -> None:
                                 "tail_auto": False,
                                 "tail_n": int(((count > 0) & (density < 1e-5)).sum()),
                                 "tail_share": 0.0,
-                                "pos_width": 16,
-                                "pos_tokens": [n_tok // (shape.seq_len // 16)] * (shape.seq_len // 16),
+                                "pos_width": POS_WIDTH,
+                                "pos_tokens": [n_tok // buckets] * buckets,
                             }
                         ]
                     ),
@@ -245,7 +314,14 @@ def build(path: Path, shape: Shape, seed: int = 0) -> None:
                 "grp": 0,
             }  # fmt: skip
             rows.append({f.name: values.get(f.name) for f in dataclasses.fields(SaeRow)})
-        w.finish({"n_tokens": n_tok, "n_seqs": shape.n_seqs}, pd.DataFrame(rows), {"vocab": vocab}, str(tokens_file))
+        suite = [(r["sae"], r["hook"], r["depth"]) for r in rows]
+        splices = _splice_frames(run_id, suite, shape.seq_len, rng)
+        w.finish(
+            {"n_tokens": n_tok, "n_seqs": shape.n_seqs},
+            pd.DataFrame(rows),
+            {"vocab": vocab, **splices},
+            str(tokens_file),
+        )
     tokens_file.unlink()
     picked = [(names[i % len(names)], int(rng.integers(widths[i % len(names)]))) for i in range(shape.labels)]
     verdicts = [labels.VERDICTS[i % len(labels.VERDICTS)] for i in range(shape.labels)]

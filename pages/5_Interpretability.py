@@ -144,7 +144,7 @@ def _automatic(db: str, cur) -> None:
             sae=sae, mode="disagreements", score=common.param("score"), thr=common.param("thr")
         ),
     )
-    dis = dis.assign(open=[common.feature_url(sae, f) for f in dis["feature"]])
+    dis = dis.assign(open=common.feature_urls(sae, dis["feature"]))
     st.dataframe(
         dis[["open", "feature", "team", "score", "automatic", "log10_density"]],
         hide_index=True,

@@ -63,7 +63,7 @@ def clusters() -> None:
         common.set_params(sel=",".join(map(str, picked[:MAX_SELECTED])))
     chosen = _selected(df)
     if chosen is not None:
-        sel = df[df["feature"].isin(chosen)].assign(open=lambda d: [common.feature_url(sae, f) for f in d["feature"]])
+        sel = df[df["feature"].isin(chosen)].assign(open=lambda d: common.feature_urls(sae, d["feature"]))
         st.markdown(f"**{len(sel):,} selected features**")
         st.dataframe(
             sel[["feature", "density", "max_act", "top_tokens", "label", "open"]],
@@ -102,8 +102,8 @@ def clusters() -> None:
         st.info(f"No feature of this SAE fires on more than {DENSE:.0%} of the {n_tok:,} tokens.")
         return
     table = dense.assign(
-        open=[common.feature_url(sae, f) for f in dense["feature"]],
-        partner_page=[common.feature_url(sae, int(p)) for p in dense["anti_partner"]],
+        open=common.feature_urls(sae, dense["feature"]),
+        partner_page=common.feature_urls(sae, dense["anti_partner"]),
     )
     st.dataframe(
         table[
@@ -156,7 +156,7 @@ def _positional(db: str, sae: str, dense) -> None:
     found = {int(r.feature): bands(r.pos_fire, tokens, width, seq_len) for r in prof.itertuples()}
     table = hits.assign(
         bands=[describe_bands(found.get(int(f), [])) for f in hits["feature"]],
-        open=[common.feature_url(sae, f) for f in hits["feature"]],
+        open=common.feature_urls(sae, hits["feature"]),
     )
     st.dataframe(
         table[["feature", "density", "pos_kl", "bands", "pos_corr", "top_tokens", "label", "open"]],

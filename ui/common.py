@@ -285,6 +285,13 @@ def feature_url(sae: str, feature: int) -> str:
     return url("Feature", sae=sae, feature=int(feature))
 
 
+def feature_urls(sae: str, features) -> list[str]:
+    """feature_url of each feature, for a table's link column: the shared part is encoded once
+    (a wide SAE's dense features are ten thousand rows)."""
+    head = url("Feature", sae=sae)
+    return [f"{head}&feature={int(f)}" for f in features]
+
+
 def copy_link() -> None:
     """Show this view's URL; the code block has a copy button."""
     base = ""

@@ -566,6 +566,7 @@ def propagation_heatmap(
     fig = make_subplots(rows=1, cols=len(fams), subplot_titles=fams, horizontal_spacing=0.14)
     finite = df[value].replace([np.inf, -np.inf], np.nan).dropna()
     lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+    notes = []  # added at once: plotly checks every annotation already there on each add_annotation
     for c, fam in enumerate(fams, start=1):
         g = df[df["architecture"] == fam]
         rows = g.drop_duplicates("sae").sort_values(["spliced_depth", "sae"])
@@ -608,16 +609,19 @@ def propagation_heatmap(
         for (i, j), t in np.ndenumerate(text):
             if t:
                 dark = abs(z[i, j]) > 0.6 * span  # white text on the strongest colours
-                fig.add_annotation(
-                    x=xlabels[j],
-                    y=ylabels[i],
-                    text=t.replace("{ink}", "#fff" if dark else "#111"),
-                    showarrow=False,
-                    xref=f"x{axis}",
-                    yref=f"y{axis}",
-                    font_size=11,
+                notes.append(
+                    dict(
+                        x=xlabels[j],
+                        y=ylabels[i],
+                        text=t.replace("{ink}", "#fff" if dark else "#111"),
+                        showarrow=False,
+                        xref=f"x{axis}",
+                        yref=f"y{axis}",
+                        font_size=11,
+                    )
                 )
         fig.update_yaxes(autorange="reversed", row=1, col=c)
+    fig.update_layout(annotations=[*fig.layout.annotations, *notes])
     fig.update_xaxes(title_text="measured at hook", tickangle=-45)
     fig.update_yaxes(title_text="spliced SAE (hook)", col=1)
     fig.update_layout(

@@ -184,5 +184,5 @@ def probe_table(db: str, sae: str, top: pd.DataFrame) -> pd.DataFrame:
     status = labeling.status_table(db, sae)
     out = with_labels(out, status)
     out["label"] = out["label"].fillna("")
-    out["open"] = [common.feature_url(sae, f) for f in out["feature"]]
+    out["open"] = common.feature_urls(sae, out["feature"])
     return out

@@ -42,7 +42,8 @@ def next_feature(
 ) -> int | None:
     """Round-robin over density buckets by `step`; a seeded random feature inside the bucket."""
     pool = candidates(features, current, me, mode, disputed)
-    buckets = [b for b in bucket_order() if b in set(pool["bucket"])]
+    present = set(pool["bucket"].unique())  # not a Python pass over a million features' buckets
+    buckets = [b for b in bucket_order() if b in present]
     if not buckets:
         return None
     bucket = buckets[step % len(buckets)]
@@ -53,4 +54,4 @@ def still_eligible(
     features: pd.DataFrame, current: pd.DataFrame, me: str, mode: str, feature: int, disputed: set[int] | None = None
 ) -> bool:
     """Whether a feature already on screen still belongs in the queue (the mode may have changed)."""
-    return feature in set(candidates(features, current, me, mode, disputed)["feature"])
+    return bool((candidates(features, current, me, mode, disputed)["feature"] == feature).any())
