@@ -40,10 +40,11 @@ def feature_verdicts(current: pd.DataFrame) -> pd.DataFrame:
     if definite.empty:
         return pd.DataFrame(columns=cols)
     g = definite.groupby(keys)
+    votes = definite.assign(yes=definite["verdict"] == YES, no=definite["verdict"] == NO).groupby(keys)
     out = pd.DataFrame(
         {
-            "yes": g["verdict"].apply(lambda v: int((v == YES).sum())),
-            "no": g["verdict"].apply(lambda v: int((v == NO).sum())),
+            "yes": votes["yes"].sum().astype(int),
+            "no": votes["no"].sum().astype(int),
             "n_labelers": g["labeler"].nunique(),
         }
     )
