@@ -339,6 +339,7 @@ def main() -> None:
     ap.add_argument("--examples", type=int, help="override the shape's examples per live feature")
     ap.add_argument("--samples", type=int, default=100, help="features timed")
     ap.add_argument("--rebuild", action="store_true")
+    ap.add_argument("--build-only", action="store_true", help="build (or keep) the database and stop")
     args = ap.parse_args()
     over = {"layers": args.layers, "d_sae": args.d_sae, "wide": args.wide, "examples": args.examples}
     shape = replace(SHAPES[args.scale], **{k: v for k, v in over.items() if v is not None})
@@ -348,6 +349,8 @@ def main() -> None:
         print(f"building {path}: {shape}", file=sys.stderr)
         build(path, shape)
         print(f"built in {time.perf_counter() - t:.0f} s, {path.stat().st_size / 1e9:.2f} GB", file=sys.stderr)
+    if args.build_only:
+        return
     figures = latencies(path, args.samples)
     print(" ".join(f"{k}={v}" for k, v in figures.items()))
 
