@@ -68,7 +68,7 @@ def _scan_rows(codes, floor, lo, hi, row, feature, value):  # pragma: no cover -
 def scan(flat: torch.Tensor, floor: torch.Tensor | float, row_dtype: torch.dtype):
     """(row, feature, value) of the entries of `flat` [N, F] above `floor` (per feature or one
     value), row-major, as torch.nonzero finds them; value float32, feature int64."""
-    a = flat.contiguous().numpy()
+    a = flat.detach().contiguous().numpy()
     N, F = a.shape
     fl = np.broadcast_to(np.asarray(floor.cpu() if isinstance(floor, torch.Tensor) else floor, a.dtype), (F,))
     fl = np.ascontiguousarray(fl)

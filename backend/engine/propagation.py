@@ -49,7 +49,8 @@ def splice_fn(s: LoadedSAE):
     """Replace a hook's activations by the SAE's reconstruction of them."""
 
     def fn(x: torch.Tensor) -> torch.Tensor:
-        return s.reconstruct(x.to(s.sae.dtype)).to(x.dtype)
+        codes, chosen = s.encode(x.to(s.sae.dtype))
+        return s.decode(codes, chosen).to(x.dtype)
 
     return fn
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import torch
 
 from backend.config import SAESource
-from backend.engine import nonzero_loops
 from backend.engine.models import ModelAdapter
 from backend.errors import UserError
 
@@ -104,24 +103,6 @@ class LoadedSAE:
             mode="sum",
         )
         return self._after_product(out.reshape(*lead_shape, -1))
-
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """`sae.decode(sae.encode(x))`, by the faster paths `load_saes` checked against sae_lens:
-        a ReLU or JumpReLU SAE sums the decoder rows of its nonzero codes (a few percent of
-        d_sae) instead of multiplying by the whole decoder, a TopK SAE those of its choice."""
-        if self.floor is None or not self.sparse_decode:
-            codes, chosen = self.encode(x)
-            return self.decode(codes, chosen)
-        pre = self.pre_activations(x)
-        flat = pre.reshape(-1, pre.shape[-1])
-        if nonzero_loops.usable(flat):
-            row, feature, value = nonzero_loops.scan(flat, self.floor, torch.int64)
-            if flat.dtype != torch.float32:  # the scan hands values over as float32
-                value = flat[row, feature]
-        else:
-            row, feature = torch.nonzero(flat > self.floor, as_tuple=True)
-            value = flat[row, feature]
-        return self.decode_nonzeros(row.to(flat.device), feature.to(flat.device), value, pre.shape[:-1])
 
     def decode(self, codes: torch.Tensor, chosen: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """`sae.decode(codes)`. Why the fast path exists: for a TopK SAE whose choice is at hand,
