@@ -15,7 +15,7 @@ import pandas as pd
 
 from backend.density import DENSE, FIRING_THRESHOLDS, ULTRALOW, log10_density
 from backend.errors import UserError
-from backend.store.queries import _df, cached, sae_row
+from backend.store.queries import _df, cached, count_column, sae_row
 
 PRESETS = ("all", "dead", "ultralow", "dense")
 SORT_COLUMNS = ("density", "max_act", "feature")
@@ -47,7 +47,7 @@ class ListSpec:
 def _listed(spec: ListSpec, sae: str, n_tokens: int) -> tuple[str, list]:
     """A subquery of the SAE's listed features with `count`,
     `density` and `log10_density` as `spec.firing` counts them, and `i`, its place in the order."""
-    count = "count" if spec.firing == "any" else f"count_ge_{spec.firing}"
+    count = count_column(spec.firing)
     # density.density: count / max(tokens, 1), the same float division; dead features: log10 NULL
     dens = "density" if spec.firing == "any" else f"{count} / ?::DOUBLE"
     where, params = [], [] if spec.firing == "any" else [float(max(int(n_tokens), 1))]

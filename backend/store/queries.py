@@ -305,14 +305,19 @@ def position_error(path: str) -> pd.DataFrame:
 # ---- one SAE ----
 
 
+def count_column(firing: str) -> str:
+    """The features column that counts activations as `firing` (density.FIRING_THRESHOLDS) does."""
+    if firing not in FIRING_THRESHOLDS:
+        raise UserError(f"firing threshold {firing!r}: use one of {', '.join(FIRING_THRESHOLDS)}")
+    return "count" if firing == "any" else f"count_ge_{firing}"
+
+
 @cached
 def densities(path: str, sae: str, firing: str = "any") -> pd.DataFrame:
     """feature, count, density and log10_density of every feature, as `features` counts them:
     what the histograms need, without the text column that is most of a wide SAE's table."""
     s = sae_row(path, sae)
-    if firing not in FIRING_THRESHOLDS:
-        raise UserError(f"firing threshold {firing!r}: use one of {', '.join(FIRING_THRESHOLDS)}")
-    count = "count" if firing == "any" else f"count_ge_{firing}"
+    count = count_column(firing)
     df = _df(path, f"SELECT feature, {count} AS count, density FROM features WHERE sae = ? ORDER BY feature", [sae])
     if firing != "any":
         df["density"] = density(df["count"], s.n_tokens)
@@ -326,9 +331,7 @@ def features(path: str, sae: str, firing: str = "any") -> pd.DataFrame:
     `firing`: what counts as active (density.FIRING_THRESHOLDS): any nonzero activation, or
     one of at least 1% / 10% of the feature's max; count and density follow it."""
     s = sae_row(path, sae)
-    if firing not in FIRING_THRESHOLDS:
-        raise UserError(f"firing threshold {firing!r}: use one of {', '.join(FIRING_THRESHOLDS)}")
-    count = "count" if firing == "any" else f"count_ge_{firing}"
+    count = count_column(firing)
     df = _df(
         path,
         f"""SELECT feature, {count} AS count, density AS stored_density, mean_act, max_act, top_tokens
@@ -436,6 +439,7 @@ def _corpus(path: str, run_id: str) -> tuple[bytes, np.ndarray, np.ndarray, np.n
     return text.tobytes(), offsets, seq_of, pos_of
 
 
+@cached
 def _phrase_spans(path: str, run_id: str, text: str) -> pd.DataFrame:
     """(seq, first token, last token) of every occurrence of `text` (case-insensitive,
     overlapping ones too) within one sequence of the run's corpus."""
