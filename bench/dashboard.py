@@ -20,9 +20,12 @@ Last line: s1_p50_ms=<a> s1_p95_ms=<b> s5_p50_ms=... s20_p95_ms=<z>
 With --browser --every-page it instead opens every page in one browser session, --repeat
 times in turn (the first round after the server starts is reported apart as cold), and times
 verdict saves on the Label queue: a click on a verdict until the saved verdict shows, and "Next"
-until the next feature's examples show. It works on a copy of the data folder's newest database
-(labels go to the copy's own store).
-Last line: page_p95_ms=<a> <page>_p95_ms=... verdict_p95_ms=<v> next_p95_ms=<n>
+until the next feature's examples show. It then moves through the same session the way a
+researcher does, by the app's own links (the sidebar's pages, the Feature page's "next →"): no new
+page load, the click to the page drawn (its script finished, every Plotly figure drawn), reported
+as `<page> (in app)`. It works on a copy of the data folder's newest database (labels go to the
+copy's own store).
+Last line: page_p95_ms=<a> <page>_p95_ms=... verdict_p95_ms=<v> next_p95_ms=<n> in_app_p95_ms=<i>
 
 With --pages it measures each page's own work (the script run through AppTest, cold and warm
 query caches) on the newest database of --data (per-SAE pages on --sae, default the deepest).
@@ -569,10 +572,55 @@ EVERY_PAGE = [  # name, URL path, what shows that the page's content is there (i
     ("search", "/Search?db={db}&q=return", "[data-testid='stDataFrame']"),
     ("queue", "/Label_queue?db={db}&sae={sae}", "span.tok"),
     ("interpretability", "/Interpretability?db={db}", "h3:has-text('Export and import')"),
-    ("layers", "/Layers?db={db}", "h3:has-text('Reconstruction inside and beyond')"),
+    ("layers", "/Layers?db={db}", "h3:has-text('Loss increase by context length')"),
     ("probe", "/Probe?db={db}&sae={sae}&text=def+main(args):+return+args", "h3:has-text('Every SAE')"),
     ("clusters", "/Clusters?db={db}&sae={sae}", "h3:has-text('Dense features'), div:has-text('No feature of this')"),
 ]
+
+
+DRAWN = """(title) => {
+    const app = document.querySelector("[data-testid='stApp']");
+    if (!document.title.startsWith(title) || !app || app.getAttribute("data-test-script-state") !== "notRunning")
+        return false;
+    for (const c of document.querySelectorAll("[data-testid='stPlotlyChart']"))
+        if (!c.querySelector(".main-svg")) return false;
+    return document.querySelector("[data-stale='true']") === null;
+}"""
+"""a page is drawn: its script has finished, no element of the page before is left, every Plotly
+figure has drawn"""
+
+IN_APP = [  # sidebar label, the page's title (common.setup)
+    ("Overview", "Overview"),
+    ("Layer", "Layer"),
+    ("Feature", "Feature"),
+    ("Search", "Search"),
+    ("Label queue", "Label queue"),
+    ("Interpretability", "Interpretability"),
+    ("Across layers", "Layers"),
+    ("Probe", "Probe"),
+    ("Density clusters", "Clusters"),
+]
+
+
+async def in_app_rounds(page, repeat: int, out: dict) -> None:
+    """Milliseconds from a click on an app's link to the page drawn (DRAWN), per page, `repeat`
+    times round the sidebar; on the Feature page also its "next" button."""
+    sidebar = page.locator("[data-testid='stSidebar']")
+    for _ in range(repeat):
+        for label, title in IN_APP:
+            t = time.perf_counter()
+            await sidebar.get_by_role("link", name=label, exact=True).click()
+            await page.wait_for_function(DRAWN, arg=title, polling=20)
+            out.setdefault(f"{title.lower()} (in app)", []).append((time.perf_counter() - t) * 1000)
+            if title == "Feature":
+                heading = "() => document.querySelector('h1').textContent"
+                before = await page.evaluate(heading)
+                t = time.perf_counter()
+                await page.get_by_role("button", name="next →").click()
+                await page.wait_for_function(
+                    f"(b) => ({heading})() !== b && ({DRAWN})('Feature')", arg=before, polling=20
+                )
+                out.setdefault("feature next (in app)", []).append((time.perf_counter() - t) * 1000)
 
 
 def every_page_bench(data: Path, repeat: int, port: int = 8766) -> dict[str, list[float]]:
@@ -632,6 +680,9 @@ def every_page_bench(data: Path, repeat: int, port: int = 8766) -> dict[str, lis
                 await page.get_by_role("heading", name="Next feature").wait_for()
                 await page.locator("span.tok").first.wait_for()
                 out.setdefault("next", []).append((time.perf_counter() - t) * 1000)
+            await page.goto(base + f"/?db={db}")
+            await page.wait_for_function(DRAWN, arg="Overview", polling=20)
+            await in_app_rounds(page, repeat, out)
             await browser.close()
 
     try:
@@ -644,8 +695,12 @@ def every_page_bench(data: Path, repeat: int, port: int = 8766) -> dict[str, lis
 def every_page_main(args) -> None:
     res = every_page_bench(Path(args.data), args.repeat)
     warm = [
-        m for k, v in res.items() if "(cold)" not in k and "loaded" not in k and k not in ("verdict", "next") for m in v
+        m
+        for k, v in res.items()
+        if "(" not in k and "loaded" not in k and k not in ("verdict", "next")
+        for m in v
     ]
+    in_app = [m for k, v in res.items() if k.endswith("(in app)") for m in v]
     for k, v in res.items():
         print(f"{k}: p50 {np.median(v):.0f} ms, p95 {np.percentile(v, 95):.0f} ms, max {max(v):.0f} ms over {len(v)}")
     names = [n for n, _, _ in EVERY_PAGE]
@@ -653,6 +708,7 @@ def every_page_main(args) -> None:
         f"page_p95_ms={np.percentile(warm, 95):.0f} "
         + " ".join(f"{n}_p95_ms={np.percentile(res[n], 95):.0f}" for n in names)
         + f" verdict_p95_ms={np.percentile(res['verdict'], 95):.0f} next_p95_ms={np.percentile(res['next'], 95):.0f}"
+        + f" in_app_p95_ms={np.percentile(in_app, 95):.0f}"
     )
 
 

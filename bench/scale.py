@@ -1,20 +1,25 @@
-"""Cost at GPT-2-small width: a random-weight GPT-2-small-shaped HookedTransformer (12 layers,
-d_model 768, d_vocab 50,257, n_ctx 256) with one sae_lens SAE of 24,576 features per layer at
-blocks.L.hook_resid_pre (TopK k=32, or ReLU with encoder biases spread so densities span
-1e-5..1e-1), saved and reloaded in sae_lens's format; the corpus is CPython's docs through a
-byte-level BPE tokenizer trained here (padded to 50,257 ids: the hub's GPT-2 tokenizer cannot
-be downloaded on the machines this runs on).
+"""Cost at a real suite's width, on random weights of its shape (--shape):
+- gpt2 (default): a GPT-2-small-shaped HookedTransformer (12 layers, d_model 768, d_vocab 50,257)
+  with one SAE of 24,576 features per layer;
+- gemma: Gemma 2 2B's widths in 2 layers (d_model 2,304, 8 heads of 256, d_mlp 9,216, d_vocab
+  256,000, the real vocabulary size) with one SAE of 65,536 features per layer, Gemma Scope's
+  16th-widest residual SAEs; JumpReLU with --arch jumprelu. The blocks are GPT-2's kind (LayerNorm,
+  learned positions): the widths are what decide memory and time, not the block's details.
+The SAEs sit at blocks.L.hook_resid_pre (TopK k=32, or ReLU/JumpReLU with encoder biases spread so
+densities span 1e-5..1e-1), saved and reloaded in sae_lens's format; the corpus is CPython's docs
+through a byte-level BPE tokenizer trained here (padded to the model's d_vocab: the hub's
+tokenizers cannot be downloaded on the machines this runs on).
 
 The precompute runs in a child process, so its peak RSS is the run's own (model and SAE weights
 included). Reported: tokens/s of the streaming pass, the final step's time, peak RSS, peak GPU
-memory with --device cuda, the database's size, and bench/dashboard.py's latencies (a feature's
-drilldown queries, the Layer page) on the database the run wrote.
-The splice sample (--splice-seqs) costs about 11 s per sequence on a 2-core CPU at this width
+memory with --device cuda, the database's size, the memory per SAE (its weights and statistics),
+and bench/dashboard.py's latencies on the database the run wrote.
+The splice sample (--splice-seqs) costs about 11 s per sequence on a 2-core CPU at GPT-2 width
 (12 SAEs each read the stream perturbed by every shallower one, and each splice ends in 50,257
-logits), so the default is 32 sequences on a GPU and 4 on a CPU.
+logits), so the default is 32 sequences on a GPU and 4 on a CPU (1 at the gemma shape).
 tokens/s is the streaming pass's without the final step and the splice sample, which do not
 grow with tokens.
-Last line: peak_rss_mb=<x> tokens_per_s=<y> db_mb=<z>
+Last line: peak_rss_mb=<x> tokens_per_s=<y> db_mb=<z> per_sae_mb=<w>
 """
 
 from __future__ import annotations
@@ -26,9 +31,29 @@ import resource
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    name: str
+    n_layers: int
+    d_model: int
+    n_heads: int
+    d_head: int
+    d_mlp: int
+    d_vocab: int
+    d_sae: int
+    """the SAE width measured by default, one SAE per layer"""
+
+
+SHAPES = {
+    "gpt2": ModelShape("gpt2-small-shaped-random", 12, 768, 12, 64, 3072, 50257, 24576),
+    "gemma": ModelShape("gemma-2-2b-shaped-random", 2, 2304, 8, 256, 9216, 256000, 65536),
+}
 
 
 def _tokenizer(folder: Path, vocab: int):
@@ -52,9 +77,20 @@ def _tokenizer(folder: Path, vocab: int):
     return AutoTokenizer.from_pretrained(folder / "tok")  # TransformerLens wants the name_or_path this sets
 
 
-def _saes(folder: Path, layers: int, d_sae: int, arch: str) -> list:
+JUMP = 0.1
+"""the JumpReLU SAEs' threshold, and what their b_enc is raised by (they fire where the ReLU would)"""
+
+
+def _saes(folder: Path, layers: int, d_in: int, d_sae: int, arch: str) -> list:
     import torch
-    from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+    from sae_lens import (
+        JumpReLUSAE,
+        JumpReLUSAEConfig,
+        StandardSAE,
+        StandardSAEConfig,
+        TopKSAE,
+        TopKSAEConfig,
+    )
     from sae_lens.saes.sae import SAEMetadata
 
     from backend.config import SAESource
@@ -65,14 +101,19 @@ def _saes(folder: Path, layers: int, d_sae: int, arch: str) -> list:
         torch.manual_seed(layer)
         meta = SAEMetadata(hook_name=hook, context_size=128)
         if arch == "topk":
-            sae = TopKSAE(TopKSAEConfig(d_in=768, d_sae=d_sae, k=32, metadata=meta))
+            sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=32, metadata=meta))
+        elif arch == "jumprelu":
+            sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae, metadata=meta))
         else:
-            sae = StandardSAE(StandardSAEConfig(d_in=768, d_sae=d_sae, metadata=meta))
+            sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae, metadata=meta))
         with torch.no_grad():
-            sae.W_enc.normal_(0, 768**-0.5)
+            sae.W_enc.normal_(0, d_in**-0.5)
             sae.W_dec.copy_(sae.W_enc.T / sae.W_enc.T.norm(dim=1, keepdim=True))
             if arch != "topk":  # biases from -4.3 to -1.3 sigma: densities from about 1e-5 to 1e-1
                 sae.b_enc.copy_(-torch.linspace(1.3, 4.3, d_sae)[torch.randperm(d_sae)])
+            if arch == "jumprelu":
+                sae.b_enc.add_(JUMP)
+                sae.threshold.fill_(JUMP)
         sae.save_model(str(folder / f"{arch}-{layer}"))
         out.append(SAESource(path=str(folder / f"{arch}-{layer}")))
     return out
@@ -89,18 +130,21 @@ def _run(args: dict, q) -> None:
     from backend.engine.saes import load_saes
 
     folder = Path(args["folder"])
-    tok = _tokenizer(folder, 50257)
+    shape = ModelShape(**args["shape"])
+    tok = _tokenizer(folder, shape.d_vocab)
     cfg = HookedTransformerConfig(
-        n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, n_ctx=256, d_vocab=50257,
-        act_fn="gelu_new", normalization_type="LN", seed=0, device=args["device"],
+        n_layers=shape.n_layers, d_model=shape.d_model, n_heads=shape.n_heads, d_head=shape.d_head,
+        d_mlp=shape.d_mlp, n_ctx=256, d_vocab=shape.d_vocab, act_fn="gelu_new", normalization_type="LN",
+        seed=0, device=args["device"], dtype=getattr(torch, args["dtype"]),
     )  # fmt: skip
-    adapter = HookedAdapter(HookedTransformer(cfg, tokenizer=tok).eval(), name="gpt2-small-shaped-random")
-    sources = _saes(folder, args["layers"], args["d_sae"], args["arch"])
-    saes = load_saes(sources, adapter, args["device"], "float32")
+    adapter = HookedAdapter(HookedTransformer(cfg, tokenizer=tok).eval(), name=shape.name)
+    sources = _saes(folder, args["layers"], shape.d_model, args["d_sae"], args["arch"])
+    saes = load_saes(sources, adapter, args["device"], args["dtype"])
     (folder / "corpus.txt").write_text(_corpus())
     pc = PrecomputeConfig(
         db=str(folder / "scale.duckdb"),
-        model="gpt2-small-shaped-random",
+        model=shape.name,
+        dtype=args["dtype"],
         corpus=str(folder / "corpus.txt"),
         n_tokens=args["n_tokens"],
         context_len=128,
@@ -181,10 +225,12 @@ def _corpus() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", choices=SHAPES, default="gpt2", help="the model's and SAEs' widths (SHAPES)")
     ap.add_argument("--n-tokens", type=int, default=4096)
-    ap.add_argument("--layers", type=int, default=12)
-    ap.add_argument("--d-sae", type=int, default=24576)
-    ap.add_argument("--arch", default="topk", choices=["topk", "standard"])
+    ap.add_argument("--layers", type=int, help="SAEs, one per layer from 0 (default: every layer of the shape)")
+    ap.add_argument("--d-sae", type=int, help="default: the shape's")
+    ap.add_argument("--arch", default="topk", choices=["topk", "standard", "jumprelu"])
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model and SAE weights")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--device", default="cpu")
     ap.add_argument(
@@ -196,12 +242,17 @@ def main() -> None:
     )
     ap.add_argument("--samples", type=int, default=100, help="features whose drilldown is timed")
     args = ap.parse_args()
+    shape = SHAPES[args.shape]
+    args.layers = args.layers or shape.n_layers
+    args.d_sae = args.d_sae or shape.d_sae
+    if args.layers > shape.n_layers:
+        raise SystemExit(f"--layers {args.layers}: the {args.shape} shape has {shape.n_layers} layers")
     if args.splice_seqs is None:
-        args.splice_seqs = 32 if args.device.startswith("cuda") else 4
+        args.splice_seqs = 32 if args.device.startswith("cuda") else (4 if args.shape == "gpt2" else 1)
     with tempfile.TemporaryDirectory() as tmp:
         ctx = mp.get_context("spawn")
         q = ctx.Queue()
-        p = ctx.Process(target=_run, args=({**vars(args), "folder": tmp}, q))
+        p = ctx.Process(target=_run, args=({**vars(args), "shape": asdict(shape), "folder": tmp}, q))
         p.start()
         p.join()
         if p.exitcode != 0:
@@ -209,7 +260,7 @@ def main() -> None:
         r = q.get()
         from dashboard import latencies
 
-        p95, layer_s = latencies(Path(tmp) / "scale.duckdb", args.samples)
+        dash = latencies(Path(tmp) / "scale.duckdb", args.samples)
     stream_s = r["wall_s"] - r["finalize_s"] - r["splice_s"]
     tps = args.n_tokens / stream_s
     print(
@@ -223,8 +274,16 @@ def main() -> None:
         f"histograms, top-k and reservoir sets with their windows) {r['stats_mb']:,.0f} MB; peak RSS through the "
         f"streaming pass {r['harvest_peak_mb']:,.0f} MB, over the whole run {r['peak_rss_mb']:,.0f} MB"
     )
-    print(f"dashboard on this database: feature_p95_ms={p95:.1f} layer_page_s={layer_s:.2f}")
-    print(f"peak_rss_mb={r['peak_rss_mb']:.0f} tokens_per_s={tps:.0f} db_mb={r['db_mb']:.1f}")
+    per_sae = (r["saes_mb"] + r["stats_mb"]) / args.layers
+    print(
+        f"per SAE of {shape.d_model:,} x {args.d_sae:,} in {args.dtype}: {per_sae:,.0f} MB (weights "
+        f"{r['saes_mb'] / args.layers:,.0f} MB, statistics {r['stats_mb'] / args.layers:,.0f} MB); the model's "
+        f"weights {r['model_mb']:,.0f} MB once"
+    )
+    print("dashboard on this database: " + " ".join(f"{k}={v}" for k, v in dash.items()))
+    print(
+        f"peak_rss_mb={r['peak_rss_mb']:.0f} tokens_per_s={tps:.0f} db_mb={r['db_mb']:.1f} per_sae_mb={per_sae:.0f}"
+    )
 
 
 if __name__ == "__main__":

@@ -95,13 +95,14 @@ def _navigation(db: str, sae: str, f: int, n: int) -> None:
     else:
         steps = ((nav[0], "← previous", (f - 1) % n), (nav[1], "next →", (f + 1) % n))
         nav[3].page_link(common.LAYER, label="layer page", query_params=common.link_params(sae=sae))
+    # each step in the button's callback: the page draws once per click, not twice (0.5 s in a browser)
     for col, label, target in steps:
-        if col.button(label, key=f"nav_{label}", disabled=target is None):
-            common.set_params(feature=target)
-            st.rerun()
-    if nav[2].button("random", key="nav_random"):
-        common.set_params(feature=random.randrange(n), list=None, **dict.fromkeys(PARAMS))
-        st.rerun()
+        col.button(label, key=f"nav_{label}", disabled=target is None, on_click=common.set_params, kwargs={"feature": target})
+    nav[2].button("random", key="nav_random", on_click=_random, args=(n,))
+
+
+def _random(n: int) -> None:
+    common.set_params(feature=random.randrange(n), list=None, **dict.fromkeys(PARAMS))
 
 
 feature()

@@ -1,6 +1,7 @@
 """Across layers: what each SAE does to the model's own loss (overall, by context length, against
 random errors of the same size, and when its features steer), how its error travels through the
-model, and how it reconstructs inside and past the context it was trained on."""
+model, and how it reconstructs inside and past the context it was trained on. One part at a time
+(`part=` in the URL): the whole page drew eight figures, 2.5 s in a browser before any was usable."""
 
 import numpy as np
 import streamlit as st
@@ -13,6 +14,13 @@ common.setup("Layers")
 
 METRICS = {"ev": "explained variance", "rel": "relative error"}
 SPREAD = {"resid": "residual change", "ev_drop": "EV drop of the later SAE", "output": "model output"}
+PARTS = {
+    "loss": "The model's loss",
+    "travel": "How errors travel",
+    "steering": "Steering",
+    "reconstruction": "Reconstruction by position",
+}
+PART_OF = {"spread": "travel", "steer_sae": "steering", "metric": "reconstruction"}  # a link with one opens its part
 HARM = {"ce_loss": "CE loss increase (nats / token)", "contrastive_loss": "contrastive loss increase (nats / pair)"}
 
 
@@ -25,13 +33,19 @@ def layers() -> None:
     if saes.empty:
         st.info("This database has no complete SAE yet.")
         return
-    performance(db, saes)
-    propagation(db, saes)
-    steering(db)
-    context(saes)
-    st.subheader("Error by token position")
-    common.chart(figures.position_error(queries.position_error(db), saes), key="pos")
-    st.caption("The dashed vertical line is where the SAEs' training context ends.")
+    default = next((part for name, part in PART_OF.items() if common.param(name) is not None), "loss")
+    part = common.choice("part", PARTS, "Show", default, label_visibility="collapsed")
+    if part == "loss":
+        performance(db, saes)
+    elif part == "travel":
+        propagation(db, saes)
+    elif part == "steering":
+        steering(db)
+    else:
+        context(saes)
+        st.subheader("Error by token position")
+        common.chart(figures.position_error(queries.position_error(db), saes), key="pos")
+        st.caption("The dashed vertical line is where the SAEs' training context ends.")
 
 
 def performance(db: str, saes) -> None:

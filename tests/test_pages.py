@@ -96,10 +96,13 @@ def test_feature_page(app):
     assert at.title[0].value == "Feature 10 · relu-b0"
     html = "".join(h.proto.body for h in at.get("html"))
     assert 'class="tok"' in html
-    # navigation buttons move through features and keep the URL in step
+    # navigation buttons move through features and keep the URL in step, drawing the page once
+    runs = at.session_state["_run"]
     at.button(key="nav_next →").click().run()
     _ok(at)
     assert at.query_params["feature"] in (["11"], "11")
+    assert at.title[0].value == "Feature 11 · relu-b0"
+    assert at.session_state["_run"] == runs + 1
 
 
 @pytest.mark.parametrize(
@@ -364,7 +367,7 @@ def test_pages_have_no_stray_strings():
 
 
 def test_across_layers_page(app, data_dir):
-    at = app("pages/6_Layers.py")
+    at = app("pages/6_Layers.py", part="reconstruction")
     _ok(at)
     # the tiny database's SAEs record no training context: the page says how to give one
     assert any("--sae-context" in i.value for i in at.info)
@@ -380,7 +383,7 @@ def test_across_layers_page_with_a_training_context(tmp_path, corpus_file, sae_d
     d.mkdir()
     precompute(tiny_config(str(d / "ctx.duckdb"), corpus_file, sae_dirs, sae_context=16), adapter, loaded_saes)
     run = app_runner(d, monkeypatch)
-    at = run("pages/6_Layers.py")
+    at = run("pages/6_Layers.py", part="reconstruction")
     _ok(at)
     specs = [c.proto.spec for c in at.get("plotly_chart")]
     assert any("beyond it" in f and "inside the training context" in f for f in specs)

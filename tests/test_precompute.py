@@ -839,3 +839,25 @@ def test_merge_equals_one_pass_on_tied_activations(tmp_path, adapter, tmp_path_f
     assert len(a) == len(b) > 0
     for col in ("feature", "kind", "rank", "quantile", "seq", "pos", "ctx_start", "value"):
         assert a[col].tolist() == b[col].tolist(), col
+
+
+def test_write_connection_memory_is_bounded(tmp_path, monkeypatch):
+    """DuckDB's default (80% of the machine) let a Gemma-scale write transaction grow to 19.8 GB of
+    24; the write connection holds WRITE_MEMORY (or the environment's) and spills past it."""
+    from backend.store import writes
+
+    def limit() -> int:
+        with writes.connect_write(tmp_path / "m.duckdb") as con:
+            return con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+
+    def gib(text: str) -> float:
+        n, unit = text.split()
+        return float(n) * {"MiB": 2**-10, "GiB": 1, "TiB": 2**10}[unit]
+
+    monkeypatch.delenv(writes.WRITE_MEMORY_ENV, raising=False)
+    assert 3.5 < gib(limit()) < 4.0  # DuckDB shows 4GB (10^9 bytes) as 3.7 GiB
+    monkeypatch.setenv(writes.WRITE_MEMORY_ENV, "512MB")
+    assert 0.4 < gib(limit()) < 0.5
+    monkeypatch.setenv(writes.WRITE_MEMORY_ENV, "lots")
+    with pytest.raises(UserError, match="SAE_DASHBOARD_WRITE_MEMORY='lots' is not a memory size"):
+        limit()

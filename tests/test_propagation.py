@@ -333,23 +333,37 @@ def test_layers_page_draws_the_propagation(small_cfg, adapter, chain_saes, tmp_p
     at = run("pages/6_Layers.py", spread="resid")
     text = " ".join(m.value for m in at.markdown)
     assert "Which SAE hurts later layers most" in text
+    # one part of the page at a time: a part's own parameter opens it, `part` chooses
+    assert at.radio(key="w_part").value == "travel"
+    heads = [h.value for h in at.subheader]
+    assert "The model's own loss with each SAE spliced in" not in heads
     # the performance claims, each stated from this run's numbers
+    at = run("pages/6_Layers.py")
+    assert at.radio(key="w_part").value == "loss"
+    text = " ".join(m.value for m in at.markdown)
     heads = [h.value for h in at.subheader]
     assert "The model's own loss with each SAE spliced in" in heads and "Loss increase by context length" in heads
-    assert "Steering every feature: which hurt the model, which help" in heads
+    assert "How an SAE's error travels through the model" not in heads
     assert "SAEs' reconstruction errors raise the loss more than random directions" in text
     assert "in the shortest contexts (1–16)" in text and "in the longest contexts (17–31)" in text
-    assert "steering at +1 raises the loss for" in text
     loss_table = at.dataframe[0].value
     assert set(loss_table["sae"]) == {n for n, _, _ in CHAIN}
     # the ratio stands where random errors raise the loss, and is blank where they lower it
     rises = loss_table["random_increase"] > 0
     assert loss_table["ratio"][rises].notna().all() and loss_table["ratio"][~rises].isna().all()
     charts = " ".join(c.proto.spec for c in at.get("plotly_chart"))
-    assert "context (tokens)" in charts and "violin" in charts
+    assert "context (tokens)" in charts
+    at = run("pages/6_Layers.py", part="steering")
+    heads = [h.value for h in at.subheader]
+    assert heads == ["Steering every feature: which hurt the model, which help"]
+    assert "steering at +1 raises the loss for" in " ".join(m.value for m in at.markdown)
+    assert "violin" in " ".join(c.proto.spec for c in at.get("plotly_chart"))
     at = run("pages/6_Layers.py", steer_sae="relu-pre1")
     assert not at.exception and not at.error
+    assert at.radio(key="w_part").value == "steering"
     assert at.selectbox(key="w_steer_sae").value == "relu-pre1"
+    at = run("pages/6_Layers.py", part="sideways")
+    assert "part='sideways'" in at.error[0].value
     at = run("pages/6_Layers.py", spread="sideways")
     assert "spread='sideways'" in at.error[0].value
 

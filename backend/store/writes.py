@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from contextlib import contextmanager
@@ -36,6 +37,12 @@ log = logging.getLogger(__name__)
 
 LOCK_WAIT_S = 60.0
 """how long a writer waits for readers (a dashboard holding the file open) to let go"""
+
+WRITE_MEMORY_ENV = "SAE_DASHBOARD_WRITE_MEMORY"
+WRITE_MEMORY = "4GB"
+"""DuckDB's memory_limit for the write connection (WRITE_MEMORY_ENV overrides it). DuckDB's own
+default is 80% of the machine: a Gemma-scale run's one write transaction grew the process to
+19.8 GB of a 24 GB host. Past the limit DuckDB spills to `<database>.tmp` beside the file."""
 
 # The three tokens a feature's top examples fire on most often, for tables and search. It reads
 # `examples`, `sequences` and `vocab`, so `features` is written after those (see RunWriter.finish).
@@ -97,6 +104,12 @@ def connect_write(path: str | Path, wait_s: float = LOCK_WAIT_S) -> duckdb.DuckD
         if why:
             con.close()
             raise UserError(f"{path} cannot take a run: {why}")
+    limit = os.environ.get(WRITE_MEMORY_ENV) or WRITE_MEMORY
+    try:
+        con.execute(f"SET memory_limit = '{limit.replace(chr(39), '')}'")
+    except duckdb.Error as e:
+        con.close()
+        raise UserError(f"{WRITE_MEMORY_ENV}={limit!r} is not a memory size DuckDB reads, e.g. 4GB ({str(e).splitlines()[0]})") from None
     con.execute(SCHEMA)
     con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", [VERSION])
     return con
