@@ -694,12 +694,7 @@ def every_page_bench(data: Path, repeat: int, port: int = 8766) -> dict[str, lis
 
 def every_page_main(args) -> None:
     res = every_page_bench(Path(args.data), args.repeat)
-    warm = [
-        m
-        for k, v in res.items()
-        if "(" not in k and "loaded" not in k and k not in ("verdict", "next")
-        for m in v
-    ]
+    warm = [m for k, v in res.items() if "(" not in k and "loaded" not in k and k not in ("verdict", "next") for m in v]
     in_app = [m for k, v in res.items() if k.endswith("(in app)") for m in v]
     for k, v in res.items():
         print(f"{k}: p50 {np.median(v):.0f} ms, p95 {np.percentile(v, 95):.0f} ms, max {max(v):.0f} ms over {len(v)}")

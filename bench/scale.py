@@ -281,9 +281,7 @@ def main() -> None:
         f"weights {r['model_mb']:,.0f} MB once"
     )
     print("dashboard on this database: " + " ".join(f"{k}={v}" for k, v in dash.items()))
-    print(
-        f"peak_rss_mb={r['peak_rss_mb']:.0f} tokens_per_s={tps:.0f} db_mb={r['db_mb']:.1f} per_sae_mb={per_sae:.0f}"
-    )
+    print(f"peak_rss_mb={r['peak_rss_mb']:.0f} tokens_per_s={tps:.0f} db_mb={r['db_mb']:.1f} per_sae_mb={per_sae:.0f}")
 
 
 if __name__ == "__main__":

@@ -97,7 +97,9 @@ def _navigation(db: str, sae: str, f: int, n: int) -> None:
         nav[3].page_link(common.LAYER, label="layer page", query_params=common.link_params(sae=sae))
     # each step in the button's callback: the page draws once per click, not twice (0.5 s in a browser)
     for col, label, target in steps:
-        col.button(label, key=f"nav_{label}", disabled=target is None, on_click=common.set_params, kwargs={"feature": target})
+        col.button(
+            label, key=f"nav_{label}", disabled=target is None, on_click=common.set_params, kwargs={"feature": target}
+        )
     nav[2].button("random", key="nav_random", on_click=_random, args=(n,))
 
 

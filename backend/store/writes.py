@@ -109,7 +109,9 @@ def connect_write(path: str | Path, wait_s: float = LOCK_WAIT_S) -> duckdb.DuckD
         con.execute(f"SET memory_limit = '{limit.replace(chr(39), '')}'")
     except duckdb.Error as e:
         con.close()
-        raise UserError(f"{WRITE_MEMORY_ENV}={limit!r} is not a memory size DuckDB reads, e.g. 4GB ({str(e).splitlines()[0]})") from None
+        raise UserError(
+            f"{WRITE_MEMORY_ENV}={limit!r} is not a memory size DuckDB reads, e.g. 4GB ({str(e).splitlines()[0]})"
+        ) from None
     con.execute(SCHEMA)
     con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", [VERSION])
     return con
