@@ -102,12 +102,11 @@ def overview() -> None:
 
     st.subheader("Quality across layers")
     common.chart(figures.metric_lines(saes), key="lines")
-    st.subheader("Reconstruction error by token position")
-    common.chart(figures.position_error(queries.position_error(db), saes), key="pos")
-    st.caption(
-        "Relative error Σ‖x − x̂‖² / Σ‖x‖² at each position, on the tokens whose reconstruction was measured; the "
-        "dashed line is where the SAEs' training context ends: positions right of it are longer than any sequence "
-        "the SAE was trained on."
+    # by position, and what each SAE does to the model's loss: one place each, on Across layers
+    st.page_link(
+        common.ACROSS,
+        label="Reconstruction by token position, inside and beyond the training context →",
+        query_params=common.link_params(part="reconstruction"),
     )
 
     labeling.overview_panel(db)

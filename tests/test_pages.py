@@ -44,7 +44,12 @@ def test_overview(app):
     _ok(at)
     assert at.title[0].value == "SAE features: overview"
     assert at.query_params["db"] == ["tiny.duckdb"] or at.query_params["db"] == "tiny.duckdb"
-    assert len(at.get("plotly_chart")) >= 3
+    specs = [c.proto.spec for c in at.get("plotly_chart")]
+    assert any("log10 feature density" in f for f in specs) and any("explained variance" in f for f in specs)
+    # error by position is drawn once, on Across layers (its reconstruction part), linked from here
+    assert not any("token position" in f for f in specs)
+    links = [el.proto for el in at.main if type(el).__name__ == "PageLink"]
+    assert any("part=reconstruction" in p.query_string and "db=tiny.duckdb" in p.query_string for p in links)
     table = at.dataframe[0].value
     # reconstruction is sampled (every 4th batch by default) and the table says on how many tokens
     assert (0 < table["recon_tokens"]).all() and (table["recon_tokens"] < table["n_tokens"]).all()

@@ -24,6 +24,7 @@ OVERVIEW = "app.py"
 LAYER = "pages/1_Layer.py"
 FEATURE = "pages/2_Feature.py"
 QUEUE = "pages/4_Label_queue.py"
+ACROSS = "pages/6_Layers.py"
 NAV = [
     (OVERVIEW, "Overview", ":material/dashboard:"),
     (LAYER, "Layer", ":material/bar_chart:"),
@@ -31,7 +32,7 @@ NAV = [
     ("pages/3_Search.py", "Search", ":material/search:"),
     (QUEUE, "Label queue", ":material/checklist:"),
     ("pages/5_Interpretability.py", "Interpretability", ":material/percent:"),
-    ("pages/6_Layers.py", "Across layers", ":material/stacked_line_chart:"),
+    (ACROSS, "Across layers", ":material/stacked_line_chart:"),
     ("pages/7_Probe.py", "Probe", ":material/science:"),
     ("pages/8_Clusters.py", "Density clusters", ":material/scatter_plot:"),
 ]
