@@ -66,3 +66,20 @@ def test_tables_of_a_real_sae_equal_brute_force(loaded_saes, adapter):
     got = torch.tensor(nb.cosine.to_numpy()).view(-1, 4), torch.tensor(nb.other.to_numpy()).view(-1, 4).long()
     _same_extremes(got, cos, 4, True)
     assert np.array_equal(nb.feature.to_numpy(), np.repeat(np.arange(len(Wn)), 4))
+
+
+def test_top_products_give_up_bfloat16_where_it_certifies_little(monkeypatch):
+    """Rows whose top columns lie closer than bfloat16 can tell are computed twice (bfloat16, then
+    fp32); when most rows are like that, the rest go straight to fp32, with the same tables."""
+    if not weights.bf16_is_fast(torch.device("cpu"), 4096):
+        pytest.skip("this CPU has no native bfloat16: the fp32 path is the one used")
+    monkeypatch.setattr(weights, "GIVE_UP_AFTER", 64)
+    torch.manual_seed(1)
+    M = torch.randn(96, 3000)
+    M[:, 1:] = M[:, :1] + 1e-4 * torch.randn(96, 2999)  # every column nearly the same
+    W = torch.randn(256, 96)
+    tp = TopProducts(M, 10, fast=True)
+    prod = W @ M
+    got = [tp.rows(W[lo : lo + 64], (True,))[0] for lo in range(0, 256, 64)]
+    assert not tp.fast and tp.n_uncertified == 64  # the first 64 rows failed, then fp32 alone
+    _same_extremes((torch.cat([v for v, _ in got]), torch.cat([i for _, i in got])), prod, 10, True)
