@@ -23,8 +23,8 @@ verdict saves on the Label queue: a click on a verdict until the saved verdict s
 until the next feature's examples show. It then moves through the same session the way a
 researcher does, by the app's own links (the sidebar's pages, the Feature page's "next →"): no new
 page load, the click to the page drawn (its script finished, every Plotly figure drawn), reported
-as `<page> (in app)`. It works on a copy of the data folder's newest database (labels go to the
-copy's own store).
+as `<page> (in app)`. It works on a copy of the data folder's newest database and its labels
+(the verdicts it makes go to the copy's store).
 Last line: page_p95_ms=<a> <page>_p95_ms=... verdict_p95_ms=<v> next_p95_ms=<n> in_app_p95_ms=<i>
 
 With --pages it measures each page's own work (the script run through AppTest, cold and warm
@@ -47,6 +47,7 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from backend.labels.store import FILE_NAME as LABELS_FILE  # noqa: E402
 from backend.store import queries, writes  # noqa: E402
 
 
@@ -635,6 +636,8 @@ def every_page_bench(data: Path, repeat: int, port: int = 8766) -> dict[str, lis
     db = queries.list_databases()[0]
     copy = Path(tempfile.mkdtemp(prefix="bench-pages-"))
     shutil.copy(data / db, copy / db)
+    if (data / LABELS_FILE).exists():  # the team's labels as they are, for the pages that read them
+        shutil.copy(data / LABELS_FILE, copy / LABELS_FILE)
     con = duckdb.connect(str(copy / db), read_only=True)
     sae = con.execute("SELECT sae FROM saes ORDER BY depth DESC LIMIT 1").fetchone()[0]
     top = "SELECT feature FROM features WHERE sae = ? ORDER BY count DESC LIMIT 40"
