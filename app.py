@@ -89,7 +89,8 @@ def overview() -> None:
     )
 
     st.subheader("Feature density per layer")
-    mode = common.choice("view", {"facet": "one panel per SAE", "overlay": "overlaid"}, "Histograms", "facet")
+    views = {"facet": "one panel per SAE", "heatmap": "one row per SAE", "overlay": "overlaid"}
+    mode = common.choice("view", views, "Histograms", "facet" if len(saes) <= figures.FACET_MAX else "heatmap")
     n_tok = int(saes["n_tokens"].max())
     floor = resolution_floor(n_tok)
     common.chart(figures.density_histograms(queries.density_hist(db), saes, mode, floor), key="dens")

@@ -574,7 +574,11 @@ EVERY_PAGE = [  # name, URL path, what shows that the page's content is there (i
     ("queue", "/Label_queue?db={db}&sae={sae}", "span.tok"),
     ("interpretability", "/Interpretability?db={db}", "h3:has-text('Export and import')"),
     ("layers", "/Layers?db={db}", "h3:has-text('Loss increase by context length')"),
-    ("probe", "/Probe?db={db}&sae={sae}&text=def+main(args):+return+args", "h3:has-text('Every SAE')"),
+    (
+        "probe",
+        "/Probe?db={db}&sae={sae}&text=def+main(args):+return+args",
+        "h3:has-text('Every SAE'), [data-testid='stAlertContentWarning']",  # or why the model cannot load
+    ),
     ("clusters", "/Clusters?db={db}&sae={sae}", "h3:has-text('Dense features'), div:has-text('No feature of this')"),
 ]
 

@@ -44,6 +44,14 @@ def test_charts_colour_by_depth_style_by_architecture_and_mark_dense_and_floor()
     styles = {t.name: (t.line.color, t.line.dash) for t in over.data if t.name and "·" in t.name}
     assert styles["0.resid_pre · standard"][0] == styles["0.resid_pre · topk"][0]
     assert styles["0.resid_pre · standard"][1] != styles["0.resid_pre · topk"][1]
+    heat = figures.density_histograms(hist, saes, "heatmap", floor=-4.8)
+    maps = [t for t in heat.data if t.type == "heatmap"]
+    assert len(maps) == 2  # one panel per architecture, one row per hook by depth
+    assert list(maps[0].y) == ["0.resid_pre", "0.resid_post", "1.resid_post"]
+    z = np.asarray(maps[0].z, dtype=float)
+    np.testing.assert_allclose(np.nansum(z, axis=1), 1.0)  # each row: shares of its SAE's live features
+    assert np.nanmax(z) == pytest.approx(5 / 7)
+    assert {round(s.x0, 3) for s in heat.layout.shapes} == {-1.0, -5.0, -4.8}
     lines = figures.metric_lines(
         saes.assign(explained_variance=0.9, l0=3.0, downstream_value=0.5, dead_frac=0.0, dense_frac=0.1)
     )

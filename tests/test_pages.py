@@ -53,8 +53,23 @@ def test_overview(app):
     table = at.dataframe[0].value
     # reconstruction is sampled (every 4th batch by default) and the table says on how many tokens
     assert (0 < table["recon_tokens"]).all() and (table["recon_tokens"] < table["n_tokens"]).all()
+    assert at.radio(key="w_view").value == "facet"  # 2 SAEs: a panel each
     at = app(view="overlay")
     _ok(at)
+    at = app(view="heatmap")
+    _ok(at)
+    assert any('"heatmap"' in c.proto.spec for c in at.get("plotly_chart"))
+
+
+def test_overview_draws_many_saes_as_heatmap_rows(app, monkeypatch):
+    from ui import figures
+
+    monkeypatch.setattr(figures, "FACET_MAX", 1)  # the tiny database's 2 SAEs count as many
+    at = app()
+    _ok(at)
+    assert at.radio(key="w_view").value == "heatmap"
+    specs = [c.proto.spec for c in at.get("plotly_chart")]
+    assert any('"heatmap"' in f and "log10 feature density" in f for f in specs)
     at = app(view="sideways")
     assert "view='sideways'" in at.error[0].value
 

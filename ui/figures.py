@@ -188,12 +188,20 @@ def _mark_legend(fig: go.Figure, floor: float | None) -> None:
         )
 
 
+FACET_MAX = 12
+"""past this many SAEs the Overview's histograms default to one heatmap row per SAE: 27 panels made a
+4,000-px figure that took 2 s to draw in a browser"""
+
+
 def density_histograms(df: pd.DataFrame, saes: pd.DataFrame, mode: str = "facet", floor: float | None = None):
     """log10-density histograms of all SAEs: one panel per hook (rows, by depth) and architecture
-    (columns), or overlaid with colour by depth and line style by architecture."""
+    (columns), overlaid with colour by depth and line style by architecture, or (heatmap) one row
+    per hook in a panel per architecture, coloured by each SAE's share of its live features."""
     df = df.assign(x=(df["bin_lo"] + df["bin_hi"]) / 2)
     colours, dashes = depth_colours(saes), arch_dashes(saes)
     order = saes.sort_values(["depth", "sae"])
+    if mode == "heatmap":
+        return _density_heatmap(df, order, floor)
     if mode == "overlay":
         fig = go.Figure()
         for r in order.itertuples():
@@ -246,6 +254,49 @@ def density_histograms(df: pd.DataFrame, saes: pd.DataFrame, mode: str = "facet"
         fig.update_layout(height=max(320, 150 * len(hooks)), bargap=0)
     # the legend above the plot: below it, it covered the x axis's title
     fig.update_layout(margin=dict(t=70, l=10, r=10, b=10), legend=dict(orientation="h", y=1.02, yanchor="bottom"))
+    return fig
+
+
+def _density_heatmap(df: pd.DataFrame, order: pd.DataFrame, floor: float | None) -> go.Figure:
+    archs = sorted(order["architecture"].unique())
+    hooks = list(order.drop_duplicates("hook")["hook"])
+    fig = make_subplots(rows=1, cols=len(archs), column_titles=archs, shared_yaxes=True, horizontal_spacing=0.03)
+    xs = np.sort(df["x"].unique())
+    for j, arch in enumerate(archs):
+        z = np.full((len(hooks), len(xs)), np.nan)
+        names = np.full((len(hooks), len(xs)), "", dtype=object)
+        counts = np.zeros((len(hooks), len(xs)))
+        for r in order[order["architecture"] == arch].itertuples():
+            g = df[df["sae"] == r.sae]
+            i, cols = hooks.index(r.hook), np.searchsorted(xs, g["x"].to_numpy())
+            total = g["n"].sum()
+            counts[i, cols] = g["n"].to_numpy()
+            z[i, cols] = g["n"].to_numpy() / total if total else 0.0
+            names[i, :] = r.sae
+        fig.add_trace(
+            go.Heatmap(
+                x=xs,
+                y=[short_hook(h) for h in hooks],
+                z=np.where(counts > 0, z, np.nan),
+                customdata=np.dstack([counts, names]),
+                colorscale="Viridis",
+                coloraxis="coloraxis",
+                hovertemplate=f"%{{customdata[1]}}{BR}log10 density %{{x:.2f}}: %{{customdata[0]:,}} features "
+                f"(%{{z:.1%}}){extra()}",
+            ),
+            row=1,
+            col=j + 1,
+        )
+    density_marks(fig, floor)
+    _mark_legend(fig, floor)
+    fig.update_xaxes(title_text="log10 feature density")
+    fig.update_yaxes(autorange="reversed", col=1)
+    fig.update_layout(
+        height=max(320, 22 * len(hooks) + 140),
+        coloraxis=dict(colorscale="Viridis", colorbar=dict(title=f"share of its{BR}live features", tickformat=".0%")),
+        margin=dict(t=70, l=10, r=10, b=10),
+        legend=dict(orientation="h", y=1.02, yanchor="bottom"),
+    )
     return fig
 
 
