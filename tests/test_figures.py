@@ -52,6 +52,15 @@ def test_charts_colour_by_depth_style_by_architecture_and_mark_dense_and_floor()
     np.testing.assert_allclose(np.nansum(z, axis=1), 1.0)  # each row: shares of its SAE's live features
     assert np.nanmax(z) == pytest.approx(5 / 7)
     assert {round(s.x0, 3) for s in heat.layout.shapes} == {-1.0, -5.0, -4.8}
+    # two SAEs of one architecture at one hook (a wide one beside the usual width) keep a row each
+    wide = pd.DataFrame(
+        [{"sae": "topk-wide", "hook": "blocks.1.hook_resid_post", "depth": 1.5, "architecture": "topk"}]
+    )
+    both = pd.concat([saes, wide], ignore_index=True)
+    more = pd.concat([hist, pd.DataFrame([{"sae": "topk-wide", "bin_lo": -3.0, "bin_hi": -2.9, "n": 9}])])
+    topk = [t for t in figures.density_histograms(more, both, "heatmap").data if t.type == "heatmap"][1]
+    assert list(topk.y)[-2:] == ["1.resid_post · topk-blocks.1.hook_resid_post", "1.resid_post · topk-wide"]
+    assert np.nansum(np.asarray(topk.z, dtype=float)[-1]) == pytest.approx(1.0)
     lines = figures.metric_lines(
         saes.assign(explained_variance=0.9, l0=3.0, downstream_value=0.5, dead_frac=0.0, dense_frac=0.1)
     )

@@ -258,17 +258,22 @@ def density_histograms(df: pd.DataFrame, saes: pd.DataFrame, mode: str = "facet"
 
 
 def _density_heatmap(df: pd.DataFrame, order: pd.DataFrame, floor: float | None) -> go.Figure:
+    """One row per SAE, named by its hook (and by itself where two SAEs of one architecture share a hook)."""
     archs = sorted(order["architecture"].unique())
-    hooks = list(order.drop_duplicates("hook")["hook"])
+    shared = order.duplicated(["hook", "architecture"], keep=False)
+    labels = [f"{short_hook(h)} · {n}" if d else short_hook(h) for h, n, d in zip(order["hook"], order["sae"], shared)]
+    rows = list(dict.fromkeys(labels))  # by depth, as `order` is
     fig = make_subplots(rows=1, cols=len(archs), column_titles=archs, shared_yaxes=True, horizontal_spacing=0.03)
     xs = np.sort(df["x"].unique())
     for j, arch in enumerate(archs):
-        z = np.full((len(hooks), len(xs)), np.nan)
-        names = np.full((len(hooks), len(xs)), "", dtype=object)
-        counts = np.zeros((len(hooks), len(xs)))
-        for r in order[order["architecture"] == arch].itertuples():
+        z = np.full((len(rows), len(xs)), np.nan)
+        names = np.full((len(rows), len(xs)), "", dtype=object)
+        counts = np.zeros((len(rows), len(xs)))
+        for r, label in zip(order.itertuples(), labels):
+            if r.architecture != arch:
+                continue
             g = df[df["sae"] == r.sae]
-            i, cols = hooks.index(r.hook), np.searchsorted(xs, g["x"].to_numpy())
+            i, cols = rows.index(label), np.searchsorted(xs, g["x"].to_numpy())
             total = g["n"].sum()
             counts[i, cols] = g["n"].to_numpy()
             z[i, cols] = g["n"].to_numpy() / total if total else 0.0
@@ -276,7 +281,7 @@ def _density_heatmap(df: pd.DataFrame, order: pd.DataFrame, floor: float | None)
         fig.add_trace(
             go.Heatmap(
                 x=xs,
-                y=[short_hook(h) for h in hooks],
+                y=rows,
                 z=np.where(counts > 0, z, np.nan),
                 customdata=np.dstack([counts, names]),
                 colorscale="Viridis",
@@ -292,7 +297,7 @@ def _density_heatmap(df: pd.DataFrame, order: pd.DataFrame, floor: float | None)
     fig.update_xaxes(title_text="log10 feature density")
     fig.update_yaxes(autorange="reversed", col=1)
     fig.update_layout(
-        height=max(320, 22 * len(hooks) + 140),
+        height=max(320, 22 * len(rows) + 140),
         coloraxis=dict(colorscale="Viridis", colorbar=dict(title=f"share of its{BR}live features", tickformat=".0%")),
         margin=dict(t=70, l=10, r=10, b=10),
         legend=dict(orientation="h", y=1.02, yanchor="bottom"),
