@@ -126,10 +126,12 @@ def layer() -> None:
         },
     )
 
-    go = st.columns([1, 1, 4])
-    target = go[0].number_input("Open feature #", 0, row.d_sae - 1, step=1, key="w_goto")
-    if go[1].button("Go to feature", key="goto"):
-        st.switch_page(common.FEATURE, query_params=common.link_params(sae=sae, feature=int(target)))
+    # a form: the typed number travels with the click (a number and a button apart raced in the browser)
+    with st.form("goto_form", border=False):
+        go = st.columns([1, 1, 4], vertical_alignment="bottom")
+        target = go[0].number_input("Open feature #", 0, row.d_sae - 1, step=1, key="w_goto")
+        if go[1].form_submit_button("Go to feature"):
+            st.switch_page(common.FEATURE, query_params=common.link_params(sae=sae, feature=int(target)))
     rows = picked.selection.rows if picked else []
     if rows:
         f = int(shown.iloc[rows[0]]["feature"])
