@@ -585,7 +585,7 @@ EVERY_PAGE = [  # name, URL path, what shows that the page's content is there (i
 
 DRAWN = """(title) => {
     const app = document.querySelector("[data-testid='stApp']");
-    if (!document.title.startsWith(title) || !app || app.getAttribute("data-test-script-state") !== "notRunning")
+    if (!document.title.startsWith(title + " ·") || !app || app.getAttribute("data-test-script-state") !== "notRunning")
         return false;
     for (const c of document.querySelectorAll("[data-testid='stPlotlyChart']"))
         if (!c.querySelector(".main-svg")) return false;

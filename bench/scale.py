@@ -77,20 +77,10 @@ def _tokenizer(folder: Path, vocab: int):
     return AutoTokenizer.from_pretrained(folder / "tok")  # TransformerLens wants the name_or_path this sets
 
 
-JUMP = 0.1
-"""the JumpReLU SAEs' threshold, and what their b_enc is raised by (they fire where the ReLU would)"""
-
-
 def _saes(folder: Path, layers: int, d_in: int, d_sae: int, arch: str) -> list:
     import torch
-    from sae_lens import (
-        JumpReLUSAE,
-        JumpReLUSAEConfig,
-        StandardSAE,
-        StandardSAEConfig,
-        TopKSAE,
-        TopKSAEConfig,
-    )
+    from precompute import jumprelu_copy
+    from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
     from sae_lens.saes.sae import SAEMetadata
 
     from backend.config import SAESource
@@ -102,8 +92,6 @@ def _saes(folder: Path, layers: int, d_in: int, d_sae: int, arch: str) -> list:
         meta = SAEMetadata(hook_name=hook, context_size=128)
         if arch == "topk":
             sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=32, metadata=meta))
-        elif arch == "jumprelu":
-            sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae, metadata=meta))
         else:
             sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae, metadata=meta))
         with torch.no_grad():
@@ -111,12 +99,10 @@ def _saes(folder: Path, layers: int, d_in: int, d_sae: int, arch: str) -> list:
             sae.W_dec.copy_(sae.W_enc.T / sae.W_enc.T.norm(dim=1, keepdim=True))
             if arch != "topk":  # biases from -4.3 to -1.3 sigma: densities from about 1e-5 to 1e-1
                 sae.b_enc.copy_(-torch.linspace(1.3, 4.3, d_sae)[torch.randperm(d_sae)])
-            if arch == "jumprelu":
-                sae.b_enc.add_(JUMP)
-                sae.threshold.fill_(JUMP)
         sae.save_model(str(folder / f"{arch}-{layer}"))
         out.append(SAESource(path=str(folder / f"{arch}-{layer}")))
-    return out
+    # JumpReLU: the ReLU SAEs turned into ones that fire on the same tokens (bench/precompute.py's)
+    return [jumprelu_copy(s, folder) for s in out] if arch == "jumprelu" else out
 
 
 def _run(args: dict, q) -> None:

@@ -59,6 +59,8 @@ def test_overview(app):
     at = app(view="heatmap")
     _ok(at)
     assert any('"heatmap"' in c.proto.spec for c in at.get("plotly_chart"))
+    at = app(view="sideways")
+    assert "view='sideways'" in at.error[0].value
 
 
 def test_overview_draws_many_saes_as_heatmap_rows(app, monkeypatch):
@@ -70,8 +72,6 @@ def test_overview_draws_many_saes_as_heatmap_rows(app, monkeypatch):
     assert at.radio(key="w_view").value == "heatmap"
     specs = [c.proto.spec for c in at.get("plotly_chart")]
     assert any('"heatmap"' in f and "log10 feature density" in f for f in specs)
-    at = app(view="sideways")
-    assert "view='sideways'" in at.error[0].value
 
 
 def test_layer_page_filters(app):
