@@ -95,6 +95,11 @@ def _no_traceback(page) -> None:
     assert page.locator("[data-testid='stException']").count() == 0
 
 
+def _settled(page) -> None:
+    """Wait until the script is idle: a rerun still drawing redraws an input and drops what was typed."""
+    page.locator("[data-testid='stApp'][data-test-script-state='notRunning']").wait_for()
+
+
 def _busy_feature(data, sae: str) -> int:
     """A feature that fires often, so that it has examples to show, and whose successor does too."""
     import duckdb
@@ -124,6 +129,7 @@ def test_overview_to_layer_to_feature_and_shared_link(server, browser):
     page.get_by_role("heading", name=re.compile("Layer · relu-b0")).wait_for()
     assert "sae=relu-b0" in page.url
     _no_traceback(page)
+    _settled(page)  # the SAE choice's rerun has drawn the form: typing into it now is kept
     page.get_by_label("Open feature #").fill(str(f))  # typed, not committed: the form sends it with the click
     page.get_by_role("button", name="Go to feature").click()
     page.get_by_role("heading", name=re.compile(f"Feature {f} · relu-b0")).wait_for()
