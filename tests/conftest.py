@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import warnings
 
 import pytest
@@ -13,6 +14,8 @@ import pytest
 from tests.helpers import D_MODEL, make_sae, tiny_config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# the embedded corpus's parse cache (backend.paths.cache_dir) lives with this session, not in ~/.cache
+os.environ.setdefault("SAE_DASHBOARD_CACHE", tempfile.mkdtemp(prefix="sae-dashboard-cache-"))
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 N_CTX = 64

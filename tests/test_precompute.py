@@ -703,6 +703,41 @@ def test_local_corpus_formats(tmp_path, tokenizer_dir):
     assert all(len(c) == 10 for c in chunks) and len(chunks) >= 6
 
 
+
+def test_embedded_corpus_is_parsed_once_and_kept_in_the_cache(tmp_path, monkeypatch):
+    """The stdlib's docstrings are parsed once: a second read comes from the cache file (a mark
+    put into it shows), a changed source set parses again under a new key, and a cache that
+    cannot be read or written only costs the parse."""
+    import json
+
+    from backend.engine import corpus
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SAE_DASHBOARD_CACHE", str(cache))
+    real = corpus._stdlib_sources
+    monkeypatch.setattr(corpus, "_stdlib_sources", lambda root: sorted(real(root))[:12])  # a quick parse
+    from pydoc_data.topics import topics
+
+    first = list(corpus.embedded_documents("all"))
+    assert len(first) > len(topics)  # the topics, then docstrings of the 12 files
+    (cached,) = cache.glob("embedded-corpus-*.json")
+    docs = json.loads(cached.read_text())
+    docs[0][1] = "marked"
+    cached.write_text(json.dumps(docs))
+    assert next(corpus.embedded_documents("all")) == "marked"
+
+    monkeypatch.setattr(corpus, "_stdlib_sources", lambda root: sorted(real(root))[:11])
+    fewer = list(corpus.embedded_documents("all"))
+    assert len(list(cache.glob("embedded-corpus-*.json"))) == 2 and fewer[0] == first[0] and len(fewer) < len(first)
+
+    cached.write_text("[not json")
+    assert list(corpus.embedded_documents("all"))[0] == first[0]  # parsed again and rewritten
+    assert next(corpus.embedded_documents("all")) == first[0]
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    monkeypatch.setenv("SAE_DASHBOARD_CACHE", str(blocked / "cache"))
+    assert list(corpus.embedded_documents("all")) == fewer
+
 @pytest.mark.slow
 def test_killed_precompute_leaves_database_readable_and_reruns_cleanly(tmp_path):
     """SIGKILL mid-harvest (no Python cleanup runs): the file opens, the run reads as unfinished,

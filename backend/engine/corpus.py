@@ -11,12 +11,14 @@ import ast
 import hashlib
 import json
 import os
+import sys
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from backend import paths
 from backend.errors import UserError
 
 EMBEDDED = "embedded"
@@ -46,13 +48,43 @@ def embedded_documents(split: str = "all", heldout_fraction: float = HELDOUT_FRA
             yield text
 
 
-def _embedded_named_documents() -> Iterator[tuple[str, str]]:
+def _embedded_named_documents() -> list[tuple[str, str]]:
+    """(name, text) of every embedded document, in order. Parsing the stdlib's ~600 files takes 3-6
+    s of CPU, which a precompute's corpus thread spends beside the model's forward on a small
+    host; so the list is kept in the cache folder (paths.cache_dir), keyed by the Python version
+    and every source file's path, size and modification time, and parsed again only when one of
+    those changes. A cache that cannot be read or written is skipped, never an error."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    sources = sorted(_stdlib_sources(stdlib))
+    key = hashlib.sha1(sys.version.encode())
+    for path in sources:
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        key.update(f"\0{path.relative_to(stdlib)}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    cached = paths.cache_dir() / f"embedded-corpus-{key.hexdigest()[:20]}.json"
+    try:
+        return [(n, t) for n, t in json.loads(cached.read_text(encoding="utf-8"))]
+    except (OSError, ValueError, TypeError):
+        pass
+    docs = list(_parse_embedded(stdlib, sources))
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(docs), encoding="utf-8")
+        os.replace(tmp, cached)  # readers see the whole file or none
+    except OSError:
+        pass
+    return docs
+
+
+def _parse_embedded(stdlib: Path, sources: list[Path]) -> Iterator[tuple[str, str]]:
     from pydoc_data.topics import topics
 
     for key in sorted(topics):
         yield f"topic:{key}", topics[key]
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    for path in sorted(_stdlib_sources(stdlib)):
+    for path in sources:
         rel = path.relative_to(stdlib)
         try:
             tree = ast.parse(path.read_text(encoding="utf-8"))
