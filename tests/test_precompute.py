@@ -703,40 +703,45 @@ def test_local_corpus_formats(tmp_path, tokenizer_dir):
     assert all(len(c) == 10 for c in chunks) and len(chunks) >= 6
 
 
-
 def test_embedded_corpus_is_parsed_once_and_kept_in_the_cache(tmp_path, monkeypatch):
     """The stdlib's docstrings are parsed once: a second read comes from the cache file (a mark
     put into it shows), a changed source set parses again under a new key, and a cache that
     cannot be read or written only costs the parse."""
     import json
+    from pydoc_data.topics import topics
 
     from backend.engine import corpus
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("SAE_DASHBOARD_CACHE", str(cache))
     real = corpus._stdlib_sources
-    monkeypatch.setattr(corpus, "_stdlib_sources", lambda root: sorted(real(root))[:12])  # a quick parse
-    from pydoc_data.topics import topics
 
+    def first_files(n: int) -> None:  # a quick parse: the topics and n source files
+        monkeypatch.setattr(corpus, "_stdlib_sources", lambda root: sorted(real(root))[:n])
+
+    first_files(12)
     first = list(corpus.embedded_documents("all"))
-    assert len(first) > len(topics)  # the topics, then docstrings of the 12 files
+    assert len(first) > len(topics)
     (cached,) = cache.glob("embedded-corpus-*.json")
     docs = json.loads(cached.read_text())
     docs[0][1] = "marked"
     cached.write_text(json.dumps(docs))
     assert next(corpus.embedded_documents("all")) == "marked"
 
-    monkeypatch.setattr(corpus, "_stdlib_sources", lambda root: sorted(real(root))[:11])
+    first_files(11)
     fewer = list(corpus.embedded_documents("all"))
-    assert len(list(cache.glob("embedded-corpus-*.json"))) == 2 and fewer[0] == first[0] and len(fewer) < len(first)
+    assert len(list(cache.glob("embedded-corpus-*.json"))) == 2 and fewer == first[: len(fewer)]
 
+    first_files(12)
     cached.write_text("[not json")
-    assert list(corpus.embedded_documents("all"))[0] == first[0]  # parsed again and rewritten
-    assert next(corpus.embedded_documents("all")) == first[0]
+    assert list(corpus.embedded_documents("all")) == first  # parsed again
+    assert json.loads(cached.read_text()) == [list(d) for d in corpus._embedded_named_documents()]  # and rewritten
     blocked = tmp_path / "a-file"
     blocked.write_text("")
     monkeypatch.setenv("SAE_DASHBOARD_CACHE", str(blocked / "cache"))
-    assert list(corpus.embedded_documents("all")) == fewer
+    assert list(corpus.embedded_documents("all")) == first
+    assert not list(tmp_path.glob("**/.embedded-corpus-*.tmp"))
+
 
 @pytest.mark.slow
 def test_killed_precompute_leaves_database_readable_and_reruns_cleanly(tmp_path):

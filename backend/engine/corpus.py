@@ -8,6 +8,7 @@ in every shard and every rerun.
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import json
 import os
@@ -69,13 +70,14 @@ def _embedded_named_documents() -> list[tuple[str, str]]:
     except (OSError, ValueError, TypeError):
         pass
     docs = list(_parse_embedded(stdlib, sources))
+    tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(docs), encoding="utf-8")
         os.replace(tmp, cached)  # readers see the whole file or none
     except OSError:
-        pass
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)  # a half-written file (a full disk)
     return docs
 
 
