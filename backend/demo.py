@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -165,4 +164,10 @@ def serve(db: str | None, port: int = 8501) -> None:
         "--browser.gatherUsageStats",
         "false",
     ]
-    raise SystemExit(subprocess.call(cmd, cwd=REPO, env=env))
+    # The server replaces this process rather than running beside it: a SIGTERM (a service
+    # manager, `kill`) then stops the server itself instead of leaving it orphaned, and the memory
+    # the build held is given back.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.chdir(REPO)
+    os.execve(sys.executable, cmd, env)

@@ -550,3 +550,42 @@ def test_a_long_parameter_name_is_reported_as_a_name(app):
     at = app(**{"p" * 101: "1"})
     _no_traceback(at)
     assert any("name" in e.value and "the limit is 100" in e.value for e in at.error)
+
+
+def test_a_terminated_server_does_not_leave_the_dashboard_running(tmp_path):
+    """`python -m backend serve` (and `demo`) stopped with SIGTERM, as a service manager or `kill`
+    stops it: the dashboard stops with it rather than living on as an orphan holding the port."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    health = f"http://127.0.0.1:{port}/_stcore/health"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "backend", "serve", "--port", str(port)],
+        cwd=repo_root(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(120):
+            try:
+                assert urllib.request.urlopen(health, timeout=1).status == 200
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise AssertionError("the dashboard did not start")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+        for _ in range(20):
+            try:
+                urllib.request.urlopen(health, timeout=1)
+            except OSError:
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError("the dashboard still answers after its command was terminated")
+    finally:
+        proc.kill()
