@@ -577,6 +577,9 @@ def test_a_terminated_server_does_not_leave_the_dashboard_running(tmp_path):
                 time.sleep(0.5)
         else:
             raise AssertionError("the dashboard did not start")
+        # it is this process, run from the repository root (where .streamlit/config.toml is read)
+        assert Path(f"/proc/{proc.pid}/cwd").resolve() == repo_root().resolve()
+        assert "streamlit" in Path(f"/proc/{proc.pid}/cmdline").read_text()
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
         for _ in range(20):
