@@ -133,8 +133,11 @@ def test_a_wide_saes_map_draws_a_fixed_sample_keeping_every_labeled_and_dense_fe
     must = wide[(wide["label"] != "") | (wide["density"] > 0.1)]
     assert len(drawn) == 50_000 and set(must["feature"]) <= set(drawn["feature"])
     assert drawn["feature"].tolist() == figures.map_sample(wide, limit=50_000)["feature"].tolist()
-    points = sum(len(t.x) for t in figures.feature_map(drawn, "umap").data)
-    assert points == 50_000
+    wide_map = figures.feature_map(drawn, "umap")
+    assert sum(len(t.x) for t in wide_map.data) == 50_000
+    # WebGL for many points, SVG for a map a browser draws quicker that way
+    assert {t.type for t in wide_map.data} == {"scattergl"}
+    assert {t.type for t in figures.feature_map(small, "umap").data} == {"scatter"}
 
 
 def test_the_tail_histogram_sends_bins_as_shares_of_each_group():
@@ -149,3 +152,27 @@ def test_the_tail_histogram_sends_bins_as_shares_of_each_group():
     want, _ = np.histogram(tail["tail_cos"], bins=np.linspace(-1, 1, 41))
     np.testing.assert_allclose(bars[0].y, 100 * want / len(tail))
     assert abs(sum(bars[1].y) - 100) < 1e-9
+
+
+def test_a_shared_figure_is_built_once_per_frame_and_escaped_once():
+    from ui import figures
+
+    saes = _saes_frame().assign(architecture=["<b>x</b>", "topk"] * 3)
+    for c in ("l0", "explained_variance", "ev_inside", "ev_beyond", "downstream_value", "dead_frac", "dense_frac"):
+        saes[c] = np.linspace(0.1, 0.6, len(saes))
+    built = []
+    builder = figures.shared(
+        lambda df, unit: (
+            built.append(1) or figures.go.Figure(figures.go.Bar(x=df["architecture"], y=[1] * len(df), name=unit))
+        )
+    )
+    first = builder(saes, "<i>u</i>")
+    # the same cached frame (the query layer returns one object until the database changes): no rebuild
+    assert builder(saes, "<i>u</i>") is first and len(built) == 1
+    assert builder(saes.copy(), "<i>u</i>") is not first and len(built) == 2  # another frame: built anew
+    assert builder(saes, "nats") is not first and len(built) == 3
+    # escaped when built, and left as it is when a page draws it (common.chart calls plain again)
+    assert first.data[0].name == "&lt;i&gt;u&lt;/i&gt;" and first.data[0].x[0] == "&lt;b&gt;x&lt;/b&gt;"
+    assert figures.plain(first).data[0].name == "&lt;i&gt;u&lt;/i&gt;"
+    # the pages' slow builders are shared: the Overview's two figures come back as the same objects
+    assert figures.metric_lines(saes) is figures.metric_lines(saes)

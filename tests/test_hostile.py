@@ -203,6 +203,8 @@ def test_figure_text_is_escaped_but_the_figures_own_markup_is_kept():
             hovertemplate="%{x}" + figures.BR + "y" + figures.extra(),
         )
     )
+    fig.add_trace(figures.go.Scatter(x=[1], y=[2], legendgroup="g", legendgrouptitle_text="<b>g</b>"))
+    fig.add_trace(figures.go.Heatmap(z=[[1]], colorbar_title_text="<i>c</i>", text=[["<u>z</u>"]]))
     fig.add_annotation(text=figures.tag("a href='Layer?sae=s'") + "<img src=x>" + figures.tag("/a"), x="b", y=1)
     fig.update_layout(title="<i>t</i>")
     out = figures.plain(fig)
@@ -211,6 +213,9 @@ def test_figure_text_is_escaped_but_the_figures_own_markup_is_kept():
     assert out.data[0].hovertemplate == "%{x}<br>y<extra></extra>"
     assert out.layout.annotations[0].text == "<a href='Layer?sae=s'>&lt;img src=x&gt;</a>"
     assert out.layout.title.text == "&lt;i&gt;t&lt;/i&gt;"
+    assert out.data[1].legendgrouptitle.text == "&lt;b&gt;g&lt;/b&gt;"  # a legend group's title too
+    assert out.data[2].colorbar.title.text == "&lt;i&gt;c&lt;/i&gt;"
+    assert out.data[2].text[0][0] == "&lt;u&gt;z&lt;/u&gt;"
 
 
 def test_pages_draw_figures_only_through_the_escaping_helper():

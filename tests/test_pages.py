@@ -273,6 +273,9 @@ def test_links_never_carry_the_labeler(app):
     at = app("pages/2_Feature.py", sae="relu-b0", feature="3", labeler="ann")
     _ok(at)
     assert "labeler" not in at.query_params
+    assert not at.code  # the link box is drawn only when opened (its copy button's script is 1.5 MB)
+    at.session_state["w_link_open"] = True
+    at.run()
     code = [c.value for c in at.code]
     assert code and all("labeler" not in parse_qs(urlsplit(c).query) for c in code)
     at2 = AppTest.from_file(str(repo_root() / "app.py"), default_timeout=60)

@@ -8,10 +8,13 @@ density can be measured); log axes carry full tick labels.
 
 from __future__ import annotations
 
+import functools
 import html
 import math
 import re
 import secrets
+import threading
+from collections import OrderedDict
 
 import numpy as np
 import pandas as pd
@@ -69,28 +72,32 @@ def _esc_any(v):
 
 
 _TRACE_TEXT = ("name", "text", "hovertext", "customdata", "x", "y", "labels", "hovertemplate", "texttemplate")
-_NESTED_TEXT = ("legendgrouptitle", "colorbar", "marker.colorbar")
+_NESTED_TEXT = (("legendgrouptitle", "text"), ("colorbar", "title", "text"), ("marker", "colorbar", "title", "text"))
+
+
+def _dig(d: dict, path: tuple[str, ...]):
+    for k in path:
+        d = d.get(k) if isinstance(d, dict) else None
+    return d
 
 
 def plain(fig: go.Figure) -> go.Figure:
     """Every string a figure shows, escaped: Plotly renders HTML (links, styles) in names,
     titles, ticks, hover text and annotations, and SAE names, architectures and hooks come from
     a database file that people pass around. Call on every figure before it is drawn."""
+    if getattr(fig, "_shared", False):  # escaped once, when `shared` built it
+        return fig
     for trace in fig.data:
+        # what a trace has set is read from its own dict: asking Plotly for a property a trace type
+        # lacks raises after ranking every valid name by edit distance (1-2 ms a miss, 0.1 s a page)
+        raw = trace.to_plotly_json()
         for key in _TRACE_TEXT:
-            try:
-                v = trace[key]
-            except (KeyError, ValueError):
-                continue
-            if v is not None:
-                trace[key] = _esc_any(v)
-        for key in _NESTED_TEXT:
-            try:
-                t = trace[f"{key}.title.text"]
-            except (KeyError, ValueError):
-                continue
-            if t:
-                trace[f"{key}.title.text"] = _esc(t)
+            if raw.get(key) is not None:
+                trace[key] = _esc_any(raw[key])
+        for path in _NESTED_TEXT:
+            t = _dig(raw, path)
+            if isinstance(t, str) and t:
+                trace[".".join(path)] = _esc(t)
     lay = fig.layout
     if lay.title.text:
         lay.title.text = _esc(lay.title.text)
@@ -116,6 +123,47 @@ def plain(fig: go.Figure) -> go.Figure:
         if sh.label.text:
             sh.label.text = _esc(sh.label.text)
     return fig
+
+
+SHARED_MAX = 64
+
+
+def _identity(v):
+    """A memo key for one argument: values as they are, frames, arrays and containers by identity."""
+    if v is None or isinstance(v, str | int | float | bool):
+        return v
+    if isinstance(v, tuple) and all(x is None or isinstance(x, str | int | float | bool) for x in v):
+        return v
+    return ("id", id(v))
+
+
+def shared(fn):
+    """Memoise a figure builder on its arguments (frames by identity: the query layer hands every
+    session the same cached frame until the database changes). Plotly validates every property it
+    is given, so a figure costs 50-200 ms to build on each run of a page, for every reader;
+    a kept one costs its serialisation only. The figure is escaped (plain) once, here, and every
+    session draws the same object: nothing may change it after."""
+    memo: OrderedDict = OrderedDict()
+    lock = threading.Lock()
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kw):
+        key = (tuple(map(_identity, args)), tuple(sorted((k, _identity(v)) for k, v in kw.items())))
+        with lock:
+            hit = memo.get(key)
+            if hit is not None:
+                memo.move_to_end(key)
+                return hit[0]
+        fig = plain(fn(*args, **kw))
+        fig._shared = True
+        with lock:
+            memo[key] = (fig, args, kw)  # the arguments are kept so their ids are not reused
+            while len(memo) > SHARED_MAX:
+                memo.popitem(last=False)
+        return fig
+
+    wrapper.cache_clear = memo.clear
+    return wrapper
 
 
 DASHES = ["solid", "dash", "dot", "dashdot", "longdash"]
@@ -193,6 +241,7 @@ FACET_MAX = 12
 4,000-px figure that took 2 s to draw in a browser"""
 
 
+@shared
 def density_histograms(df: pd.DataFrame, saes: pd.DataFrame, mode: str = "facet", floor: float | None = None):
     """log10-density histograms of all SAEs: one panel per hook (rows, by depth) and architecture
     (columns), overlaid with colour by depth and line style by architecture, or (heatmap) one row
@@ -367,6 +416,7 @@ def layer_histogram(
     return fig
 
 
+@shared
 def metric_lines(saes: pd.DataFrame) -> go.Figure:
     """Per-SAE metrics against depth (hooks named on the axis), one line style per architecture."""
     metrics = [
@@ -776,6 +826,17 @@ MAP_POINTS = 50_000
 million WebGL points are about 40 MB of arrays), so a wider SAE is drawn from map_sample"""
 
 
+SVG_POINTS = 4_000
+"""up to this many points a scatter is drawn as SVG, past it with WebGL: a WebGL context costs
+about 0.35 s more to start than 1,536 SVG markers take to draw (Chromium, a demo SAE's map), and
+a browser without a GPU draws WebGL in software"""
+
+
+def scatter_type(n: int):
+    """go.Scatter for a scatter of n points a browser draws quickly as SVG, go.Scattergl past that."""
+    return go.Scatter if n <= SVG_POINTS else go.Scattergl
+
+
 def map_sample(df: pd.DataFrame, limit: int = MAP_POINTS, seed: int = 0) -> pd.DataFrame:
     """The features the map draws: all of them up to `limit`; past it every labeled and every
     dense feature, and a uniform sample (fixed seed, so a shared link shows the same points) of
@@ -798,6 +859,7 @@ def feature_map(df: pd.DataFrame, method: str) -> go.Figure:
     labels = df["label"].fillna("").replace("", "unlabeled")
     finite = df.loc[~dead, "log10_density"]
     lo, hi = (float(finite.min()), 0.0) if len(finite) else (-6.0, 0.0)
+    trace = scatter_type(len(df))
     for verdict, symbol in VERDICT_SYMBOLS.items():
         for is_dead in (False, True):
             g = df[(labels == verdict) & (dead == is_dead)]
@@ -805,7 +867,7 @@ def feature_map(df: pd.DataFrame, method: str) -> go.Figure:
                 continue
             dense = is_dense(g["density"])
             fig.add_trace(
-                go.Scattergl(
+                trace(
                     x=g["map_x"],
                     y=g["map_y"],
                     mode="markers",
@@ -885,6 +947,7 @@ def context_label(lo: int, hi: int) -> str:
     return f"{lo}" if lo == hi else f"{lo}–{hi}"
 
 
+@shared
 def context_heatmap(ctx: pd.DataFrame, unit: str) -> go.Figure:
     """The loss increase from each SAE alone (rows, shallow at the top) by context (columns), one
     panel per family; each SAE's training context is outlined in its row."""
@@ -942,6 +1005,7 @@ def context_heatmap(ctx: pd.DataFrame, unit: str) -> go.Figure:
     return fig
 
 
+@shared
 def loss_bars(df: pd.DataFrame, unit: str) -> go.Figure:
     """Per SAE: the loss increase with its reconstruction next to that with random errors of the
     same norm per token; one panel per family."""
@@ -1028,7 +1092,7 @@ def steering_density(t: pd.DataFrame, unit: str) -> go.Figure:
     best = np.minimum(ex["exact_plus"], ex["exact_minus"])
     fig = go.Figure()
     fig.add_trace(
-        go.Scattergl(
+        scatter_type(len(live))(
             x=np.log10(live["density"]),
             y=live["estimate"],
             mode="markers",
