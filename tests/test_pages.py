@@ -572,3 +572,23 @@ def test_an_encoders_token_effects_are_not_shown_as_output_effects(tmp_path, tin
     text = " ".join(m.value for m in [*at.markdown, *at.caption])
     assert "Input tokens nearest its decoder direction" in text and "no effect on output tokens" in text
     assert "promotes" not in text and "Token effects" not in text
+
+
+@pytest.mark.parametrize("script", ["app.py", "pages/1_Layer.py", "pages/2_Feature.py", "pages/8_Clusters.py"])
+def test_reading_pages_do_not_import_torch(script):
+    """torch takes 1-2 s to import: a fresh server's first Overview, Layer, Feature or Clusters page
+    must not wait for it (only the live model's panels and the Probe need it, and import it there)."""
+    import ast
+    import subprocess
+    import sys
+
+    tree = ast.parse((repo_root() / script).read_text())
+    froms = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0]
+    mods = {n.module for n in froms} | {f"{n.module}.{a.name}" for n in froms for a in n.names}  # `from ui import x`
+    mods |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    ours = sorted(m for m in mods if m.split(".")[0] in ("backend", "ui"))
+    code = "import importlib, sys\n"
+    code += "".join(f"try: importlib.import_module({m!r})\nexcept ModuleNotFoundError: pass\n" for m in ours)
+    code += "print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo_root(), capture_output=True, text=True, check=True)
+    assert ours and out.stdout.strip() == "False", (script, ours, out.stdout)

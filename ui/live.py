@@ -1,24 +1,27 @@
 """The live model in the app: loaded once per server process and shared by every session
 (`st.cache_resource`), and the Feature page's "try your own text" and steering panels. A model
-or SAE that cannot be loaded here is a warning in these panels; the rest of the page works."""
+or SAE that cannot be loaded here is a warning in these panels; the rest of the page works.
+
+The live model's modules (and torch with them, 1-2 s to import) are imported by the panels
+when someone first types into them: the Feature page is read far more often than it is probed."""
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import streamlit as st
 
-from backend.engine.loss import METRIC, UNIT
 from backend.errors import UserError
 from backend.labels.joins import with_labels
-from backend.live import steer
-from backend.live.model import Live, load_live
-from backend.live.probe import probe
 from backend.store import queries
 from ui import common, figures, labeling
 from ui.feature_view import CSS
 from ui.tokens import md, tokens_html
+
+if TYPE_CHECKING:
+    from backend.live.model import Live
 
 MAX_TEXT_CHARS = 6000
 """what a text box takes (the token limit is checked after tokenizing)"""
@@ -26,6 +29,8 @@ MAX_TEXT_CHARS = 6000
 
 @st.cache_resource(show_spinner="Loading the model and SAEs (once per server)...", max_entries=4)
 def _live(db: str, run_id: str, mtime: float) -> Live:
+    from backend.live.model import load_live
+
     return load_live(db, run_id)
 
 
@@ -60,6 +65,8 @@ def try_text_panel(db: str, sae: str, f: int, row: dict) -> None:
     text = text_box("probe", "Text", "Does this feature fire where you expect? Type a sentence and press Ctrl+Enter.")
     if not text:
         return
+    from backend.live.probe import probe
+
     try:
         p = probe(live_for(db, sae), text)
     except UserError as e:
@@ -114,6 +121,8 @@ def steer_panel(db: str, sae: str, f: int, row: dict) -> None:
 
 
 def _steer_causal(db, live, prompt, sae, f, strength, max_act) -> None:
+    from backend.live import steer
+
     out = steer.generate(live, prompt, sae, f, strength, max_act)
     for mode, (plain, pushed) in out.items():
         st.markdown(f"**{mode}** continuation" + (" (sampled with seed 0)" if mode == "sampled" else ""))
@@ -130,6 +139,9 @@ def _steer_causal(db, live, prompt, sae, f, strength, max_act) -> None:
 
 def loss_panel(db, live, sae, f, strength, max_act) -> None:
     """The model's own loss on the splice sample against strength, with the stored sweep's figures."""
+    from backend.engine.loss import METRIC, UNIT
+    from backend.live import steer
+
     tokens, seqs = steer.steering_sample(live, db, queries.sae_row(db, sae).run_id)
     curve = steer.loss_curve(live, tokens, seqs, sae, f, max_act)
     unit = UNIT[METRIC[live.adapter.kind]]
@@ -158,6 +170,8 @@ def stored_sweep(db: str, sae: str, f: int) -> str | None:
 
 
 def _steer_encoder(db, live, prompt, sae, f, strength, max_act) -> None:
+    from backend.live import steer
+
     curve = steer.embedding_curve(live, prompt, sae, f, max_act)
     common.chart(figures.strength_curve(curve, "cosine", "cosine to the unsteered embedding", strength), key="cos")
     st.caption(

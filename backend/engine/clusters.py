@@ -17,11 +17,14 @@ the pass measured), computed once at the end of a run so the pages are instant.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from backend.density import ULTRALOW, is_dense
+
+if TYPE_CHECKING:
+    import torch
 
 TAIL_COSINE = 0.9
 """a tail feature "shares the direction" when its encoder cosine to the tail's mean is above this"""
@@ -37,6 +40,8 @@ def feature_map(W_dec: torch.Tensor, seed: int = 0, method: str = "umap") -> tup
     """[d_sae, 2] coordinates of the decoder directions, and the method that made them: UMAP
     (cosine metric, seed `seed`), or the first two principal components of the unit-norm
     directions (`method="pca"`, and for SAEs too narrow for UMAP's neighbourhoods)."""
+    import torch  # here, not at the top: the pages read this module's rules, and torch costs a page 1-2 s to import
+
     d = torch.nn.functional.normalize(W_dec.detach().float().cpu(), dim=-1).numpy()
     if method == "umap" and len(d) > 4 * UMAP_NEIGHBOURS:
         import umap
@@ -82,6 +87,8 @@ class Tail:
 
 
 def tail_direction(W_enc: torch.Tensor, density: np.ndarray, cut: float) -> Tail:
+    import torch
+
     enc = torch.nn.functional.normalize(W_enc.detach().float().cpu().T, dim=-1).numpy()  # [d_sae, d_in]
     tail = (density > 0) & (density < cut)
     if not tail.any():
@@ -99,6 +106,8 @@ def antipodal(W_dec: torch.Tensor, density: np.ndarray) -> tuple[np.ndarray, np.
     cosine = np.full(len(density), np.nan, dtype=np.float32)
     dense = np.flatnonzero(is_dense(density))
     if len(dense):
+        import torch
+
         d = torch.nn.functional.normalize(W_dec.detach().float().cpu(), dim=-1)
         sims = d[torch.as_tensor(dense)] @ d.T
         sims[torch.arange(len(dense)), torch.as_tensor(dense)] = 2.0  # never a feature's own partner
