@@ -88,21 +88,11 @@ class DemoConfig:
         )
 
 
-def build_demo(
-    db: str = "data/demo.duckdb", quick: bool = False, force: bool = False, cfg: DemoConfig | None = None
-) -> str:
-    """Train (or reuse) the demo SAEs and precompute the database; returns its path."""
-    from backend.engine.pipeline import precompute
+def demo_saes(cfg: DemoConfig) -> list:
+    """The demo's SAEs in cfg.saes: reused when split.json says they were trained with this
+    recipe, split and context; trained (again) otherwise."""
     from backend.engine.train import train_saes
-    from backend.store.queries import problem
 
-    cfg = cfg or (DemoConfig.quick(db) if quick else DemoConfig(db=db, saes=str(Path(db).parent / "demo-saes")))
-    if Path(cfg.db).exists() and not force:
-        why = problem(cfg.db)
-        if why is None:
-            log.info("%s exists; pass --force to rebuild it", cfg.db)
-            return cfg.db
-        log.warning("rebuilding %s: %s", cfg.db, why)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg.train.out = cfg.saes
     split = Path(cfg.saes) / "split.json"
@@ -113,10 +103,28 @@ def build_demo(
         # SAEs trained on another context length would misstate where "beyond" begins, and SAEs
         # of another recipe are not the ones the README's figures describe
         cfg.train.force = cfg.train.force or any(Path(cfg.saes).glob("*/cfg.json"))
-    log.info("demo 1/2: the SAEs in %s (those missing are trained: about 20 s each on 2 CPU cores)", cfg.saes)
-    t0 = time.monotonic()
     results = train_saes(cfg.train)
     split.write_text(want)
+    return results
+
+
+def build_demo(
+    db: str = "data/demo.duckdb", quick: bool = False, force: bool = False, cfg: DemoConfig | None = None
+) -> str:
+    """Train (or reuse) the demo SAEs and precompute the database; returns its path."""
+    from backend.engine.pipeline import precompute
+    from backend.store.queries import problem
+
+    cfg = cfg or (DemoConfig.quick(db) if quick else DemoConfig(db=db, saes=str(Path(db).parent / "demo-saes")))
+    if Path(cfg.db).exists() and not force:
+        why = problem(cfg.db)
+        if why is None:
+            log.info("%s exists; pass --force to rebuild it", cfg.db)
+            return cfg.db
+        log.warning("rebuilding %s: %s", cfg.db, why)
+    log.info("demo 1/2: the SAEs in %s (those missing are trained: about 20 s each on 2 CPU cores)", cfg.saes)
+    t0 = time.monotonic()
+    results = demo_saes(cfg)
     log.info(
         "demo 2/2: the feature database (%s after the SAEs; the pass over the held-out split, then the "
         "final step with the steering sweep, each with its own bar and time left; about 3 min on 2 cores)",
