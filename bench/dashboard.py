@@ -568,20 +568,26 @@ def browser_bench(data: Path, sessions: list[int], watcher: str, port: int = 876
     return results
 
 
-EVERY_PAGE = [  # name, URL path, what shows that the page's content is there (its last section)
-    ("overview", "/?db={db}", "[data-testid='stPlotlyChart']"),
-    ("layer", "/Layer?db={db}&sae={sae}", "[data-testid='stDataFrame']"),
-    ("feature", "/Feature?db={db}&sae={sae}&feature={f}", "span.tok"),
-    ("search", "/Search?db={db}&q=return", "[data-testid='stDataFrame']"),
-    ("queue", "/Label_queue?db={db}&sae={sae}", "span.tok"),
-    ("interpretability", "/Interpretability?db={db}", "h3:has-text('Export and import')"),
-    ("layers", "/Layers?db={db}", "h3:has-text('Loss increase by context length')"),
+EVERY_PAGE = [  # name, the page's title (common.setup), URL path, what shows its content is there (its last section)
+    ("overview", "Overview", "/?db={db}", "[data-testid='stPlotlyChart']"),
+    ("layer", "Layer", "/Layer?db={db}&sae={sae}", "[data-testid='stDataFrame']"),
+    ("feature", "Feature", "/Feature?db={db}&sae={sae}&feature={f}", "span.tok"),
+    ("search", "Search", "/Search?db={db}&q=return", "[data-testid='stDataFrame']"),
+    ("queue", "Label queue", "/Label_queue?db={db}&sae={sae}", "span.tok"),
+    ("interpretability", "Interpretability", "/Interpretability?db={db}", "h3:has-text('Export and import')"),
+    ("layers", "Layers", "/Layers?db={db}", "h3:has-text('Loss increase by context length')"),
     (
         "probe",
+        "Probe",
         "/Probe?db={db}&sae={sae}&text=def+main(args):+return+args",
         "h3:has-text('Every SAE'), [data-testid='stAlertContentWarning']",  # or why the model cannot load
     ),
-    ("clusters", "/Clusters?db={db}&sae={sae}", "h3:has-text('Dense features'), div:has-text('No feature of this')"),
+    (
+        "clusters",
+        "Clusters",
+        "/Clusters?db={db}&sae={sae}",
+        "h3:has-text('Dense features'), div:has-text('No feature of this')",
+    ),
 ]
 
 
@@ -595,18 +601,6 @@ DRAWN = """(title) => {
 }"""
 """a page is drawn: its script has finished, no element of the page before is left, every Plotly
 figure has drawn"""
-
-TITLES = {  # EVERY_PAGE's name -> the page's title (common.setup)
-    "overview": "Overview",
-    "layer": "Layer",
-    "feature": "Feature",
-    "search": "Search",
-    "queue": "Label queue",
-    "interpretability": "Interpretability",
-    "layers": "Layers",
-    "probe": "Probe",
-    "clusters": "Clusters",
-}
 
 IN_APP = [  # sidebar label, the page's title (common.setup)
     ("Overview", "Overview"),
@@ -665,14 +659,14 @@ def every_page_bench(data: Path, repeat: int, port: int = 8766) -> dict[str, lis
     base = f"http://127.0.0.1:{port}"
     out: dict[str, list[float]] = {}
 
-    async def visit(page, name: str, path: str, ready: str, when: str) -> None:
+    async def visit(page, name: str, title: str, path: str, ready: str, when: str) -> None:
         t = time.perf_counter()
         await page.goto(base + path)
         await page.locator(ready).first.wait_for()
         out.setdefault(f"{name}{when}", []).append((time.perf_counter() - t) * 1000)
         # the page drawn to its end before the next one is opened, as a reader does: leaving a page
         # mid-draw bills what it had left (up to 0.8 s of Plotly work) to the next page's load
-        await page.wait_for_function(DRAWN, arg=TITLES[name], polling=20)
+        await page.wait_for_function(DRAWN, arg=title, polling=20)
         out.setdefault(f"{name}{when} drawn", []).append((time.perf_counter() - t) * 1000)
         # of that, the document and the app's scripts loaded (the rest: the session, the page's
         # script run on the server, sending and drawing its elements)
@@ -688,9 +682,9 @@ def every_page_bench(data: Path, repeat: int, port: int = 8766) -> dict[str, lis
             page.set_default_timeout(180_000)
             for r in range(repeat + 1):
                 when = " (cold)" if r == 0 else ""
-                for name, path, ready in EVERY_PAGE:
+                for name, title, path, ready in EVERY_PAGE:
                     f = busy[r % len(busy)]
-                    await visit(page, name, path.format(db=db, sae=sae, f=f), ready, when)
+                    await visit(page, name, title, path.format(db=db, sae=sae, f=f), ready, when)
             await page.goto(base + f"/Label_queue?db={db}&sae={sae}")
             for _ in range(repeat):
                 await page.get_by_role("heading", name="Next feature").wait_for()
@@ -724,7 +718,7 @@ def every_page_main(args) -> None:
     in_app = [m for k, v in res.items() if k.endswith("(in app)") for m in v]
     for k, v in res.items():
         print(f"{k}: p50 {np.median(v):.0f} ms, p95 {np.percentile(v, 95):.0f} ms, max {max(v):.0f} ms over {len(v)}")
-    names = [n for n, _, _ in EVERY_PAGE]
+    names = [n for n, *_ in EVERY_PAGE]
     print(
         f"page_p95_ms={np.percentile(warm, 95):.0f} "
         + " ".join(f"{n}_p95_ms={np.percentile(res[n], 95):.0f}" for n in names)
