@@ -162,7 +162,6 @@ def shared(fn):
                 memo.popitem(last=False)
         return fig
 
-    wrapper.cache_clear = memo.clear
     return wrapper
 
 
