@@ -441,7 +441,7 @@ def test_appended_groups_equal_one_pass(small_cfg, adapter, loaded_saes, sae_dir
     import shutil
 
     from backend.config import SAESource
-    from backend.store.schema import PROPAGATION_TABLES, SAE_TABLES
+    from backend.store.schema import DERIVED_SAE_TABLES, PROPAGATION_TABLES, SAE_TABLES
 
     corpus = tmp_path / "corpus.jsonl"
     shutil.copy(corpus_file, corpus)
@@ -455,8 +455,8 @@ def test_appended_groups_equal_one_pass(small_cfg, adapter, loaded_saes, sae_dir
 
     order = {"examples": "sae, feature, kind, rank", "features": "sae, feature", "position_error": "sae, pos",
              "density_hist": "sae, bin_lo", "token_effects": "ALL", "neighbours": "ALL", "steering": "ALL",
-             "saes": "sae", "sequences": "seq", "vocab": "token_id"}  # fmt: skip
-    for name in (*SAE_TABLES, *PROPAGATION_TABLES, "saes", "sequences", "vocab"):
+             "saes": "sae", "sequences": "seq", "sequence_text": "seq", "vocab": "token_id"}  # fmt: skip
+    for name in (*SAE_TABLES, *DERIVED_SAE_TABLES, *PROPAGATION_TABLES, "saes", "sequences", "sequence_text", "vocab"):
         a, b = _table(one.db, name, order.get(name, "ALL")), _table(db, name, order.get(name, "ALL"))
         if name == "saes":
             assert list(b["grp"]) == [0, 1] and list(a["grp"]) == [0, 0]

@@ -69,3 +69,64 @@ def test_search_equals_each_windows_own_text(tiny_db, monkeypatch):
     want = brute_force(tiny_db, text, context=False)
     pd.testing.assert_frame_equal(got.reset_index(drop=True), want, check_dtype=False, check_exact=False)
     queries.clear_caches()
+
+
+def _sequences(db: str) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    con = duckdb.connect(db, read_only=True)
+    vocab = np.array([t.lower() for t in con.execute("SELECT token FROM vocab ORDER BY token_id").df()["token"]])
+    seqs = {int(s): np.asarray(t) for s, t in con.execute("SELECT seq, tokens FROM sequences ORDER BY seq").fetchall()}
+    con.close()
+    return vocab, seqs
+
+
+def test_phrase_spans_are_each_sequences_own_occurrences_and_never_cross_two(tiny_db, monkeypatch):
+    """Every occurrence of a text, placed on tokens, against each sequence's own text; a text made
+    of one sequence's last token and the next one's first is found only where it lies inside one.
+    The search reads the text written with the run: nothing is decoded when it runs."""
+    from backend.store import corpus_text
+
+    vocab, seqs = _sequences(tiny_db)
+    ids = sorted(seqs)
+    straddle = vocab[seqs[ids[0]][-1]] + vocab[seqs[ids[1]][0]]
+
+    def brute(needle: str) -> list[tuple[int, int, int]]:
+        out = []
+        for s, toks in seqs.items():
+            starts = np.concatenate([[0], np.cumsum([len(vocab[t].encode()) for t in toks])])
+            text = "".join(vocab[toks]).encode()
+            at = text.find(needle.encode())
+            while at != -1:
+                first = int(np.searchsorted(starts, at, side="right") - 1)
+                last = max(first, int(np.searchsorted(starts, at + len(needle.encode()), side="left") - 1))
+                out.append((s, first, last))
+                at = text.find(needle.encode(), at + 1)
+        return sorted(out)
+
+    def no_decoding(*a, **k):
+        raise AssertionError("a search decoded the corpus")
+
+    monkeypatch.setattr(corpus_text.Vocab, "decode", no_decoding)
+    run_id = queries.saes(tiny_db)["run_id"].iloc[0]
+    queries.clear_caches()
+    for needle in [*phrases(tiny_db)[:2], straddle, "zzz-not-in-the-corpus"]:
+        got = queries._phrase_spans(tiny_db, run_id, needle)
+        assert sorted(got.itertuples(index=False, name=None)) == brute(needle.lower()), needle
+    assert len(queries._phrase_spans(tiny_db, run_id, phrases(tiny_db)[0])) > 10
+
+
+def test_search_tables_are_written_with_the_run_sorted_for_search(tiny_db):
+    """`sequence_text` is each sequence's lower-cased tokens joined; `examples_by_seq` holds every
+    top example once, in sequence order, so a search reads the row groups of a few sequences."""
+    vocab, seqs = _sequences(tiny_db)
+    con = duckdb.connect(tiny_db, read_only=True)
+    texts = dict(con.execute("SELECT seq, text FROM sequence_text").fetchall())
+    assert texts == {s: "".join(vocab[t]) for s, t in seqs.items()}
+    cols = "seq, sae, feature, rank, pos, ctx_start, value"
+    by_seq = con.execute(f"SELECT {cols} FROM examples_by_seq").df()
+    top = con.execute(f"SELECT {cols} FROM examples WHERE kind = 0").df()
+    con.close()
+    assert len(by_seq) > 100 and by_seq["seq"].is_monotonic_increasing
+    key = ["sae", "feature", "rank"]
+    pd.testing.assert_frame_equal(
+        by_seq.sort_values(key).reset_index(drop=True), top.sort_values(key).reset_index(drop=True)
+    )

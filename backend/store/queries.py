@@ -18,14 +18,15 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from backend.config import splice_members
 from backend.density import FIRING_THRESHOLDS, density, log10_density
 from backend.errors import UserError
 from backend.paths import data_dir
-from backend.store import datafolder, schema
+from backend.store import corpus_text, datafolder, schema
 from backend.store.records import FeatureInfo, SaeDiagnostics, SaeInfo
-from backend.store.schema import COMPLETE, ExampleKind
+from backend.store.schema import COMPLETE
 
 IDLE_CLOSE_S = 3.0
 """seconds after its last query that a read connection is closed (writers wait for that)"""
@@ -410,51 +411,60 @@ def neighbours(path: str, sae: str, f: int) -> pd.DataFrame:
 
 
 @cached
-def _corpus(path: str, run_id: str) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray]:
-    """The run's corpus decoded once, lower-cased token by token, as one UTF-8 text: (the text,
-    the byte offset where each token starts plus one past the end, each token's sequence, each
-    token's position in it). Built with array gathers from the vocabulary's bytes: a corpus of
-    20M tokens decodes in about 2 s, where a Python pass per token took minutes. A UTF-8 needle
-    matches a UTF-8 text only at character boundaries, so bytes search as text would."""
+def _corpus(path: str, run_id: str) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """The run's searchable text (corpus_text), all sequences end to end: (the text, where each
+    sequence's text starts plus one past the end, each sequence's id)."""
     with _pool.cursor(path) as cur:
-        seqs = cur.sql("SELECT seq, tokens FROM sequences WHERE run_id = ? ORDER BY seq", params=[run_id])
-        seqs = seqs.to_arrow_table()
-    tokens = seqs["tokens"].combine_chunks()
-    ids = tokens.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
-    sizes = np.diff(tokens.offsets.to_numpy())
-    encoded = [t.lower().encode() for t in vocab(path, run_id)]
-    vlen = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
-    vstart = np.concatenate([[0], np.cumsum(vlen)[:-1]])
-    vbytes = np.frombuffer(b"".join(encoded), dtype=np.uint8)
-    lens = vlen[ids]
-    offsets = np.concatenate([[0], np.cumsum(lens)])
-    text = np.empty(int(offsets[-1]), dtype=np.uint8)
-    for lo in range(0, len(ids), 2**20):  # in slices: the byte index is 8 bytes per text byte
-        hi = min(lo + 2**20, len(ids))
-        a, b = offsets[lo], offsets[hi]
-        text[a:b] = vbytes[np.repeat(vstart[ids[lo:hi]] - (offsets[lo:hi] - a), lens[lo:hi]) + np.arange(b - a)]
-    starts = np.concatenate([[0], np.cumsum(sizes)])[:-1]
-    seq_of = np.repeat(seqs["seq"].to_numpy().astype(np.int32), sizes)
-    pos_of = (np.arange(len(ids)) - np.repeat(starts, sizes)).astype(np.int32)
-    return text.tobytes(), offsets, seq_of, pos_of
+        rows = cur.sql("SELECT seq, text FROM sequence_text WHERE run_id = ? ORDER BY seq", params=[run_id])
+        rows = rows.to_arrow_table()
+    texts = rows["text"].combine_chunks().cast(pa.large_string())
+    if not len(texts):
+        return b"", np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    bounds = np.frombuffer(texts.buffers()[1], dtype=np.int64)[texts.offset : texts.offset + len(texts) + 1]
+    data = texts.buffers()[2]
+    text = data.to_pybytes()[bounds[0] : bounds[-1]] if data is not None else b""
+    return text, bounds - bounds[0], rows["seq"].to_numpy().astype(np.int64)
+
+
+@cached
+def _vocab_text(path: str, run_id: str) -> corpus_text.Vocab:
+    return corpus_text.Vocab(list(vocab(path, run_id)))
 
 
 @cached
 def _phrase_spans(path: str, run_id: str, text: str) -> pd.DataFrame:
     """(seq, first token, last token) of every occurrence of `text` (case-insensitive,
-    overlapping ones too) within one sequence of the run's corpus."""
-    corpus, offsets, seq_of, pos_of = _corpus(path, run_id)
+    overlapping ones too) within one sequence of the run's corpus. Only the sequences it occurs
+    in are read as tokens, to place each occurrence on them."""
+    corpus, bounds, seq_ids = _corpus(path, run_id)
     needle = text.lower().encode()
-    found, start = [], corpus.find(needle)
+    found, start = [], corpus.find(needle) if needle else -1
     while start != -1:
         found.append(start)
         start = corpus.find(needle, start + 1)
     at = np.asarray(found, dtype=np.int64)
-    first = np.searchsorted(offsets, at, side="right") - 1
-    last = np.maximum(first, np.searchsorted(offsets, at + len(needle), side="left") - 1)
-    inside = seq_of[first] == seq_of[last]  # the text of two sequences meets in `corpus`, not in the data
-    first, last = first[inside], last[inside]
-    return pd.DataFrame({"seq": seq_of[first], "first": pos_of[first], "last": pos_of[last]}).astype("int64")
+    k = np.searchsorted(bounds, at, side="right") - 1
+    inside = at + len(needle) <= bounds[k + 1]  # the text of two sequences meets in `corpus`, not in the data
+    at, k = at[inside], k[inside]
+    out = pd.DataFrame({"seq": seq_ids[k], "first": 0, "last": 0}, dtype="int64")
+    if not len(at):
+        return out
+    with _pool.cursor(path) as cur:
+        cur.register("wanted", pd.DataFrame({"seq": np.unique(seq_ids[k])}))
+        seqs = cur.sql(
+            "SELECT s.seq, s.tokens FROM sequences s JOIN wanted w USING (seq) WHERE s.run_id = ? ORDER BY s.seq",
+            params=[run_id],
+        ).to_arrow_table()
+    tokens = seqs["tokens"].combine_chunks()
+    sizes = np.diff(tokens.offsets.to_numpy())
+    offsets = _vocab_text(path, run_id).offsets(tokens.flatten().to_numpy(zero_copy_only=False).astype(np.int64))
+    first_token = np.concatenate([[0], np.cumsum(sizes)])  # of each read sequence, in `offsets`
+    row = np.searchsorted(seqs["seq"].to_numpy(), seq_ids[k])
+    local = at - bounds[k] + offsets[first_token[row]]  # the occurrence's byte in the read sequences' text
+    first = np.searchsorted(offsets, local, side="right") - 1
+    last = np.maximum(first, np.searchsorted(offsets, local + len(needle), side="left") - 1)
+    out["first"], out["last"] = first - first_token[row], last - first_token[row]
+    return out
 
 
 # An example's window is [ctx_start, min(pos + context_right, context_len - 1)] (tables.examples_table),
@@ -463,8 +473,8 @@ _SEARCH_SQL = """
     SELECT e.sae, e.feature,
            count(DISTINCT e.rank) FILTER (WHERE s.first = e.pos AND s.last = e.pos) AS token_hits,
            count(DISTINCT e.rank) AS hits, max(e.value) AS max_value
-    FROM examples e JOIN saes a ON a.sae = e.sae JOIN runs r ON r.run_id = a.run_id JOIN spans s ON s.seq = e.seq
-    WHERE e.kind = ? AND e.sae IN (SELECT unnest(?::VARCHAR[]))
+    FROM examples_by_seq e JOIN saes a ON a.sae = e.sae JOIN runs r ON r.run_id = a.run_id JOIN spans s ON s.seq = e.seq
+    WHERE e.sae IN (SELECT unnest(?::VARCHAR[]))
       AND s.first >= e.ctx_start AND s.last <= least(e.pos + a.context_right, r.context_len - 1)
     GROUP BY ALL"""
 
@@ -472,8 +482,8 @@ _SEARCH_SQL = """
 _TOKEN_SQL = """
     SELECT e.sae, e.feature, count(DISTINCT e.rank) AS token_hits, count(DISTINCT e.rank) AS hits,
            max(e.value) AS max_value
-    FROM examples e JOIN spans s ON s.seq = e.seq AND s.first = e.pos
-    WHERE e.kind = ? AND e.sae IN (SELECT unnest(?::VARCHAR[])) AND s.last = s.first
+    FROM examples_by_seq e JOIN spans s ON s.seq = e.seq AND s.first = e.pos
+    WHERE e.sae IN (SELECT unnest(?::VARCHAR[])) AND s.last = s.first
     GROUP BY ALL"""
 
 COMMON_PHRASE = 20_000
@@ -509,7 +519,7 @@ def search(path: str, text: str, sae: str | None, limit: int = 200) -> pd.DataFr
         sql = _SEARCH_SQL if len(spans) <= COMMON_PHRASE else _TOKEN_SQL
         with _pool.cursor(path) as cur:
             cur.register("spans", spans)
-            found.append(cur.execute(sql, [int(ExampleKind.TOP), list(group["sae"])]).df())
+            found.append(cur.execute(sql, [list(group["sae"])]).df())
     if not found:
         return pd.DataFrame(columns=cols)
     hits = pd.concat(found)

@@ -10,7 +10,7 @@ import duckdb
 from backend.errors import UserError
 
 SCHEMA = Path(__file__).with_name("schema.sql").read_text()
-VERSION = "11"
+VERSION = "12"
 """Bumped whenever a table or column changes; files of another version are refused by name."""
 
 SAE_TABLES = (
@@ -25,14 +25,18 @@ SAE_TABLES = (
     "steering",
     "steering_summary",
 )
+DERIVED_SAE_TABLES = ("examples_by_seq",)
+"""per-SAE tables RunWriter.finish derives from the ones above (for search), never handed over"""
 PROPAGATION_TABLES = ("propagation", "propagation_recon", "splice_output", "splice_context")
-RUN_TABLES = ("sequences", "vocab", *PROPAGATION_TABLES)
+RUN_TABLES = ("sequences", "sequence_text", "vocab", *PROPAGATION_TABLES)
 
 _REQUIRED = {
     "runs": {"run_id", "status", "model", "corpus", "n_tokens"},
     "saes": {"run_id", "sae", "hook", "depth", "d_sae", "explained_variance", "train_context", "ev_beyond", "grp"},
     "features": {"sae", "feature", "count", "density", "max_act", "hist", "count_ge_1pct", "count_ge_10pct"},
     "examples": {"sae", "feature", "kind", "quantile", "seq", "pos", "ctx_start", "acts"},
+    "examples_by_seq": {"seq", "sae", "feature", "rank", "pos", "ctx_start", "value"},
+    "sequence_text": {"run_id", "seq", "text"},
     "propagation": {"run_id", "sae", "hook", "resid_change"},
     "feature_diagnostics": {"sae", "feature", "map_x", "tail_cos", "pos_corr", "anti_partner", "pos_kl", "pos_fire"},
     "sae_diagnostics": {"sae", "map_method", "tail_cut", "pos_width", "pos_tokens"},

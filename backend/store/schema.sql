@@ -115,6 +115,28 @@ CREATE TABLE IF NOT EXISTS sequences (
     tokens INTEGER[] NOT NULL
 );
 
+-- Derived for search, written with the tables they come from (RunWriter.finish), so a search in
+-- a fresh process neither decodes the corpus nor scans every example:
+-- each sequence's tokens decoded and lower-cased one by one, joined (store.corpus_text)
+CREATE TABLE IF NOT EXISTS sequence_text (
+    run_id VARCHAR NOT NULL,
+    seq    INTEGER NOT NULL,
+    text   VARCHAR NOT NULL
+);
+
+-- the top examples (kind 0) again, sorted by sequence within each precompute group: the
+-- examples of the few sequences a text occurs in lie in a few row groups, where `examples`
+-- (sorted by feature) spreads them over all of its rows
+CREATE TABLE IF NOT EXISTS examples_by_seq (
+    seq       INTEGER NOT NULL,
+    sae       VARCHAR NOT NULL,
+    feature   INTEGER NOT NULL,
+    rank      SMALLINT NOT NULL,
+    pos       SMALLINT NOT NULL,
+    ctx_start SMALLINT NOT NULL,
+    value     FLOAT NOT NULL
+);
+
 -- Display text of every token id of the run's tokenizer. Positions holding a special token
 -- (BOS/EOS/CLS/SEP, and the separators the corpus reader puts between documents) are not
 -- counted in any statistic unless the run's config says include_special.

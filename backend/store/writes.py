@@ -22,7 +22,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from backend.errors import UserError
+from backend.store import corpus_text
 from backend.store.schema import (
+    DERIVED_SAE_TABLES,
     PROPAGATION_TABLES,
     RUN_TABLES,
     SAE_TABLES,
@@ -148,7 +150,7 @@ def begin_run(path: str | Path, run_id: str, meta: dict, force: bool = False) ->
 
 def _delete_run(con, run_id: str) -> None:
     saes = [r[0] for r in con.execute("SELECT sae FROM saes WHERE run_id = ?", [run_id]).fetchall()]
-    for t in SAE_TABLES:
+    for t in (*SAE_TABLES, *DERIVED_SAE_TABLES):
         con.execute(f"DELETE FROM {t} WHERE sae IN (SELECT unnest(?::VARCHAR[]))", [saes])
     con.execute("DELETE FROM saes WHERE run_id = ?", [run_id])
     for t in RUN_TABLES:
@@ -303,6 +305,7 @@ class RunWriter:
                             _insert(con, t, part)
                 for name in PROPAGATION_TABLES:
                     _insert(con, name, tables.get(name))
+                _derive(con, self.run_id, list(saes["sae"]), sequences=sequences_parquet is not None and not append)
                 if not append:
                     sets = ", ".join(f"{k} = ?" for k in run_fields)
                     con.execute(
@@ -313,6 +316,20 @@ class RunWriter:
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
+
+
+def _derive(con, run_id: str, saes: list[str], sequences: bool) -> None:
+    """The tables search reads (schema.DERIVED_SAE_TABLES, `sequence_text`), from the rows just
+    written: these SAEs' top examples sorted by sequence, and, with new sequences, their text."""
+    con.execute(
+        f"""INSERT INTO examples_by_seq
+            SELECT seq, sae, feature, rank, pos, ctx_start, value FROM examples
+            WHERE kind = {int(ExampleKind.TOP)} AND sae IN (SELECT unnest(?::VARCHAR[]))
+            ORDER BY seq, sae, feature, rank""",
+        [saes],
+    )
+    if sequences:
+        corpus_text.write(con, run_id)
 
 
 def _check_same_tokens(con, run_id: str, sequences_parquet: str | list[str] | None) -> None:
