@@ -51,14 +51,28 @@ def phrases(db: str) -> list[str]:
     return [common.strip(), pair, common.strip().upper()]
 
 
+def _ranked_and_cut(db: str, text: str) -> int:
+    """Results come best first (matches as the activating token, then all matches, then the
+    highest activation; ties by SAE and feature), and a shorter list is the longer one's head."""
+    full = queries.search(db, text, None, 10_000)
+    key = list(zip(-full["token_hits"], -full["hits"], -full["max_value"], full["sae"], full["feature"]))
+    assert key == sorted(key)
+    cut = len(full) // 2
+    pd.testing.assert_frame_equal(queries.search(db, text, None, cut), full.head(cut), check_dtype=False)
+    return len(full)
+
+
 def test_search_equals_each_windows_own_text(tiny_db, monkeypatch):
     queries.clear_caches()
+    cut_tested = []
     for text in phrases(tiny_db):
         want = brute_force(tiny_db, text)
         got = queries.search(tiny_db, text, None, 10_000)
         got = got[["sae", "feature", "token_hits", "hits", "max_value"]].sort_values(["sae", "feature"])
         assert len(want) > 0, text
         pd.testing.assert_frame_equal(got.reset_index(drop=True), want, check_dtype=False, check_exact=False)
+        cut_tested.append(_ranked_and_cut(tiny_db, text))
+    assert max(cut_tested) > 10
     # a text more common than COMMON_PHRASE is matched as the activating token only, and said so
     text = phrases(tiny_db)[0]
     monkeypatch.setattr(queries, "COMMON_PHRASE", 3)
@@ -68,6 +82,7 @@ def test_search_equals_each_windows_own_text(tiny_db, monkeypatch):
     got = got[["sae", "feature", "token_hits", "hits", "max_value"]].sort_values(["sae", "feature"])
     want = brute_force(tiny_db, text, context=False)
     pd.testing.assert_frame_equal(got.reset_index(drop=True), want, check_dtype=False, check_exact=False)
+    assert _ranked_and_cut(tiny_db, text) > 10
     queries.clear_caches()
 
 
@@ -116,7 +131,8 @@ def test_phrase_spans_are_each_sequences_own_occurrences_and_never_cross_two(tin
 
 def test_search_tables_are_written_with_the_run_sorted_for_search(tiny_db):
     """`sequence_text` is each sequence's lower-cased tokens joined; `examples_by_seq` holds every
-    top example once, in sequence order, so a search reads the row groups of a few sequences."""
+    top example once, with its activating token, in sequence order, so a search reads the row
+    groups of a few sequences."""
     vocab, seqs = _sequences(tiny_db)
     con = duckdb.connect(tiny_db, read_only=True)
     texts = dict(con.execute("SELECT seq, text FROM sequence_text").fetchall())
@@ -126,6 +142,10 @@ def test_search_tables_are_written_with_the_run_sorted_for_search(tiny_db):
     top = con.execute(f"SELECT {cols} FROM examples WHERE kind = 0").df()
     con.close()
     assert len(by_seq) > 100 and by_seq["seq"].is_monotonic_increasing
+    con = duckdb.connect(tiny_db, read_only=True)
+    token_ids = con.execute("SELECT token_id FROM examples_by_seq").df()["token_id"]
+    con.close()
+    assert list(token_ids) == [seqs[s][p] for s, p in zip(by_seq["seq"], by_seq["pos"])]  # the activating token
     key = ["sae", "feature", "rank"]
     pd.testing.assert_frame_equal(
         by_seq.sort_values(key).reset_index(drop=True), top.sort_values(key).reset_index(drop=True)

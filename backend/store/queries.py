@@ -415,15 +415,18 @@ def _corpus(path: str, run_id: str) -> tuple[bytes, np.ndarray, np.ndarray]:
     """The run's searchable text (corpus_text), all sequences end to end: (the text, where each
     sequence's text starts plus one past the end, each sequence's id)."""
     with _pool.cursor(path) as cur:
-        rows = cur.sql("SELECT seq, text FROM sequence_text WHERE run_id = ? ORDER BY seq", params=[run_id])
-        rows = rows.to_arrow_table()
-    texts = rows["text"].combine_chunks().cast(pa.large_string())
-    if not len(texts):
-        return b"", np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    bounds = np.frombuffer(texts.buffers()[1], dtype=np.int64)[texts.offset : texts.offset + len(texts) + 1]
-    data = texts.buffers()[2]
-    text = data.to_pybytes()[bounds[0] : bounds[-1]] if data is not None else b""
-    return text, bounds - bounds[0], rows["seq"].to_numpy().astype(np.int64)
+        rows = cur.sql("SELECT seq, text FROM sequence_text WHERE run_id = ?", params=[run_id]).to_arrow_table()
+    parts, bounds, size = [], [], 0
+    for chunk in rows["text"].chunks:  # the chunks' bytes joined once, without an arrow copy first
+        wide = np.int64 if pa.types.is_large_string(chunk.type) else np.int32
+        offsets = np.frombuffer(chunk.buffers()[1], dtype=wide)[chunk.offset : chunk.offset + len(chunk) + 1]
+        offsets = offsets.astype(np.int64)
+        if chunk.buffers()[2] is not None:
+            parts.append(memoryview(chunk.buffers()[2])[offsets[0] : offsets[-1]])
+        bounds.append(offsets[:-1] - offsets[0] + size)
+        size += int(offsets[-1] - offsets[0])
+    bounds = np.concatenate([*bounds, [size]]).astype(np.int64)
+    return b"".join(parts), bounds, rows["seq"].to_numpy().astype(np.int64)
 
 
 @cached
@@ -432,11 +435,10 @@ def _vocab_text(path: str, run_id: str) -> corpus_text.Vocab:
 
 
 @cached
-def _phrase_spans(path: str, run_id: str, text: str) -> pd.DataFrame:
-    """(seq, first token, last token) of every occurrence of `text` (case-insensitive,
-    overlapping ones too) within one sequence of the run's corpus. Only the sequences it occurs
-    in are read as tokens, to place each occurrence on them."""
-    corpus, bounds, seq_ids = _corpus(path, run_id)
+def _occurrences(path: str, run_id: str, text: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every occurrence of `text` (case-insensitive, overlapping ones too) within one sequence of
+    the run's corpus: (its byte in `_corpus`'s text, the row of its sequence there)."""
+    corpus, bounds, _ = _corpus(path, run_id)
     needle = text.lower().encode()
     found, start = [], corpus.find(needle) if needle else -1
     while start != -1:
@@ -445,7 +447,15 @@ def _phrase_spans(path: str, run_id: str, text: str) -> pd.DataFrame:
     at = np.asarray(found, dtype=np.int64)
     k = np.searchsorted(bounds, at, side="right") - 1
     inside = at + len(needle) <= bounds[k + 1]  # the text of two sequences meets in `corpus`, not in the data
-    at, k = at[inside], k[inside]
+    return at[inside], k[inside]
+
+
+@cached
+def _phrase_spans(path: str, run_id: str, text: str) -> pd.DataFrame:
+    """(seq, first token, last token) of every occurrence of `text` within one sequence of the
+    run's corpus. Only the sequences it occurs in are read as tokens, to place it on them."""
+    _, bounds, seq_ids = _corpus(path, run_id)
+    at, k = _occurrences(path, run_id, text)
     out = pd.DataFrame({"seq": seq_ids[k], "first": 0, "last": 0}, dtype="int64")
     if not len(at):
         return out
@@ -462,9 +472,18 @@ def _phrase_spans(path: str, run_id: str, text: str) -> pd.DataFrame:
     row = np.searchsorted(seqs["seq"].to_numpy(), seq_ids[k])
     local = at - bounds[k] + offsets[first_token[row]]  # the occurrence's byte in the read sequences' text
     first = np.searchsorted(offsets, local, side="right") - 1
-    last = np.maximum(first, np.searchsorted(offsets, local + len(needle), side="left") - 1)
+    last = np.maximum(first, np.searchsorted(offsets, local + len(text.lower().encode()), side="left") - 1)
     out["first"], out["last"] = first - first_token[row], last - first_token[row]
     return out
+
+
+@cached
+def _tokens_containing(path: str, run_id: str, text: str) -> pd.DataFrame:
+    """The token ids whose own (lower-cased) text contains `text`: an occurrence that lies inside
+    one token is an occurrence at each position holding one of these."""
+    needle = text.lower()
+    ids = [i for i, t in enumerate(vocab(path, run_id)) if needle in t.lower()]
+    return pd.DataFrame({"token_id": np.asarray(ids, dtype=np.int32)})
 
 
 # An example's window is [ctx_start, min(pos + context_right, context_len - 1)] (tables.examples_table),
@@ -480,11 +499,15 @@ _SEARCH_SQL = """
 
 
 _TOKEN_SQL = """
-    SELECT e.sae, e.feature, count(DISTINCT e.rank) AS token_hits, count(DISTINCT e.rank) AS hits,
-           max(e.value) AS max_value
-    FROM examples_by_seq e JOIN spans s ON s.seq = e.seq AND s.first = e.pos
-    WHERE e.sae IN (SELECT unnest(?::VARCHAR[])) AND s.last = s.first
+    SELECT e.sae, e.feature, count(*) AS token_hits, count(*) AS hits, max(e.value) AS max_value
+    FROM examples_by_seq e JOIN tokens t ON t.token_id = e.token_id
+    WHERE e.sae IN (SELECT unnest(?::VARCHAR[]))
     GROUP BY ALL"""
+"""examples_by_seq holds each top example once, so a count of rows is one of distinct ranks"""
+
+_RANKED = "token_hits DESC, hits DESC, max_value DESC, sae, feature"
+_DESCENDING = [False, False, False, True, True]  # the same order for pandas
+"""search's order: by matching top examples, as the activating token first; ties by name"""
 
 COMMON_PHRASE = 20_000
 """a text found more often than this in a run's corpus is matched only as an example's
@@ -496,7 +519,7 @@ Gemma Scope's scale a word on 4% of the tokens took 100 s that way, against seco
 def occurrences(path: str, text: str, sae: str | None) -> int:
     """How often `text` occurs in the corpora of the runs `search` looks in."""
     cands = saes(path) if sae is None else saes(path)[saes(path)["sae"] == sae]
-    return sum(len(_phrase_spans(path, run_id, text.strip())) for run_id in cands["run_id"].unique())
+    return sum(len(_occurrences(path, run_id, text.strip())[0]) for run_id in cands["run_id"].unique())
 
 
 @cached
@@ -513,20 +536,25 @@ def search(path: str, text: str, sae: str | None, limit: int = 200) -> pd.DataFr
     if sae is not None:
         cands = cands[cands["sae"] == sae]
     for run_id, group in cands.groupby("run_id"):
-        spans = _phrase_spans(path, run_id, text)
-        if spans.empty:
+        n = len(_occurrences(path, run_id, text)[0])
+        if not n:
             continue
-        sql = _SEARCH_SQL if len(spans) <= COMMON_PHRASE else _TOKEN_SQL
         with _pool.cursor(path) as cur:
-            cur.register("spans", spans)
-            found.append(cur.execute(sql, [list(group["sae"])]).df())
+            if n <= COMMON_PHRASE:
+                cur.register("spans", _phrase_spans(path, run_id, text))
+                sql = _SEARCH_SQL
+            else:
+                cur.register("tokens", _tokens_containing(path, run_id, text))
+                sql = _TOKEN_SQL
+            # ranked and cut here: a common text matches millions of features, read on only for the best
+            ranked = f"SELECT * FROM ({sql}) ORDER BY {_RANKED} LIMIT ?"
+            found.append(cur.execute(ranked, [list(group["sae"]), limit]).df())
     if not found:
         return pd.DataFrame(columns=cols)
-    hits = pd.concat(found)
+    order = ["token_hits", "hits", "max_value", "sae", "feature"]
+    hits = pd.concat(found).sort_values(order, ascending=_DESCENDING).head(limit)
     hits = hits.merge(_density_and_tokens(path, hits[["sae", "feature"]]), on=["sae", "feature"])
-    return (
-        hits.sort_values(["token_hits", "hits", "max_value"], ascending=False).head(limit)[cols].reset_index(drop=True)
-    )
+    return hits[cols].reset_index(drop=True)
 
 
 def _density_and_tokens(path: str, which: pd.DataFrame) -> pd.DataFrame:

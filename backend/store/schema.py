@@ -35,7 +35,7 @@ _REQUIRED = {
     "saes": {"run_id", "sae", "hook", "depth", "d_sae", "explained_variance", "train_context", "ev_beyond", "grp"},
     "features": {"sae", "feature", "count", "density", "max_act", "hist", "count_ge_1pct", "count_ge_10pct"},
     "examples": {"sae", "feature", "kind", "quantile", "seq", "pos", "ctx_start", "acts"},
-    "examples_by_seq": {"seq", "sae", "feature", "rank", "pos", "ctx_start", "value"},
+    "examples_by_seq": {"seq", "sae", "feature", "rank", "pos", "ctx_start", "value", "token_id"},
     "sequence_text": {"run_id", "seq", "text"},
     "propagation": {"run_id", "sae", "hook", "resid_change"},
     "feature_diagnostics": {"sae", "feature", "map_x", "tail_cos", "pos_corr", "anti_partner", "pos_kl", "pos_fire"},

@@ -134,7 +134,8 @@ CREATE TABLE IF NOT EXISTS examples_by_seq (
     rank      SMALLINT NOT NULL,
     pos       SMALLINT NOT NULL,
     ctx_start SMALLINT NOT NULL,
-    value     FLOAT NOT NULL
+    value     FLOAT NOT NULL,
+    token_id  INTEGER NOT NULL         -- the token at `pos`: a text inside one token is found by token, not by sequence
 );
 
 -- Display text of every token id of the run's tokenizer. Positions holding a special token

@@ -323,10 +323,11 @@ def _derive(con, run_id: str, saes: list[str], sequences: bool) -> None:
     written: these SAEs' top examples sorted by sequence, and, with new sequences, their text."""
     con.execute(
         f"""INSERT INTO examples_by_seq
-            SELECT seq, sae, feature, rank, pos, ctx_start, value FROM examples
-            WHERE kind = {int(ExampleKind.TOP)} AND sae IN (SELECT unnest(?::VARCHAR[]))
-            ORDER BY seq, sae, feature, rank""",
-        [saes],
+            SELECT e.seq, e.sae, e.feature, e.rank, e.pos, e.ctx_start, e.value, s.tokens[e.pos + 1]
+            FROM examples e JOIN sequences s ON s.run_id = ? AND s.seq = e.seq
+            WHERE e.kind = {int(ExampleKind.TOP)} AND e.sae IN (SELECT unnest(?::VARCHAR[]))
+            ORDER BY e.seq, e.sae, e.feature, e.rank""",
+        [run_id, saes],
     )
     if sequences:
         corpus_text.write(con, run_id)
