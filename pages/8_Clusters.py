@@ -3,6 +3,7 @@ and dense features with their antipodal partners and position correlation."""
 
 import streamlit as st
 
+from backend import selection
 from backend.density import DENSE, format_density, is_dense, resolution_floor
 from backend.engine.clusters import ANTIPODAL_COSINE, TAIL_COSINE
 from backend.errors import UserError
@@ -33,13 +34,18 @@ def clusters() -> None:
 
     st.subheader("Feature map")
     method = summary.map_method
-    drawn = figures.map_sample(df)
-    sampled = (
+    tiled = (
         ""
-        if len(drawn) == len(df)
-        else f" Drawn: {len(drawn):,} of the {len(df):,} features, every labeled and every dense one and a uniform "
-        f"sample of the others (the same for everyone who opens this view): a browser draws at most "
-        f"{figures.MAP_POINTS:,} points well."
+        if len(df) <= figures.SVG_POINTS
+        else f" Past {figures.SVG_POINTS:,} features the map is tiles, which a browser draws far quicker than "
+        f"{len(df):,} points: each tile's colour is the median log10 density of the features in it (grey: dead ones "
+        f"only), and the labeled and dense features are points on top"
+        + (
+            ""
+            if len(figures.map_overlay(df)) < figures.OVERLAY_POINTS
+            else f" (the labeled ones and a fixed sample of the dense ones, {figures.OVERLAY_POINTS:,} in all)"
+        )
+        + ". A box or lasso takes every feature under it, drawn or not."
     )
     st.caption(
         f"Each point is one of the {len(df):,} features, placed by its decoder direction "
@@ -50,17 +56,22 @@ def clusters() -> None:
             "SAE too narrow for UMAP)"
         )
         + f"; colour: log10 density over {n_tok:,} tokens (grey: dead); shape: the team's verdict; ringed: dense "
-        f"(> {DENSE:.0%}). Lasso or box-select points to list them; select one point to open it.{sampled}"
+        f"(> {DENSE:.0%}). Lasso or box-select points to list them; select one point to open it.{tiled}"
     )
     event = common.chart(
-        figures.feature_map(drawn, method), on_select="rerun", selection_mode=("points", "box", "lasso"), key="map"
+        figures.feature_map(df, method), on_select="rerun", selection_mode=("points", "box", "lasso"), key="map"
     )
-    points = (event.selection or {}).get("points", []) if event else []
-    picked = sorted({int(p["customdata"]) for p in points if "customdata" in p})
-    if len(picked) == 1 and not (event.selection.get("box") or event.selection.get("lasso")):
-        st.switch_page(common.FEATURE, query_params=common.link_params(sae=sae, feature=picked[0]))
+    chosen_now = (event.selection or {}) if event else {}
+    if chosen_now.get("box") or chosen_now.get("lasso"):
+        picked = sorted(df.loc[selection.inside(df["map_x"], df["map_y"], chosen_now), "feature"].astype(int))
+    else:
+        picked = sorted({int(p["customdata"]) for p in chosen_now.get("points", []) if "customdata" in p})
+        if len(picked) == 1:
+            st.switch_page(common.FEATURE, query_params=common.link_params(sae=sae, feature=picked[0]))
     if picked:
         common.set_params(sel=",".join(map(str, picked[:MAX_SELECTED])))
+        if len(picked) > MAX_SELECTED:
+            st.caption(f"{len(picked):,} features selected; the first {MAX_SELECTED} by number are listed.")
     chosen = _selected(df)
     if chosen is not None:
         sel = df[df["feature"].isin(chosen)].assign(open=lambda d: common.feature_urls(sae, d["feature"]))

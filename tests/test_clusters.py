@@ -108,7 +108,7 @@ def test_clusters_page_and_verdict_histogram(tmp_path, corpus_file, sae_dirs, ad
     at = run("pages/8_Clusters.py", sae="relu-b0")
     assert not at.exception and not at.error, [e.value for e in at.error]
     specs = [c.proto.spec for c in at.get("plotly_chart")]
-    # a narrow SAE's map is SVG (quicker to draw than a WebGL context is to start); test_figures: wide ones WebGL
+    # a narrow SAE's map is SVG points (quicker to draw than a WebGL context is to start); test_figures: wide ones tiles
     assert '"type":"scatter"' in specs[0] and "scattergl" not in specs[0] and "log10 density" in specs[0]
     assert any("Dense features" in h.value for h in at.subheader)
     dense = next(t.value for t in at.dataframe if "partner_page" in t.value.columns)

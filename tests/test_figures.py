@@ -123,21 +123,64 @@ def _diagnostics(n: int, seed: int = 0) -> pd.DataFrame:
     )
 
 
-def test_a_wide_saes_map_draws_a_fixed_sample_keeping_every_labeled_and_dense_feature():
+def test_a_wide_saes_map_is_tiles_of_every_feature_with_labeled_and_dense_ones_as_points():
     from ui import figures
 
     small = _diagnostics(2_000)
-    assert figures.map_sample(small, limit=2_000) is small
+    assert {t.type for t in figures.feature_map(small, "umap").data} == {"scatter"}  # each feature a point
+    assert sum(len(t.x) for t in figures.feature_map(small, "umap").data) == 2_000
     wide = _diagnostics(120_000)
-    drawn = figures.map_sample(wide, limit=50_000)
-    must = wide[(wide["label"] != "") | (wide["density"] > 0.1)]
-    assert len(drawn) == 50_000 and set(must["feature"]) <= set(drawn["feature"])
-    assert drawn["feature"].tolist() == figures.map_sample(wide, limit=50_000)["feature"].tolist()
-    wide_map = figures.feature_map(drawn, "umap")
-    assert sum(len(t.x) for t in wide_map.data) == 50_000
-    # WebGL for many points, SVG for a map a browser draws quicker that way
-    assert {t.type for t in wide_map.data} == {"scattergl"}
-    assert {t.type for t in figures.feature_map(small, "umap").data} == {"scatter"}
+    fig = figures.feature_map(wide, "umap")
+    heat = [t for t in fig.data if t.type == "heatmap"]
+    points = [t for t in fig.data if t.type == "scatter"]
+    assert len(heat) == 2 and {t.type for t in fig.data} == {"heatmap", "scatter"}  # no WebGL context to start
+    # every feature is in a tile: the tiles' counts add up to all of them, live ones coloured by their median
+    counts = np.nan_to_num(np.asarray(heat[1].text, dtype=float))
+    assert counts.sum() == 120_000 and counts.shape == (figures.MAP_TILES, figures.MAP_TILES)
+    live = wide[wide["density"] > 0]
+    t = figures.map_tiles(wide)
+    assert t["live"].sum() == len(live)
+    busiest = np.unravel_index(np.argmax(t["live"]), t["live"].shape)
+    xe = np.linspace(wide["map_x"].min(), wide["map_x"].max(), figures.MAP_TILES + 1)
+    ye = np.linspace(wide["map_y"].min(), wide["map_y"].max(), figures.MAP_TILES + 1)
+    ix = np.clip(np.searchsorted(xe, live["map_x"], side="right") - 1, 0, figures.MAP_TILES - 1)
+    iy = np.clip(np.searchsorted(ye, live["map_y"], side="right") - 1, 0, figures.MAP_TILES - 1)
+    there = live[(iy == busiest[0]) & (ix == busiest[1])]
+    assert len(there) == t["live"][busiest] and t["median"][busiest] == pytest.approx(there["log10_density"].median())
+    # every labeled and every dense feature is still a point, with its id to open it
+    few = wide.assign(density=np.where(np.arange(120_000) % 400 == 0, 0.3, wide["density"].clip(upper=0.05)))
+    must = few[(few["label"] != "") | (few["density"] > 0.1)]
+    traces = figures.feature_map(few, "umap").data
+    drawn = np.concatenate([np.asarray(p.customdata) for p in traces if p.type == "scatter"])
+    assert sorted(drawn) == sorted(must["feature"]) and len(drawn) < figures.OVERLAY_POINTS
+    assert len(fig.to_json()) < 1_000_000  # what travels is bounded by the tiles, not the 120,000 features
+    # more than a browser draws well (here 14,000 dense): all labeled ones, a fixed sample of the dense ones
+    drawn = np.concatenate([np.asarray(p.customdata) for p in points])
+    labeled, dense = set(wide.loc[wide["label"] != "", "feature"]), set(wide.loc[wide["density"] > 0.1, "feature"])
+    assert len(drawn) == figures.OVERLAY_POINTS and labeled <= set(drawn) <= labeled | dense
+    assert figures.map_overlay(wide)["feature"].tolist() == sorted(drawn)
+
+
+def test_a_selection_takes_every_point_inside_its_boxes_and_lassos():
+    from backend import selection
+
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(-1, 1, 20_000), rng.uniform(-1, 1, 20_000)
+    box = {"box": [{"x": [0.5, -0.25], "y": [-0.5, 0.0]}]}  # corners in any order
+    assert (selection.inside(x, y, box) == ((x >= -0.25) & (x <= 0.5) & (y >= -0.5) & (y <= 0))).all()
+    # a lasso: the unit disc as a 200-gon, and an L shape (not convex), against their own rules
+    a = np.linspace(0, 2 * np.pi, 200, endpoint=False)
+    disc = selection.inside(x, y, {"lasso": [{"x": 0.8 * np.cos(a), "y": 0.8 * np.sin(a)}]})
+    r = np.hypot(x, y)
+    assert disc[r < 0.79].all() and not disc[r > 0.8].any()
+    ell = {"lasso": [{"x": [0, 1, 1, 0.5, 0.5, 0], "y": [0, 0, 0.5, 0.5, 1, 1]}]}
+    want = (x >= 0) & (y >= 0) & ((x <= 1) & (y <= 0.5) | (x <= 0.5) & (y <= 1))
+    assert (selection.inside(x, y, ell) == want).all()
+    # several shapes: their union; none, or a degenerate lasso: nothing
+    both = selection.inside(x, y, {**box, **ell})
+    assert (both == (selection.inside(x, y, box) | want)).all()
+    assert not selection.inside(x, y, {}).any()
+    assert not selection.inside(x, y, {"lasso": [{"x": [0, 1], "y": [0, 1]}]}).any()
 
 
 def test_the_tail_histogram_sends_bins_as_shares_of_each_group():

@@ -820,15 +820,14 @@ def verdict_histogram(
     return fig
 
 
-MAP_POINTS = 50_000
-"""the most features the feature map draws: past this a browser holds its points poorly (a
-million WebGL points are about 40 MB of arrays), so a wider SAE is drawn from map_sample"""
-
-
 SVG_POINTS = 4_000
-"""up to this many points a scatter is drawn as SVG, past it with WebGL: a WebGL context costs
-about 0.35 s more to start than 1,536 SVG markers take to draw (Chromium, a demo SAE's map), and
-a browser without a GPU draws WebGL in software"""
+"""up to this many features the feature map draws each as a point (SVG); past it, tiles. A
+browser draws points dearly: in headless Chromium on 2 cores, 3,000 SVG markers took 0.9 s more
+than a 120 x 120 heatmap of all 65,536 features of a Gemma-scale SAE, a WebGL sample of 20,000
+points 2.1 s more and one of 50,000 3.5 s more (the figure alone on a page, median of 5 loads)"""
+
+MAP_TILES = 120
+"""tiles per side of a wide SAE's feature map"""
 
 
 def scatter_type(n: int):
@@ -836,37 +835,35 @@ def scatter_type(n: int):
     return go.Scatter if n <= SVG_POINTS else go.Scattergl
 
 
-def map_sample(df: pd.DataFrame, limit: int = MAP_POINTS, seed: int = 0) -> pd.DataFrame:
-    """The features the map draws: all of them up to `limit`; past it every labeled and every
-    dense feature, and a uniform sample (fixed seed, so a shared link shows the same points) of
-    the others to fill `limit`."""
-    if len(df) <= limit:
-        return df
-    keep = (df["label"].fillna("") != "").to_numpy() | is_dense(df["density"]).to_numpy()
-    rest = np.flatnonzero(~keep)
-    n = max(0, min(limit - int(keep.sum()), len(rest)))
-    keep[np.random.default_rng(seed).choice(rest, n, replace=False)] = True
-    return df[keep]
+OVERLAY_POINTS = 2_000
+"""the most points a tiled map draws over its tiles"""
 
 
-def feature_map(df: pd.DataFrame, method: str) -> go.Figure:
-    """Decoder directions in 2-D, coloured by log10 density (dead grey), shaped by verdict;
-    dense features ringed. Points carry their feature id (customdata) for selection. Draws
-    `df` as given: a wide SAE's page passes map_sample(df)."""
-    fig = go.Figure()
+def map_overlay(df: pd.DataFrame, limit: int = OVERLAY_POINTS, seed: int = 0) -> pd.DataFrame:
+    """The features a tiled map still draws as points: every labeled one, and the dense ones (a
+    fixed sample of them where all would pass `limit`: the same for everyone who opens the view)."""
+    labeled = (df["label"].fillna("") != "").to_numpy()
+    dense = np.flatnonzero(is_dense(df["density"]).to_numpy() & ~labeled)
+    room = max(0, limit - int(labeled.sum()))
+    if len(dense) > room:
+        dense = np.random.default_rng(seed).choice(dense, room, replace=False)
+    return df.iloc[np.sort(np.concatenate([np.flatnonzero(labeled), dense]))]
+
+
+def _map_points(fig: go.Figure, df: pd.DataFrame, lo: float, hi: float, colorbar: bool) -> None:
+    """One SVG trace per verdict (and dead or not): coloured by log10 density, shaped by verdict,
+    dense ringed; each point carries its feature id (customdata) for selection."""
     dead = ~np.isfinite(df["log10_density"])
     labels = df["label"].fillna("").replace("", "unlabeled")
-    finite = df.loc[~dead, "log10_density"]
-    lo, hi = (float(finite.min()), 0.0) if len(finite) else (-6.0, 0.0)
-    trace = scatter_type(len(df))
     for verdict, symbol in VERDICT_SYMBOLS.items():
         for is_dead in (False, True):
             g = df[(labels == verdict) & (dead == is_dead)]
             if g.empty:
                 continue
             dense = is_dense(g["density"])
+            first_live = verdict == "unlabeled" and not is_dead
             fig.add_trace(
-                trace(
+                go.Scatter(
                     x=g["map_x"],
                     y=g["map_y"],
                     mode="markers",
@@ -880,11 +877,66 @@ def feature_map(df: pd.DataFrame, method: str) -> go.Figure:
                         cmin=lo,
                         cmax=hi,
                         line=dict(width=np.where(dense, 1.5, 0), color="#b22"),
-                        colorbar=dict(title="log10 density") if (verdict == "unlabeled" and not is_dead) else None,
+                        colorbar=dict(title="log10 density") if colorbar and first_live else None,
                     ),
                     hovertemplate="feature %{customdata}" + extra(verdict),
                 )
             )
+
+
+def map_tiles(df: pd.DataFrame, n: int = MAP_TILES) -> dict[str, np.ndarray]:
+    """Every feature binned on an n x n grid over the map: per tile (rows: y) the number of
+    features, of live ones, and the live ones' median log10 density (NaN: none live), with the
+    tiles' centres."""
+    df = df[np.isfinite(df["map_x"]) & np.isfinite(df["map_y"])]
+    x, y = df["map_x"].to_numpy(float), df["map_y"].to_numpy(float)
+    xe, ye = np.linspace(x.min(), x.max(), n + 1), np.linspace(y.min(), y.max(), n + 1)
+    ix = np.clip(np.searchsorted(xe, x, side="right") - 1, 0, n - 1)
+    iy = np.clip(np.searchsorted(ye, y, side="right") - 1, 0, n - 1)
+    tile = iy * n + ix
+    count = np.bincount(tile, minlength=n * n)
+    live = np.isfinite(df["log10_density"].to_numpy(float))
+    median = np.full(n * n, np.nan)
+    med = pd.Series(df["log10_density"].to_numpy(float)[live]).groupby(tile[live]).median()
+    median[med.index.to_numpy()] = med.to_numpy()
+    return {
+        "x": (xe[:-1] + xe[1:]) / 2,
+        "y": (ye[:-1] + ye[1:]) / 2,
+        "count": count.reshape(n, n),
+        "live": np.bincount(tile[live], minlength=n * n).reshape(n, n),
+        "median": median.reshape(n, n),
+    }
+
+
+def feature_map(df: pd.DataFrame, method: str) -> go.Figure:
+    """Decoder directions in 2-D, coloured by log10 density (dead grey), shaped by verdict;
+    dense features ringed. Up to SVG_POINTS features each is a point; past that every feature
+    is counted into tiles coloured by their median log10 density, and only labeled and dense
+    features are points (map_overlay). A page selects by the box or lasso drawn (selection.inside),
+    so a selection over tiles takes every feature under it."""
+    fig = go.Figure()
+    finite = df.loc[np.isfinite(df["log10_density"]), "log10_density"]
+    lo, hi = (float(finite.min()), 0.0) if len(finite) else (-6.0, 0.0)
+    if len(df) <= SVG_POINTS:
+        _map_points(fig, df, lo, hi, colorbar=True)
+    else:
+        t = map_tiles(df)
+        only_dead = np.where((t["count"] > 0) & (t["live"] == 0), 1.0, np.nan)
+        fig.add_trace(
+            go.Heatmap(
+                x=t["x"], y=t["y"], z=only_dead, text=t["count"], colorscale=[[0, "#dddddd"], [1, "#dddddd"]],
+                showscale=False, name="dead features only",
+                hovertemplate="%{text:,} dead feature(s)" + extra("tile"),
+            )
+        )  # fmt: skip
+        fig.add_trace(
+            go.Heatmap(
+                x=t["x"], y=t["y"], z=t["median"], text=t["count"], colorscale="Viridis", zmin=lo, zmax=hi,
+                colorbar=dict(title="log10 density<br>(tile median)"), name="features",
+                hovertemplate="%{text:,} feature(s), median log10 density %{z:.2f}" + extra("tile"),
+            )
+        )  # fmt: skip
+        _map_points(fig, map_overlay(df), lo, hi, colorbar=False)
     fig.update_layout(
         height=560,
         margin=dict(t=10, l=10, r=10, b=10),
