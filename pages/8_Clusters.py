@@ -48,7 +48,7 @@ def clusters() -> None:
         + ". A box or lasso takes every feature under it, drawn or not."
     )
     st.caption(
-        f"Each point is one of the {len(df):,} features, placed by its decoder direction "
+        f"The {len(df):,} features, each placed by its decoder direction "
         + (
             "(UMAP, cosine metric, seed 0)"
             if method == "umap"

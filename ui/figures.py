@@ -932,7 +932,7 @@ def feature_map(df: pd.DataFrame, method: str) -> go.Figure:
         fig.add_trace(
             go.Heatmap(
                 x=t["x"], y=t["y"], z=t["median"], text=t["count"], colorscale="Viridis", zmin=lo, zmax=hi,
-                colorbar=dict(title="log10 density<br>(tile median)"), name="features",
+                colorbar=dict(title="log10 density, tile median"), name="features",
                 hovertemplate="%{text:,} feature(s), median log10 density %{z:.2f}" + extra("tile"),
             )
         )  # fmt: skip
