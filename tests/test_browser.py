@@ -373,6 +373,43 @@ def test_density_clusters_and_verdict_histogram_render(server, browser):
     ctx.close()
 
 
+def test_a_box_on_the_feature_map_selects_every_feature_inside_it(server, browser):
+    """Drawn in the browser, decided on the server: the features a box lists are those whose map
+    coordinates in the database lie inside the box as Plotly's axes place it."""
+    import urllib.parse
+
+    import duckdb
+
+    base, data = server
+    ctx, page = _page(browser)
+    page.goto(base + "/Clusters?db=tiny.duckdb&sae=relu-b0")
+    page.locator(".js-plotly-plot .scatterlayer .point").first.wait_for()
+    _settled(page)
+    page.locator(".modebar-btn[data-val='select']").first.click()
+    area = page.locator(".js-plotly-plot .nsewdrag").first.bounding_box()
+    corners = [(area["x"] + area["width"] * f, area["y"] + area["height"] * g) for f, g in ((0.3, 0.25), (0.75, 0.7))]
+    page.mouse.move(*corners[0])
+    page.mouse.down()
+    page.mouse.move((corners[0][0] + corners[1][0]) / 2, (corners[0][1] + corners[1][1]) / 2, steps=5)
+    page.mouse.move(*corners[1], steps=5)
+    page.mouse.up()
+    page.get_by_text("selected features").wait_for()
+    to_data = """([px, py]) => {
+        const gd = document.querySelector('.js-plotly-plot'), r = gd.getBoundingClientRect();
+        const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+        return [xa.p2l(px - r.left - xa._offset), ya.p2l(py - r.top - ya._offset)];
+    }"""
+    (x0, y0), (x1, y1) = (page.evaluate(to_data, list(c)) for c in corners)
+    con = duckdb.connect(str(data / "tiny.duckdb"), read_only=True)
+    xy = con.execute("SELECT feature, map_x, map_y FROM feature_diagnostics WHERE sae = 'relu-b0'").df()
+    con.close()
+    inside = xy[xy["map_x"].between(min(x0, x1), max(x0, x1)) & xy["map_y"].between(min(y0, y1), max(y0, y1))]
+    sel = urllib.parse.parse_qs(urllib.parse.urlparse(page.url).query)["sel"][0]
+    assert 0 < len(inside) < len(xy) and [int(f) for f in sel.split(",")] == sorted(inside["feature"])[:300]
+    _no_traceback(page)
+    ctx.close()
+
+
 def test_markup_in_a_database_never_renders_or_loads_and_its_names_link(
     server, browser, adapter, loaded_saes, sae_dirs, corpus_file
 ):
