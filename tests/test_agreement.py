@@ -37,6 +37,7 @@ def test_agreement_and_intervals():
     # Cohen: po = 2/3; a says yes 1/3, b says yes 2/3 -> pe = 1/3*2/3 + 2/3*1/3 = 4/9
     assert ag["cohen_kappa"] == pytest.approx((2 / 3 - 4 / 9) / (1 - 4 / 9))
     assert list(labels.disagreements(cur)["feature"]) == [2]
+    assert list(labels.disagreements(cur)["verdicts"]) == ["a: not interpretable; b: interpretable"]
     lo, hi = labels.wilson(0, 10)
     assert lo == 0 and 0.2 < hi < 0.35
     lo, hi = labels.wilson(5, 10)

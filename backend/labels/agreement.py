@@ -76,12 +76,16 @@ def interpretability_by_bucket(current: pd.DataFrame, bucket_of=density_bucket) 
     return out.sort_values(["sae", "_o"], kind="stable").drop(columns="_o").reset_index(drop=True)
 
 
+_FEATURE = ["db", "sae", "feature"]
+
+
 def agreement(current: pd.DataFrame) -> dict:
     """Percent agreement, Fleiss' kappa (any number of raters) and, with exactly two labelers,
     Cohen's kappa, over features with at least two labelers."""
     if current.empty:
         return {"n_features": 0}
-    multi = current.groupby(["db", "sae", "feature"]).filter(lambda g: g["labeler"].nunique() >= 2)
+    # by column operations, not a Python call per feature: 2,000 labels took 0.6 s that way
+    multi = current[current.groupby(_FEATURE)["labeler"].transform("nunique") >= 2]
     if multi.empty:
         return {"n_features": 0}
     cats = list(VERDICTS)
@@ -124,10 +128,9 @@ def cohen(a: pd.Series, b: pd.Series, cats: list[str]) -> float:
 def disagreements(current: pd.DataFrame) -> pd.DataFrame:
     if current.empty:
         return pd.DataFrame(columns=["db", "sae", "feature", "verdicts"])
-    g = current.groupby(["db", "sae", "feature"])
+    split = current[current.groupby(_FEATURE)["verdict"].transform("nunique") > 1]
     rows = [
         (db, sae, f, "; ".join(f"{r.labeler}: {r.verdict}" for r in grp.itertuples()))
-        for (db, sae, f), grp in g
-        if grp["verdict"].nunique() > 1
+        for (db, sae, f), grp in split.groupby(_FEATURE)
     ]
     return pd.DataFrame(rows, columns=["db", "sae", "feature", "verdicts"])
