@@ -123,9 +123,11 @@ def test_phrase_spans_are_each_sequences_own_occurrences_and_never_cross_two(tin
     monkeypatch.setattr(corpus_text.Vocab, "decode", no_decoding)
     run_id = queries.saes(tiny_db)["run_id"].iloc[0]
     queries.clear_caches()
-    for needle in [*phrases(tiny_db)[:2], straddle, "zzz-not-in-the-corpus"]:
+    for needle in [*phrases(tiny_db)[:2], straddle, "zzz-not-in-the-corpus", "e e", "ss"]:
         got = queries._phrase_spans(tiny_db, run_id, needle)
         assert sorted(got.itertuples(index=False, name=None)) == brute(needle.lower()), needle
+        # counted without listing (a text that can overlap itself, "e e" or "ss", is listed): the same number
+        assert queries._occurrence_count(tiny_db, run_id, needle) == len(got), needle
     assert len(queries._phrase_spans(tiny_db, run_id, phrases(tiny_db)[0])) > 10
 
 
