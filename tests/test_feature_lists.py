@@ -92,3 +92,24 @@ def test_a_bad_list_is_a_message():
         ListSpec(firing="lots")
     with pytest.raises(UserError, match="unknown filter 'weird'"):
         ListSpec(preset="weird")
+
+
+def test_labels_join_their_features_counts_reading_only_the_labeled_rows(tiny_db, tmp_path):
+    """Each current verdict of this database's SAEs gets its feature's count, density and log10
+    density as the SAE's feature table holds them; a verdict on an SAE the file lacks is left out."""
+    import numpy as np
+
+    from backend import labels
+    from backend.labels.joins import current_with_density
+
+    store = str(tmp_path / "labels.sqlite")
+    run_id = queries.saes(tiny_db)["run_id"].iloc[0]
+    picks = [("relu-b0", 3), ("topk-b1", 7), ("relu-b0", 11), ("gone", 1)]
+    for sae, f in picks:
+        labels.add(store, labels.Label("tiny.duckdb", run_id, sae, f, "interpretable", "ann"))
+    got = current_with_density(store, tiny_db)
+    assert sorted(zip(got["sae"], got["feature"])) == sorted(p for p in picks if p[0] != "gone")
+    for row in got.itertuples():
+        want = queries.features(tiny_db, row.sae).set_index("feature").loc[row.feature]
+        assert (row.count, row.density) == (want["count"], want["density"])
+        assert np.isclose(row.log10_density, want["log10_density"], equal_nan=True)

@@ -20,17 +20,8 @@ def current_with_density(labels_loc: str, db_path: str) -> pd.DataFrame:
             count=pd.Series(dtype=float), density=pd.Series(dtype=float), log10_density=pd.Series(dtype=float)
         )
     cur = cur[cur["sae"].isin(set(queries.saes(db_path)["sae"]))]
-    parts = [
-        g.merge(
-            queries.features(db_path, sae)[["feature", "count", "density", "log10_density"]], on="feature", how="left"
-        )
-        for sae, g in cur.groupby("sae")
-    ]
-    if not parts:
-        return cur.assign(
-            count=pd.Series(dtype=float), density=pd.Series(dtype=float), log10_density=pd.Series(dtype=float)
-        )
-    return pd.concat(parts, ignore_index=True)
+    counts = queries.counts_of(db_path, cur)  # the labeled rows only: a cold page read every SAE's table
+    return cur.merge(counts, on=["sae", "feature"], how="left").sort_values("sae", kind="stable", ignore_index=True)
 
 
 def with_labels(features: pd.DataFrame, status: pd.DataFrame | None) -> pd.DataFrame:

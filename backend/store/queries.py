@@ -345,6 +345,20 @@ def features(path: str, sae: str, firing: str = "any") -> pd.DataFrame:
     return df[["feature", "count", "density", "mean_act", "max_act", "top_tokens", "log10_density"]]
 
 
+def counts_of(path: str, which: pd.DataFrame) -> pd.DataFrame:
+    """count, density and log10_density of the (sae, feature) pairs in `which`, read for those
+    rows only (the labeled features of a suite are a few thousand of its millions)."""
+    if which.empty:
+        return pd.DataFrame(columns=["sae", "feature", "count", "density", "log10_density"])
+    with _pool.cursor(path) as cur:
+        cur.register("which", which[["sae", "feature"]].drop_duplicates())
+        df = cur.execute(
+            "SELECT f.sae, f.feature, f.count, f.density FROM features f JOIN which w USING (sae, feature)"
+        ).df()
+    df["log10_density"] = log10_density(df["density"].to_numpy())
+    return df
+
+
 @cached
 def feature(path: str, sae: str, f: int) -> FeatureInfo:
     s = sae_row(path, sae)
