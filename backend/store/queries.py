@@ -345,16 +345,19 @@ def features(path: str, sae: str, firing: str = "any") -> pd.DataFrame:
     return df[["feature", "count", "density", "mean_act", "max_act", "top_tokens", "log10_density"]]
 
 
-def counts_of(path: str, which: pd.DataFrame) -> pd.DataFrame:
-    """count, density and log10_density of the (sae, feature) pairs in `which`, read for those
-    rows only (the labeled features of a suite are a few thousand of its millions)."""
-    if which.empty:
-        return pd.DataFrame(columns=["sae", "feature", "count", "density", "log10_density"])
+def _features_of(path: str, which: pd.DataFrame, columns: str) -> pd.DataFrame:
+    """sae, feature and `columns` (of `features f`) for the (sae, feature) pairs in `which`, read
+    for those rows only: a few thousand labeled or found features of a suite's millions."""
     with _pool.cursor(path) as cur:
         cur.register("which", which[["sae", "feature"]].drop_duplicates())
-        df = cur.execute(
-            "SELECT f.sae, f.feature, f.count, f.density FROM features f JOIN which w USING (sae, feature)"
-        ).df()
+        return cur.execute(f"SELECT f.sae, f.feature, {columns} FROM features f JOIN which w USING (sae, feature)").df()
+
+
+def counts_of(path: str, which: pd.DataFrame) -> pd.DataFrame:
+    """count, density and log10_density of the (sae, feature) pairs in `which`."""
+    if which.empty:
+        return pd.DataFrame(columns=["sae", "feature", "count", "density", "log10_density"])
+    df = _features_of(path, which, "f.count, f.density")
     df["log10_density"] = log10_density(df["density"].to_numpy())
     return df
 
@@ -584,17 +587,8 @@ def search(path: str, text: str, sae: str | None, limit: int = 200) -> pd.DataFr
         return pd.DataFrame(columns=cols)
     order = ["token_hits", "hits", "max_value", "sae", "feature"]
     hits = pd.concat(found).sort_values(order, ascending=_DESCENDING).head(limit)
-    hits = hits.merge(_density_and_tokens(path, hits[["sae", "feature"]]), on=["sae", "feature"])
+    hits = hits.merge(_features_of(path, hits, "f.density, f.top_tokens"), on=["sae", "feature"])
     return hits[cols].reset_index(drop=True)
-
-
-def _density_and_tokens(path: str, which: pd.DataFrame) -> pd.DataFrame:
-    """density and top_tokens of the (sae, feature) pairs in `which`, read for those rows only."""
-    with _pool.cursor(path) as cur:
-        cur.register("which", which.drop_duplicates())
-        return cur.execute(
-            "SELECT f.sae, f.feature, f.density, f.top_tokens FROM features f JOIN which w USING (sae, feature)"
-        ).df()
 
 
 # ---- across layers: error propagation (engine.propagation) ----
