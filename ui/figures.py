@@ -821,10 +821,11 @@ def verdict_histogram(
 
 
 SVG_POINTS = 4_000
-"""up to this many features the feature map draws each as a point (SVG); past it, tiles. A
-browser draws points dearly: in headless Chromium on 2 cores, 3,000 SVG markers took 0.9 s more
-than a 120 x 120 heatmap of all 65,536 features of a Gemma-scale SAE, a WebGL sample of 20,000
-points 2.1 s more and one of 50,000 3.5 s more (the figure alone on a page, median of 5 loads)"""
+"""up to this many points a scatter is SVG (scatter_type; past it WebGL), and the feature map
+draws each feature as a point (past it, tiles). A browser draws points dearly: in headless
+Chromium on 2 cores, 3,000 SVG markers took 0.9 s more than a 120 x 120 heatmap of all 65,536
+features of a Gemma-scale SAE, a WebGL sample of 20,000 points 2.1 s more and one of 50,000
+3.5 s more (the figure alone on a page, median of 5 loads)"""
 
 MAP_TILES = 120
 """tiles per side of a wide SAE's feature map"""
