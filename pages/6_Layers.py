@@ -6,7 +6,7 @@ model, and how it reconstructs inside and past the context it was trained on. On
 import numpy as np
 import streamlit as st
 
-from backend.engine.loss import UNIT
+from backend.loss_names import UNIT
 from backend.store import queries
 from ui import claims, common, figures
 

@@ -574,9 +574,11 @@ def test_an_encoders_token_effects_are_not_shown_as_output_effects(tmp_path, tin
     assert "promotes" not in text and "Token effects" not in text
 
 
-@pytest.mark.parametrize("script", ["app.py", "pages/1_Layer.py", "pages/2_Feature.py", "pages/8_Clusters.py"])
+@pytest.mark.parametrize(
+    "script", ["app.py", "pages/1_Layer.py", "pages/2_Feature.py", "pages/6_Layers.py", "pages/8_Clusters.py"]
+)
 def test_reading_pages_do_not_import_torch(script):
-    """torch takes 1-2 s to import: a fresh server's first Overview, Layer, Feature or Clusters page
+    """torch takes 1-2 s to import: a fresh server's first Overview, Layer, Feature, Across layers or Clusters page
     must not wait for it (only the live model's panels and the Probe need it, and import it there)."""
     import ast
     import subprocess

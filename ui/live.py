@@ -15,6 +15,7 @@ import streamlit as st
 
 from backend.errors import UserError
 from backend.labels.joins import with_labels
+from backend.loss_names import METRIC, UNIT
 from backend.store import queries
 from ui import common, figures, labeling
 from ui.feature_view import CSS
@@ -139,7 +140,6 @@ def _steer_causal(db, live, prompt, sae, f, strength, max_act) -> None:
 
 def loss_panel(db, live, sae, f, strength, max_act) -> None:
     """The model's own loss on the splice sample against strength, with the stored sweep's figures."""
-    from backend.engine.loss import METRIC, UNIT
     from backend.live import steer
 
     tokens, seqs = steer.steering_sample(live, db, queries.sae_row(db, sae).run_id)

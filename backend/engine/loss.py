@@ -25,10 +25,6 @@ import torch
 SCALE = 20.0
 """sentence-transformers' MultipleNegativesRankingLoss scale (1 / temperature)"""
 
-METRIC = {"causal": "ce_loss", "encoder": "contrastive_loss"}
-UNIT = {"ce_loss": "CE loss, nats / token", "contrastive_loss": "contrastive loss (MNRL), nats / pair"}
-"""what a loss increase is counted in, by METRIC"""
-
 
 def contrastive_loss(anchors: torch.Tensor, positives: torch.Tensor, scale: float = SCALE) -> torch.Tensor:
     """Mean over pairs of cross-entropy over scale x cos(anchor_i, positive_j), target j = i; [..., n, d]

@@ -39,6 +39,7 @@ import torch
 from backend.engine import loss
 from backend.engine.models import ModelAdapter, constant_splice, hook_depth, recovered
 from backend.engine.saes import LoadedSAE
+from backend.loss_names import METRIC
 
 
 def family(s: LoadedSAE) -> str:
@@ -142,7 +143,7 @@ class Propagation:
             for s in saes
         }
         self.chains = compound_chains(saes)
-        self.metric = loss.METRIC[adapter.kind]
+        self.metric = METRIC[adapter.kind]
         self.context_len, self.random_draws, self.seed = context_len, random_draws, seed
         self.lengths = loss.encoder_lengths(context_len) if self.kind == "encoder" else []
         self.n_seqs = 0

@@ -28,6 +28,7 @@ import torch
 from backend.engine import loss
 from backend.engine.models import ModelAdapter, constant_splice, hook_depth
 from backend.engine.saes import LoadedSAE
+from backend.loss_names import METRIC
 
 
 class Pick(enum.IntEnum):
@@ -198,7 +199,7 @@ class Sweep:
         ok = len(exact) >= 3 and np.ptp(exact) > 0 and np.ptp(est) > 0
         return {
             "sae": name,
-            "metric": loss.METRIC[self.adapter.kind],
+            "metric": METRIC[self.adapter.kind],
             "clean_loss": self.clean_loss,
             "n_seqs": len(self.seqs),
             "n_live": len(live),
