@@ -36,6 +36,36 @@ def test_new_verdict_supersedes_but_keeps_history(labels_store):
     assert list(hist["verdict"]) == ["not interpretable", "interpretable", "unsure"]
 
 
+def test_feature_status_is_each_features_current_verdicts_counted(tmp_path):
+    """Per feature: its labelers' latest verdicts counted, the majority (a tie is "unsure/split"),
+    and the newest description among those verdicts, checked against that rule read off the history."""
+    import random
+
+    p = str(tmp_path / "labels.sqlite")
+    rng = random.Random(3)
+    verdicts = ["interpretable", "not interpretable", "unsure"]
+    rows = []
+    for _ in range(120):
+        f, who, v = rng.randrange(9), rng.choice("abcd"), rng.choice(verdicts)
+        desc = rng.choice(["", "", f"d{rng.randrange(100)}"])
+        rows.append((f, who, v, desc))
+        labels.add(p, _label(feature=f, verdict=v, who=who, description=desc))
+    labels.add(p, labels.Label(db="demo.duckdb", run_id="demo", sae="other", feature=0, verdict="unsure", labeler="a"))
+    got = labels.feature_status(p, "demo.duckdb", "s").set_index("feature")
+    assert sorted(got.index) == sorted({r[0] for r in rows})
+    for f in got.index:
+        mine = [r for r in rows if r[0] == f]
+        last = {who: i for i, (_, who, _, _) in enumerate(mine)}  # each labeler's last label
+        current = {who: mine[i][2] for who, i in last.items()}
+        yes = sum(v == "interpretable" for v in current.values())
+        no = sum(v == "not interpretable" for v in current.values())
+        label = "interpretable" if yes > no else "not interpretable" if no > yes else "unsure/split"
+        written = [mine[i][3] for i in sorted(last.values()) if mine[i][3]]
+        assert got.loc[f, "n_labels"] == len(current), f
+        assert got.loc[f, "label"] == label, f
+        assert got.loc[f, "description"] == (written[-1] if written else None), f
+
+
 def test_bad_labels_are_refused_and_change_nothing(labels_store):
     p = labels_store
     labels.add(p, _label())

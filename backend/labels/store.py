@@ -407,15 +407,18 @@ def feature_status(loc: str | os.PathLike, db: str, sae: str) -> pd.DataFrame:
     df = df[df["sae"] == sae] if not df.empty else df
     if df.empty:
         return pd.DataFrame(columns=["feature", "n_labels", "label", "description"])
-    g = df.sort_values("seq").groupby("feature")
+    df = df.sort_values("seq")
+    # column operations, not a Python call per feature: this runs on every Feature and Layer page
+    described = df[df["description"].fillna("").astype(str) != ""]
     out = pd.DataFrame(
         {
-            "n_labels": g.size(),
-            "n_yes": g["verdict"].apply(lambda v: (v == "interpretable").sum()),
-            "n_no": g["verdict"].apply(lambda v: (v == "not interpretable").sum()),
-            "description": g["description"].apply(lambda d: next((x for x in d[::-1] if x), None)),
+            "n_labels": df.groupby("feature").size(),
+            "n_yes": (df["verdict"] == "interpretable").groupby(df["feature"]).sum(),
+            "n_no": (df["verdict"] == "not interpretable").groupby(df["feature"]).sum(),
+            "description": described.groupby("feature")["description"].last(),  # the newest one written
         }
     )
+    out["description"] = out["description"].astype(object).where(out["description"].notna(), None)
     out["label"] = np.where(
         out["n_yes"] > out["n_no"],
         "interpretable",
