@@ -67,6 +67,27 @@ def test_charts_colour_by_depth_style_by_architecture_and_mark_dense_and_floor()
     assert list(lines.layout.xaxis.ticktext) == ["0.resid_pre", "0.resid_post", "1.resid_post"]
 
 
+def test_a_layer_histogram_marks_the_dense_cut_the_floor_this_feature_and_the_selection():
+    from ui import figures
+
+    feats = pd.DataFrame({"log10_density": np.random.default_rng(0).normal(-3, 1, 500)})
+    fig = figures.layer_histogram(feats, selected=(-4.0, -2.0), marker=-2.5, floor=-6.0)
+    lines = {round(s.x0, 3): s for s in fig.layout.shapes if s.type == "line"}
+    assert set(lines) == {-1.0, -6.0, -2.5}
+    assert all(s.xref == "x" and s.yref == "y domain" and (s.y0, s.y1) == (0, 1) for s in lines.values())
+    assert lines[-2.5].line.color == "red" and lines[-1.0].line.dash == "dot"
+    [rect] = [s for s in fig.layout.shapes if s.type == "rect"]
+    assert (rect.x0, rect.x1, rect.yref) == (-4.0, -2.0, "y domain")
+    notes = {a.text: (a.x, a.xanchor, a.yanchor) for a in fig.layout.annotations}
+    assert notes == {
+        "dense": (-1.0, "center", "bottom"),
+        "floor (1 / tokens)": (-6.0, "left", "top"),
+        "this feature": (-2.5, "left", "top"),
+    }
+    bare = figures.layer_histogram(feats)  # no floor, marker or selection: the dense cut alone
+    assert [round(s.x0, 3) for s in bare.layout.shapes] == [-1.0] and len(bare.layout.annotations) == 1
+
+
 def test_log_axes_have_full_labels_and_dead_features_no_histogram():
     from backend.density import format_density
     from ui import figures
