@@ -18,3 +18,22 @@ def test_markdown_escaping_shows_text_as_typed():
     assert md(":smile: $x$") == r"\:smile\: \$x\$"
     assert md("a\nb") == "a b"
     assert md("view='sideways'") == "view='sideways'"
+
+
+def test_a_context_is_drawn_by_shared_rules_with_only_its_shading_on_each_token():
+    """A Feature page holds thousands of token spans: each carries only what differs (its shade,
+    its value), the look comes from CSS once, and the focus and special tokens keep theirs."""
+    import numpy as np
+
+    from ui.tokens import CSS, tokens_html
+
+    out = tokens_html(["a", "<b>", "c", "[SEP]"], np.array([0.0, 2.0, 1.0, 0.0]), 2.0, focus=1, counted=[1, 1, 1, 0])
+    spans = out.split("</span>")[:-1]
+    assert spans[0].startswith('<div class="ctx"><span class="tok" title="a : 0">')  # unshaded: no style at all
+    assert (
+        '<span class="tok focus" style="background: rgba(255, 120, 0, 1.00);"' in spans[1] and "&lt;b&gt;" in spans[1]
+    )
+    assert 'style="background: rgba(255, 120, 0, 0.50);"' in spans[2]
+    assert 'class="tok excluded"' in spans[3] and "style=" not in spans[3] and "not counted" in spans[3]
+    for rule in (".ctx .tok { display: inline-block;", ".ctx .tok.focus {", ".ctx .tok.excluded {", ".ex .meta {"):
+        assert rule in CSS

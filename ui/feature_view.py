@@ -16,12 +16,13 @@ from backend.positions import POSITIONAL_BITS, bands, describe_bands, explain
 from backend.store import queries
 from backend.store.schema import ExampleKind
 from ui import common, figures
+from ui.tokens import CSS as TOKENS_CSS
 from ui.tokens import example_rows_html, md
 
-CSS = """<style>
-.ctx .tok { border-radius: 2px; padding: 0 1px; }
-table.labels td, table.labels th { padding: 2px 8px; text-align: left; vertical-align: top; }
-</style>"""
+CSS = TOKENS_CSS.replace(
+    "</style>",
+    "table.labels td, table.labels th { padding: 2px 8px; text-align: left; vertical-align: top; }\n</style>",
+)
 
 
 QUANTILE_MODES = {"count": "equal-count quantiles", "width": "equal-width intervals"}
