@@ -7,8 +7,11 @@ log-normal densities around 1e-3 with dense and ultralow tails, 2,000 labels) th
 project's own write path (writes.begin_run, RunWriter: the tables a precompute writes), then
 times, with cold query caches: a feature drilldown's queries on random features (p50/p95), the
 Overview, the Layer page of the widest SAE and of two others (AppTest; and what each sends, in MB
-of elements), a corpus search, and the file's size per feature.
+of elements), a corpus search, and the file's size per feature; then (unless --browser-rounds 0)
+opens every page in one Chromium session over it, as --browser --every-page does without the
+verdicts: the p95 of the time to content of full page loads, and of the app's own links.
 Last line: db_gb=<a> overview_s=<b> layer_s=<c> layer_mb=<d> feature_p95_ms=<e> search_s=<f> search_common_s=<g>
+browser_p95_s=<h> browser_in_app_p95_s=<i>
 
 With --browser it instead measures pages in a real browser: `streamlit run app.py` (the
 repository's .streamlit/config.toml, file watcher off unless --watcher auto) over a data folder,
@@ -346,6 +349,12 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=100, help="features timed")
     ap.add_argument("--rebuild", action="store_true")
     ap.add_argument("--build-only", action="store_true", help="build (or keep) the database and stop")
+    ap.add_argument(
+        "--browser-rounds",
+        type=int,
+        default=3,
+        help="rounds of every page opened in Chromium over the database (browser_p95_s); 0: none",
+    )
     args = ap.parse_args()
     over = {"layers": args.layers, "d_sae": args.d_sae, "wide": args.wide, "examples": args.examples}
     shape = replace(SHAPES[args.scale], **{k: v for k, v in over.items() if v is not None})
@@ -358,7 +367,23 @@ def main() -> None:
     if args.build_only:
         return
     figures = latencies(path, args.samples)
+    if args.browser_rounds:
+        figures |= browser_figures(path, args.browser_rounds)
     print(" ".join(f"{k}={v}" for k, v in figures.items()))
+
+
+def browser_figures(path: Path, rounds: int) -> dict[str, str]:
+    """One Chromium session over the database at `path` (every page by URL, then by the app's own
+    links; --every-page without the verdicts): p95 of the time to content and in the app."""
+    res = every_page_bench(path.parent, rounds, db=path.name, verdicts=False)
+    for k, v in res.items():
+        if "(cold)" not in k and not k.endswith(" loaded"):
+            print(f"browser {k}: p50 {np.median(v):.0f} ms, p95 {np.percentile(v, 95):.0f} ms over {len(v)}")
+    in_app = [m for k, v in res.items() if k.endswith("(in app)") for m in v]
+    return {
+        "browser_p95_s": f"{np.percentile(_full_loads(res), 95) / 1000:.2f}",
+        "browser_in_app_p95_s": f"{np.percentile(in_app, 95) / 1000:.2f}",
+    }
 
 
 def _sent_mb(at) -> float:
@@ -636,8 +661,12 @@ async def in_app_rounds(page, repeat: int, out: dict) -> None:
                 out.setdefault("feature next (in app)", []).append((time.perf_counter() - t) * 1000)
 
 
-def every_page_bench(data: Path, repeat: int, port: int = 8766) -> dict[str, list[float]]:
-    """Milliseconds per page and per verdict step (see the module docstring), on a copy of `data`."""
+def every_page_bench(
+    data: Path, repeat: int, port: int = 8766, db: str | None = None, verdicts: bool = True
+) -> dict[str, list[float]]:
+    """Milliseconds per page and per verdict step (see the module docstring) over the database `db`
+    of `data` (default: its newest), on a copy of the folder; without `verdicts` nothing is written,
+    so the folder is served as it is (a Gemma-scale file is 15 GB)."""
     import shutil
     import tempfile
 
@@ -645,11 +674,12 @@ def every_page_bench(data: Path, repeat: int, port: int = 8766) -> dict[str, lis
     from playwright.async_api import async_playwright
 
     os.environ["SAE_DASHBOARD_DATA"] = str(data)
-    db = queries.list_databases()[0]
-    copy = Path(tempfile.mkdtemp(prefix="bench-pages-"))
-    shutil.copy(data / db, copy / db)
-    if (data / LABELS_FILE).exists():  # the team's labels as they are, for the pages that read them
-        shutil.copy(data / LABELS_FILE, copy / LABELS_FILE)
+    db = db or queries.list_databases()[0]
+    copy = Path(tempfile.mkdtemp(prefix="bench-pages-")) if verdicts else data
+    if verdicts:
+        shutil.copy(data / db, copy / db)
+        if (data / LABELS_FILE).exists():  # the team's labels as they are, for the pages that read them
+            shutil.copy(data / LABELS_FILE, copy / LABELS_FILE)
     con = duckdb.connect(str(copy / db), read_only=True)
     sae = con.execute("SELECT sae FROM saes ORDER BY depth DESC LIMIT 1").fetchone()[0]
     top = "SELECT feature FROM features WHERE sae = ? ORDER BY count DESC LIMIT 40"
@@ -686,7 +716,7 @@ def every_page_bench(data: Path, repeat: int, port: int = 8766) -> dict[str, lis
                     f = busy[r % len(busy)]
                     await visit(page, name, title, path.format(db=db, sae=sae, f=f), ready, when)
             await page.goto(base + f"/Label_queue?db={db}&sae={sae}")
-            for _ in range(repeat):
+            for _ in range(repeat if verdicts else 0):
                 await page.get_by_role("heading", name="Next feature").wait_for()
                 button = page.get_by_role("button", name="unsure").first
                 await button.wait_for()
@@ -707,13 +737,19 @@ def every_page_bench(data: Path, repeat: int, port: int = 8766) -> dict[str, lis
     try:
         _run_while_serving(proc, run)
     finally:
-        shutil.rmtree(copy, ignore_errors=True)
+        if verdicts:
+            shutil.rmtree(copy, ignore_errors=True)
     return out
+
+
+def _full_loads(res: dict[str, list[float]]) -> list[float]:
+    """Time to content of every page opened by URL after the first round (the pages' names alone)."""
+    return [m for k, v in res.items() if "(" not in k and " " not in k and k not in ("verdict", "next") for m in v]
 
 
 def every_page_main(args) -> None:
     res = every_page_bench(Path(args.data), args.repeat)
-    warm = [m for k, v in res.items() if "(" not in k and " " not in k and k not in ("verdict", "next") for m in v]
+    warm = _full_loads(res)
     drawn = [m for k, v in res.items() if k.endswith(" drawn") and "(" not in k for m in v]
     in_app = [m for k, v in res.items() if k.endswith("(in app)") for m in v]
     for k, v in res.items():
