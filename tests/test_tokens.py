@@ -35,5 +35,6 @@ def test_a_context_is_drawn_by_shared_rules_with_only_its_shading_on_each_token(
     )
     assert 'style="background: rgba(255, 120, 0, 0.50);"' in spans[2]
     assert 'class="tok excluded"' in spans[3] and "style=" not in spans[3] and "not counted" in spans[3]
-    for rule in (".ctx .tok { display: inline-block;", ".ctx .tok.focus {", ".ctx .tok.excluded {", ".ex .meta {"):
+    rules = (".ctx .tok { display: inline-block;", ".ctx .tok.focus {", ".ctx .tok.excluded {", ".ex .meta {")
+    for rule in (*rules, "content-visibility: auto"):  # rows out of view are laid out when scrolled to
         assert rule in CSS

@@ -22,11 +22,14 @@ CSS = """<style>
 .ctx .tok { display: inline-block; border-radius: 2px; padding: 0 1px; }
 .ctx .tok.excluded { color: #888; border: 1px dashed #bbb; }
 .ctx .tok.focus { outline: 1px solid #444; font-weight: 600; }
-.ex { border-bottom: 1px solid #e3e3e3; padding: 3px 0; }
+.ex { border-bottom: 1px solid #e3e3e3; padding: 3px 0; content-visibility: auto; contain-intrinsic-size: auto 120px; }
 .ex .meta { font-size: 0.78em; color: #666; }
 </style>"""
 """the look of `tokens_html` and `example_rows_html`, shown once with them: rules, not a style on
-each of a page's thousands of spans (a Feature page of 80 examples of 64 tokens sent 660 KB)"""
+each of a page's thousands of spans (a Feature page of 80 examples of 64 tokens sent 660 KB).
+Rows out of view are not laid out until scrolled to (content-visibility): Plotly measures the
+page as it draws, and each measure laid out 5,000 token boxes again (Gemma scale: the page
+settles 0.28 s sooner at p50, 16 loads each, interleaved)"""
 
 
 def tokens_html(
