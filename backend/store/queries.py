@@ -539,9 +539,10 @@ _TOKEN_SQL = """
     GROUP BY ALL"""
 """examples_by_seq holds each top example once, so a count of rows is one of distinct ranks"""
 
-_RANKED = "token_hits DESC, hits DESC, max_value DESC, sae, feature"
-_DESCENDING = [False, False, False, True, True]  # the same order for pandas
-"""search's order: by matching top examples, as the activating token first; ties by name"""
+_ORDER = {"token_hits": False, "hits": False, "max_value": False, "sae": True, "feature": True}
+"""search's order (column: ascending): by matching top examples, as the activating token first;
+ties by name. Written out for DuckDB as _RANKED."""
+_RANKED = ", ".join(c if up else f"{c} DESC" for c, up in _ORDER.items())
 
 COMMON_PHRASE = 20_000
 """a text found more often than this in a run's corpus is matched only as an example's
@@ -585,8 +586,7 @@ def search(path: str, text: str, sae: str | None, limit: int = 200) -> pd.DataFr
             found.append(cur.execute(ranked, [list(group["sae"]), limit]).df())
     if not found:
         return pd.DataFrame(columns=cols)
-    order = ["token_hits", "hits", "max_value", "sae", "feature"]
-    hits = pd.concat(found).sort_values(order, ascending=_DESCENDING).head(limit)
+    hits = pd.concat(found).sort_values(list(_ORDER), ascending=list(_ORDER.values())).head(limit)
     hits = hits.merge(_features_of(path, hits, "f.density, f.top_tokens"), on=["sae", "feature"])
     return hits[cols].reset_index(drop=True)
 
