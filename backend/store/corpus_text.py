@@ -26,7 +26,8 @@ class Vocab:
         encoded = [t.lower().encode() for t in tokens]
         self.lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
         self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
-        self.bytes = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        self.text = b"".join(encoded)
+        self.bytes = np.frombuffer(self.text, dtype=np.uint8)
 
     def offsets(self, ids: np.ndarray) -> np.ndarray:
         """Where each token of `ids` starts in their joined text, and one past the end."""

@@ -451,17 +451,22 @@ def _vocab_text(path: str, run_id: str) -> corpus_text.Vocab:
     return corpus_text.Vocab(list(vocab(path, run_id)))
 
 
+def _find_all(haystack: bytes, needle: bytes) -> np.ndarray:
+    """Where `needle` starts in `haystack`, overlapping occurrences too (none for an empty one)."""
+    found, start = [], haystack.find(needle) if needle else -1
+    while start != -1:
+        found.append(start)
+        start = haystack.find(needle, start + 1)
+    return np.asarray(found, dtype=np.int64)
+
+
 @cached
 def _occurrences(path: str, run_id: str, text: str) -> tuple[np.ndarray, np.ndarray]:
     """Every occurrence of `text` (case-insensitive, overlapping ones too) within one sequence of
     the run's corpus: (its byte in `_corpus`'s text, the row of its sequence there)."""
     corpus, bounds, _ = _corpus(path, run_id)
     needle = text.lower().encode()
-    found, start = [], corpus.find(needle) if needle else -1
-    while start != -1:
-        found.append(start)
-        start = corpus.find(needle, start + 1)
-    at = np.asarray(found, dtype=np.int64)
+    at = _find_all(corpus, needle)
     k = np.searchsorted(bounds, at, side="right") - 1
     inside = at + len(needle) <= bounds[k + 1]  # the text of two sequences meets in `corpus`, not in the data
     return at[inside], k[inside]
@@ -514,10 +519,14 @@ def _phrase_spans(path: str, run_id: str, text: str) -> pd.DataFrame:
 @cached
 def _tokens_containing(path: str, run_id: str, text: str) -> pd.DataFrame:
     """The token ids whose own (lower-cased) text contains `text`: an occurrence that lies inside
-    one token is an occurrence at each position holding one of these."""
-    needle = text.lower()
-    ids = [i for i, t in enumerate(vocab(path, run_id)) if needle in t.lower()]
-    return pd.DataFrame({"token_id": np.asarray(ids, dtype=np.int32)})
+    one token is an occurrence at each position holding one of these. Found in the vocabulary's
+    lower-cased text that `_vocab_text` keeps, not by lower-casing every token again per text."""
+    v = _vocab_text(path, run_id)
+    needle = text.lower().encode()
+    at = _find_all(v.text, needle)
+    k = np.searchsorted(v.starts, at, side="right") - 1
+    inside = at + len(needle) <= v.starts[k] + v.lengths[k]  # not across two tokens laid end to end
+    return pd.DataFrame({"token_id": np.unique(k[inside]).astype(np.int32)})
 
 
 # An example's window is [ctx_start, min(pos + context_right, context_len - 1)] (tables.examples_table),
