@@ -34,15 +34,16 @@ def clusters() -> None:
 
     st.subheader("Feature map")
     method = summary.map_method
+    overlay = figures.map_overlay(df) if len(df) > figures.SVG_POINTS else None  # once: caption and figure
     tiled = (
         ""
-        if len(df) <= figures.SVG_POINTS
+        if overlay is None
         else f" Past {figures.SVG_POINTS:,} features the map is tiles, which a browser draws far quicker than "
         f"{len(df):,} points: each tile's colour is the median log10 density of the features in it (grey: dead ones "
         f"only), and the labeled and dense features are points on top"
         + (
             ""
-            if len(figures.map_overlay(df)) < figures.OVERLAY_POINTS
+            if len(overlay) < figures.OVERLAY_POINTS
             else f" (the labeled ones and a fixed sample of the dense ones, {figures.OVERLAY_POINTS:,} in all)"
         )
         + ". A box or lasso takes every feature under it, drawn or not."
@@ -59,7 +60,10 @@ def clusters() -> None:
         f"(> {DENSE:.0%}). Lasso or box-select points to list them; select one point to open it.{tiled}"
     )
     event = common.chart(
-        figures.feature_map(df, method), on_select="rerun", selection_mode=("points", "box", "lasso"), key="map"
+        figures.feature_map(df, method, overlay),
+        on_select="rerun",
+        selection_mode=("points", "box", "lasso"),
+        key="map",
     )
     chosen_now = (event.selection or {}) if event else {}
     if chosen_now.get("box") or chosen_now.get("lasso"):

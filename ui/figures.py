@@ -927,12 +927,13 @@ def map_tiles(df: pd.DataFrame, n: int = MAP_TILES) -> dict[str, np.ndarray]:
     }
 
 
-def feature_map(df: pd.DataFrame, method: str) -> go.Figure:
+def feature_map(df: pd.DataFrame, method: str, overlay: pd.DataFrame | None = None) -> go.Figure:
     """Decoder directions in 2-D, coloured by log10 density (dead grey), shaped by verdict;
     dense features ringed. Up to SVG_POINTS features each is a point; past that every feature
     is counted into tiles coloured by their median log10 density, and only labeled and dense
-    features are points (map_overlay). A page selects by the box or lasso drawn (selection.inside),
-    so a selection over tiles takes every feature under it."""
+    features are points (`overlay`: map_overlay(df) unless the page has it already). A page
+    selects by the box or lasso drawn (selection.inside), so a selection over tiles takes every
+    feature under it."""
     fig = go.Figure()
     finite = df.loc[np.isfinite(df["log10_density"]), "log10_density"]
     lo, hi = (float(finite.min()), 0.0) if len(finite) else (-6.0, 0.0)
@@ -955,7 +956,7 @@ def feature_map(df: pd.DataFrame, method: str) -> go.Figure:
                 hovertemplate="%{text:,} feature(s), median log10 density %{z:.2f}" + extra("tile"),
             )
         )  # fmt: skip
-        _map_points(fig, map_overlay(df), lo, hi, colorbar=False)
+        _map_points(fig, map_overlay(df) if overlay is None else overlay, lo, hi, colorbar=False)
     fig.update_layout(
         height=560,
         margin=dict(t=10, l=10, r=10, b=10),
