@@ -402,7 +402,7 @@ def browser_figures(path: Path, rounds: int) -> dict[str, str]:
     for k, v in res.items():
         if "(cold)" not in k and not k.endswith(" loaded"):
             print(f"browser {k}: p50 {np.median(v):.0f} ms, p95 {np.percentile(v, 95):.0f} ms over {len(v)}")
-    in_app = [m for k, v in res.items() if k.endswith("(in app)") for m in v]
+    in_app = _in_app(res)
     return {
         "browser_p95_s": f"{np.percentile(_full_loads(res), 95) / 1000:.2f}",
         "browser_in_app_p95_s": f"{np.percentile(in_app, 95) / 1000:.2f}",
@@ -770,11 +770,16 @@ def _full_loads(res: dict[str, list[float]]) -> list[float]:
     return [m for k, v in res.items() if "(" not in k and " " not in k and k not in ("verdict", "next") for m in v]
 
 
+def _in_app(res: dict[str, list[float]]) -> list[float]:
+    """Every page reached by the app's own links, click to drawn."""
+    return [m for k, v in res.items() if k.endswith("(in app)") for m in v]
+
+
 def every_page_main(args) -> None:
     res = every_page_bench(Path(args.data), args.repeat)
     warm = _full_loads(res)
     drawn = [m for k, v in res.items() if k.endswith(" drawn") and "(" not in k for m in v]
-    in_app = [m for k, v in res.items() if k.endswith("(in app)") for m in v]
+    in_app = _in_app(res)
     for k, v in res.items():
         print(f"{k}: p50 {np.median(v):.0f} ms, p95 {np.percentile(v, 95):.0f} ms, max {max(v):.0f} ms over {len(v)}")
     names = [n for n, *_ in EVERY_PAGE]
