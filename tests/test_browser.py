@@ -238,9 +238,11 @@ def test_user_text_never_renders(server, browser):
         name = page.get_by_label("Your name (for labels)")
         name.fill(who)
         name.press("Enter")
+        _settled(page)
         desc = page.get_by_label("Description (optional)")
         desc.fill(EVIL)
         desc.press("Enter")
+        _settled(page)  # mid-rerun the old form and the new one are both on the page: two buttons of that name
         page.get_by_role("button", name="not interpretable" if who == "ann" else "interpretable", exact=True).click()
         page.get_by_text("Saved:").wait_for()
         _nothing_rendered(page)
