@@ -489,3 +489,35 @@ def test_the_labelers_name_stays_in_this_browser_and_never_travels(server, brows
     page.wait_for_timeout(1000)
     assert page.get_by_label("Your name (for labels)").input_value() == ""
     other.close()
+
+
+MARGINS = """() => [...document.querySelectorAll('.js-plotly-plot')].map((gd) => {
+    const set = gd.layout.margin || {}, drawn = gd._fullLayout._size;
+    return {title: (gd.layout.xaxis && gd.layout.xaxis.title && gd.layout.xaxis.title.text) || '',
+            set: ['l', 'r', 't', 'b'].map((k) => set[k]), drawn: ['l', 'r', 't', 'b'].map((k) => Math.round(drawn[k]))};
+})"""
+
+
+def test_figures_are_drawn_once_in_the_margins_the_server_set(server, browser):
+    """Every figure on the pages people open most starts with margins that already hold its labels,
+    legend and colour bar (ui/margins.py), so Plotly's automargin never widens one: widening means
+    drawing the figure a second time (0.3 s of a page load)."""
+    base, data = server
+    f = _busy_feature(data, "relu-b0")
+    ctx, page = _page(browser)
+    for path, n in [
+        ("/?db=tiny.duckdb", 2),
+        ("/Layer?db=tiny.duckdb&sae=relu-b0", 1),
+        (f"/Feature?db=tiny.duckdb&sae=relu-b0&feature={f}", 3),
+        ("/Clusters?db=tiny.duckdb&sae=relu-b0", 2),
+    ]:
+        page.goto(base + path)
+        page.locator("[data-testid='stPlotlyChart'] .main-svg").first.wait_for()
+        _settled(page)
+        page.wait_for_timeout(1000)  # every figure drawn; a widened one is drawn again after its first
+        figures = page.evaluate(MARGINS)
+        assert len(figures) >= n, (path, figures)
+        for fig in figures:
+            assert all(s is not None for s in fig["set"]), (path, fig)
+            assert fig["drawn"] == fig["set"], (path, fig)
+    ctx.close()

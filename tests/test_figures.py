@@ -240,3 +240,45 @@ def test_a_shared_figure_is_built_once_per_frame_and_escaped_once():
     assert figures.plain(first).data[0].name == "&lt;i&gt;u&lt;/i&gt;"
     # the pages' slow builders are shared: the Overview's two figures come back as the same objects
     assert figures.metric_lines(saes) is figures.metric_lines(saes)
+
+
+def test_margins_hold_the_labels_legend_and_colour_bar_and_are_never_lowered():
+    """ui.margins: what each side needs for what Plotly's automargin would push into it."""
+    import plotly.graph_objects as go
+
+    from ui import figures, margins
+
+    hooks = ["0.resid_pre", "11.resid_post"]
+    fig = go.Figure(go.Heatmap(z=[[1, 2], [3, 4]], y=hooks, x=[-2.0, -1.0], colorbar=dict(title="share of its")))
+    fig.update_layout(margin=dict(l=10, r=10, t=30, b=10), xaxis_title="log10 density")
+    figures.plain(fig)
+    m = fig.layout.margin
+    widest = margins.text_px("11.resid_post")
+    assert m.l >= margins.PAD + widest and m.l < margins.PAD + widest + 2 * margins.SLACK  # the longest hook fits
+    assert m.b >= margins.PAD + 12 * 1.3 + margins.STANDOFF["x"] + margins.TITLE  # tick labels and the axis title
+    assert m.r >= 10 + 30 + margins.text_px("share of its")  # the trace's colour bar and its title
+    assert m.t == 30  # nothing pushes the top: the figure's own margin stays
+
+    wide = go.Figure([go.Scatter(x=[1, 2], y=[1, 2], name=n) for n in ("ReLU (L1)", "a much longer name")])
+    wide.update_layout(margin=dict(l=300, r=10, t=10, b=10))
+    figures.plain(wide)
+    assert wide.layout.margin.l == 300  # never lowered
+    assert wide.layout.margin.r >= margins.ITEM + margins.text_px("a much longer name")  # the vertical legend
+    alone = go.Figure(go.Scatter(x=[1, 2], y=[1, 2], name="a much longer name"), layout=dict(margin=dict(r=10)))
+    assert figures.plain(alone).layout.margin.r < 20  # a lone trace has no legend to make room for
+
+    turned = go.Figure(go.Scatter(x=hooks, y=[1, 2]))
+    turned.update_layout(margin=dict(l=10, r=10, t=10, b=10))
+    turned.update_xaxes(tickangle=-60)
+    flat = go.Figure(turned)
+    flat.update_xaxes(tickangle=0)
+    assert figures.plain(turned).layout.margin.b > figures.plain(flat).layout.margin.b  # turned labels stand taller
+
+
+def test_numeric_tick_labels_are_measured_from_the_axis_range():
+    from ui.margins import numeric_chars
+
+    assert numeric_chars(0, 140) == 3  # "140"
+    assert numeric_chars(0, 0.03) == 5  # "0.025"
+    assert numeric_chars(-0.5, 1.0) >= 4  # "−0.5"
+    assert numeric_chars(0, 250_000) == 4  # "250k"

@@ -32,6 +32,7 @@ from backend.density import (
     log_density_edges,
 )
 from backend.engine.clusters import TAIL_COSINE
+from ui import margins
 
 # ---- text in figures is data: `plain` escapes it all, except the markup this module writes ----
 
@@ -87,10 +88,12 @@ def plain(fig: go.Figure) -> go.Figure:
     a database file that people pass around. Call on every figure before it is drawn."""
     if getattr(fig, "_shared", False):  # escaped once, when `shared` built it
         return fig
+    raws = []
     for trace in fig.data:
         # what a trace has set is read from its own dict: asking Plotly for a property a trace type
         # lacks raises after ranking every valid name by edit distance (1-2 ms a miss, 0.1 s a page)
         raw = trace.to_plotly_json()
+        raws.append(dict(raw, type=trace.type))
         for key in _TRACE_TEXT:
             if raw.get(key) is not None:
                 trace[key] = _esc_any(raw[key])
@@ -122,6 +125,7 @@ def plain(fig: go.Figure) -> go.Figure:
     for sh in lay.shapes:
         if sh.label.text:
             sh.label.text = _esc(sh.label.text)
+    margins.fit(fig, raws)  # measured on the text as shown, before escaping
     return fig
 
 
