@@ -34,6 +34,15 @@ def app(data_dir, monkeypatch):
     return app_runner(data_dir, monkeypatch)
 
 
+def _bodies(at: AppTest) -> list[str]:
+    """What the page's HTML and markdown elements hold (the examples are markdown's raw HTML)."""
+    return [e.proto.body for kind in ("html", "markdown") for e in at.get(kind)]
+
+
+def _markup(at: AppTest) -> str:
+    return "".join(_bodies(at))
+
+
 def _ok(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
@@ -114,7 +123,7 @@ def test_feature_page(app):
     at = app("pages/2_Feature.py", sae="relu-b0", feature="10")
     _ok(at)
     assert at.title[0].value == "Feature 10 · relu-b0"
-    html = "".join(h.proto.body for h in at.get("html"))
+    html = _markup(at)
     assert 'class="tok"' in html
     # navigation buttons move through features and keep the URL in step, drawing the page once
     runs = at.session_state["_run"]
@@ -146,7 +155,7 @@ def test_hostile_corpus_text_is_escaped(app, data_dir):
     s, f = hits.iloc[0]["sae"], int(hits.iloc[0]["feature"])
     at = app("pages/2_Feature.py", sae=s, feature=str(f))
     _ok(at)
-    html = "".join(h.proto.body for h in at.get("html"))
+    html = _markup(at)
     assert "<script" not in html and "<img" not in html
     assert "&lt;" in html
 
@@ -224,7 +233,7 @@ def test_interpretability_page(app, data_dir):
     assert metrics["percent agreement"] == "67%"
     assert len(at.dataframe) >= 2
     at = app("pages/2_Feature.py", sae="relu-b0", feature="21")
-    html = "".join(h.proto.body for h in at.get("html"))
+    html = _markup(at)
     assert "&lt;b&gt;bold&lt;/b&gt;" in html and "<b>bold" not in html
     at = app()
     _ok(at)
@@ -300,7 +309,7 @@ def test_examples_show_value_position_and_uncounted_tokens(app, data_dir):
     con.close()
     at = app("pages/2_Feature.py", sae="relu-b0", feature=str(f))
     _ok(at)
-    html = "".join(h.proto.body for h in at.get("html"))
+    html = _markup(at)
     assert 'class="tok excluded"' in html and "not counted" in html
     assert " at position " in html and 'class="ex"' in html
     at = app("pages/2_Feature.py", sae="relu-b0", feature=str(f), qmode="width")
@@ -323,7 +332,7 @@ def test_queue_hides_the_id_shows_a_fixed_number_of_examples_and_keeps_verdicts_
     named = re.compile(rf"(?<![0-9a-f]){qf}(?![0-9a-f])")
     # keys name no feature: what is left of them past the random token
     assert not any(named.search((w.key or "").replace(key, "queue")) for w in [*at.button, *at.text_input])
-    html = "".join(h.proto.body for h in at.get("html"))
+    html = _markup(at)
     # every queued feature fired at least TOO_FEW_FIRINGS times: all show the run's n_top (6) examples
     assert html.count('class="ex"') == 6 and "height: 3.2em" not in html
     assert sum("Labeling is open" in c.value for c in at.caption) == 1  # the notice once
@@ -547,7 +556,7 @@ def test_top_examples_show_distinct_contexts_and_the_exact_top_k_on_request(app,
     def rows(**kw):
         at = app("pages/2_Feature.py", sae="topk-b1", feature=busy, qmode="count", **kw)
         _ok(at)
-        first = next(h.proto.body for h in at.get("html") if 'class="ex"' in h.proto.body)
+        first = next(b for b in _bodies(at) if 'class="ex"' in b)
         return first.count('class="ex"'), first
 
     n_contexts, shown = rows()

@@ -38,3 +38,38 @@ def test_a_context_is_drawn_by_shared_rules_with_only_its_shading_on_each_token(
     rules = (".ctx .tok { display: inline-block;", ".ctx .tok.focus {", ".ctx .tok.excluded {", ".ex .meta {")
     for rule in (*rules, "content-visibility: auto"):  # rows out of view are laid out when scrolled to
         assert rule in CSS
+
+
+def test_examples_are_one_raw_html_block_of_markdown_whatever_the_corpus_holds():
+    """The Feature page draws examples as markdown's raw HTML (ui.feature_view.rows). A blank line
+    ends such a block, and markdown would format what follows: corpus text with blank lines,
+    math, emphasis or links must stay one block, shown as typed, its tokens' titles intact."""
+    from html.parser import HTMLParser
+
+    import numpy as np
+    import pandas as pd
+
+    from ui.tokens import example_rows_html, one_block
+
+    toks = ["def", "\n\n", "$x$", "**b**", "\r\n", "[a](http://x)"]
+    rows = pd.DataFrame(
+        [{"value": 2.0, "pos": 3, "seq": 7, "ctx_start": 0, "tokens": toks, "acts": np.linspace(0, 2, len(toks))}]
+    )
+    markup = one_block(example_rows_html(rows))
+    assert "\n" not in markup and "\r" not in markup
+
+    class Titles(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.titles, self.text = [], []
+
+        def handle_starttag(self, tag, attrs):
+            self.titles += [v for k, v in attrs if k == "title"]
+
+        def handle_data(self, data):
+            self.text.append(data)
+
+    p = Titles()
+    p.feed(markup)
+    assert [t.rsplit(" : ", 1)[0] for t in p.titles] == toks  # each token's title as in the corpus
+    assert "$x$" in p.text and "**b**" in p.text and "[a](http://x)" in p.text  # text, not markup

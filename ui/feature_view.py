@@ -17,7 +17,7 @@ from backend.store import queries
 from backend.store.schema import ExampleKind
 from ui import common, figures
 from ui.tokens import CSS as TOKENS_CSS
-from ui.tokens import example_rows_html, md
+from ui.tokens import example_rows_html, md, one_block
 
 CSS = TOKENS_CSS.replace(
     "</style>",
@@ -31,13 +31,21 @@ QUANTILE_MODES = {"count": "equal-count quantiles", "width": "equal-width interv
 TOP_MODES = {"contexts": "distinct contexts", "tokens": "every top token (exact top-k)"}
 
 
+def rows(markup: str) -> None:
+    """Examples drawn as markdown's raw HTML, not `st.html`: Streamlit loads its HTML element's code
+    on a page's first use and shows a page's late elements together, so on a full load the examples
+    waited for the figures above them (demo Feature page, full loads, time to the first example
+    p50 2.22 → 1.71 s, 14 each, interleaved). Same markup, same look (compared in Chromium)."""
+    st.markdown(one_block(markup), unsafe_allow_html=True)
+
+
 def examples_panel(
     db: str, sae: str, f: int, n_top: int | None = None, quantiles: bool = True, exact: bool = False
 ) -> None:
     """Top examples (and sampled ones): one per context by default (the URL's `tops` chooses the
     exact token-level top-k instead; `exact` forces it, as the blind queue's fixed count needs)."""
     ex = queries.examples(db, sae, f)
-    st.html(CSS)
+    st.markdown(CSS, unsafe_allow_html=True)  # a <style> block: no blank line in it
     if ex.empty:
         st.info("This feature never fired on the corpus: no examples.")
         return
@@ -49,7 +57,7 @@ def examples_panel(
     if n_top is not None:
         top = top.head(n_top)
     st.markdown(f"**Top activations** (shading relative to the max, {scale:.3g}; hover a token for its value)")
-    st.html(example_rows_html(top, lambda r: scale))
+    rows(example_rows_html(top, lambda r: scale))
     if quantiles:
         sampled_panel(db, sae, f, ex[ex["kind"] == ExampleKind.QUANTILE])
 
@@ -70,14 +78,14 @@ def sampled_panel(db: str, sae: str, f: int, q: pd.DataFrame) -> None:
                 f"quantile {b + 1} of {n_b} (about {1 / n_b:.0%} of activations): "
                 f"{g['value'].min():.3g} – {g['value'].max():.3g}; shaded relative to this group's max"
             )
-            st.html(example_rows_html(g, lambda r, top=float(g["value"].max()): top))
+            rows(example_rows_html(g, lambda r, top=float(g["value"].max()): top))
         return
     groups = equal_width_groups(q, row.max_act, int(q["quantile"].max()) + 1)
     for lo, hi, g in groups:
         share = activation_share(row.hist, s.hist_lo, s.hist_hi, lo, hi * (1 + 1e-9))
         st.caption(f"activations {lo:.3g} – {hi:.3g}: about {share:.1%} of all activations, {len(g)} sampled")
         if len(g):
-            st.html(example_rows_html(g, lambda r, top=hi: top))
+            rows(example_rows_html(g, lambda r, top=hi: top))
 
 
 def effects_panel(db: str, sae: str, f: int) -> None:

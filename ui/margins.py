@@ -135,7 +135,9 @@ def needs(layout: dict, traces: list[dict]) -> dict[str, float]:
             high = ticks * abs(math.sin(angle)) + (size * 1.3 + 6) * abs(math.cos(angle)) if ticks else 0.0
             need["b"] = max(need["b"], PAD + high + _title_px(ax, "x") + SLACK)
             if ticks and (ax.get("domain") or [0, 1])[1] >= right - 1e-9:
-                need["r"] = max(need["r"], 16)  # the last tick label, centred on the plot's edge
+                # the last tick label is centred on the plot's edge: a name sticks out by half its width
+                named = any(isinstance(v, str) for v in _values(traces, "x", ref(key)))
+                need["r"] = max(need["r"], ticks * abs(math.cos(angle)) / 2 + 14 if named else 16)
     legend = layout.get("legend") or {}
     shown = [t for t in traces if t.get("showlegend") is not False and t.get("name")]
     title = text_px((legend.get("title") or {}).get("text") or "")

@@ -74,6 +74,13 @@ def example_rows_html(rows, scale_of=None) -> str:
     return "".join(out)
 
 
+def one_block(markup: str) -> str:
+    """`markup` (escaped HTML of our own) as one raw-HTML block of markdown: line breaks, which
+    only corpus text inside attribute values brings, become character references. A blank line
+    would end the block, and markdown would read what follows as text to format (math, links)."""
+    return markup.replace("\r", "&#13;").replace("\n", "&#10;")
+
+
 def escape(text: object) -> str:
     return html.escape("" if text is None else str(text))
 
