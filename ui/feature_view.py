@@ -34,8 +34,9 @@ TOP_MODES = {"contexts": "distinct contexts", "tokens": "every top token (exact 
 def rows(markup: str) -> None:
     """Examples drawn as markdown's raw HTML, not `st.html`: Streamlit loads its HTML element's code
     on a page's first use and shows a page's late elements together, so on a full load the examples
-    waited for the figures above them (demo Feature page, full loads, time to the first example
-    p50 2.22 → 1.71 s, 14 each, interleaved). Same markup, same look (compared in Chromium)."""
+    waited for the figures above them (demo Feature page, full loads, time to the first example,
+    interleaved with the old code: p50 2.22 → 1.71 s over 14 rounds; p95 2.70 → 2.16 s over 12 in
+    another A/B). Same markup, same look (compared in Chromium)."""
     st.markdown(one_block(markup), unsafe_allow_html=True)
 
 
