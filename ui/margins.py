@@ -27,6 +27,11 @@ PAD = 8  # Streamlit's margin.pad
 SLACK = 8
 TITLE = 14  # axis title font size in Streamlit's chart theme
 STANDOFF = {"x": 20, "y": 24}  # its axis title standoffs
+ITEM = 40  # a legend item's symbol and gap
+ROW = 19  # a legend row's height
+TYPICAL_WIDTH = 940
+"""a figure's width in the main column (1,400 px window); a narrower one wraps a horizontal legend
+into more rows, or turns category labels further, than estimated, and automargin makes the room"""
 _TAG = re.compile(r"<[^>]+>")
 
 
@@ -127,16 +132,18 @@ def needs(layout: dict, traces: list[dict]) -> dict[str, float]:
         anchor = ax.get("anchor", "y" if letter == "x" else "x")
         anchor_ax = axes.get(("xaxis" if letter == "y" else "yaxis") + anchor[1:], {})
         size = (ax.get("tickfont") or {}).get("size", 12)
-        ticks = tick_px(ax, _values(traces, letter, ref(key)), size)
+        values = _values(traces, letter, ref(key))
+        ticks = tick_px(ax, values, size)
         if letter == "y" and ax.get("side", "left") == "left" and start(anchor_ax) <= left + 1e-9:
             need["l"] = max(need["l"], PAD + ticks + _title_px(ax, "y") + SLACK)
         elif letter == "x" and ax.get("side", "bottom") == "bottom" and start(anchor_ax) <= bottom + 1e-9:
-            angle = math.radians(float(ax.get("tickangle") or _auto_angle(ax, _values(traces, "x", ref(key)), ticks)))
-            high = ticks * abs(math.sin(angle)) + (size * 1.3 + 6) * abs(math.cos(angle)) if ticks else 0.0
+            angle = math.radians(float(ax.get("tickangle") or _auto_angle(ax, values, ticks)))
+            line = size * 1.3 + 6  # a row of tick labels, with the space Plotly leaves above it
+            high = ticks * abs(math.sin(angle)) + line * abs(math.cos(angle)) if ticks else 0.0
             need["b"] = max(need["b"], PAD + high + _title_px(ax, "x") + SLACK)
             if ticks and (ax.get("domain") or [0, 1])[1] >= right - 1e-9:
                 # the last tick label is centred on the plot's edge: a name sticks out by half its width
-                named = any(isinstance(v, str) for v in _values(traces, "x", ref(key)))
+                named = any(isinstance(v, str) for v in values)
                 need["r"] = max(need["r"], ticks * abs(math.cos(angle)) / 2 + 14 if named else 16)
     legend = layout.get("legend") or {}
     shown = [t for t in traces if t.get("showlegend") is not False and t.get("name")]
@@ -158,13 +165,6 @@ def needs(layout: dict, traces: list[dict]) -> dict[str, float]:
         title = text_px((cbar.get("title") or {}).get("text") or "")
         need["r"] = max(need["r"], xpad + cbar.get("thickness", thick) + max(title, 4 * CHAR) + 10 + SLACK)
     return need
-
-
-ITEM = 40  # a legend item's symbol and gap
-ROW = 19  # a legend row's height
-TYPICAL_WIDTH = 940
-"""a figure's width in the main column (1,400 px window); a narrower one wraps a horizontal legend
-into more rows than estimated, and automargin makes the room"""
 
 
 def _unique_names(traces: list[dict]) -> list[dict]:
