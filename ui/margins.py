@@ -62,10 +62,10 @@ def tick_px(axis: dict, values: list, size: float) -> float:
     strings = [v for v in values if isinstance(v, str)]
     if strings:
         return max(text_px(v, size) for v in strings)
-    nums = np.asarray([v for v in values if isinstance(v, int | float | np.number)], dtype=float)
-    nums = nums[np.isfinite(nums)]
     if axis.get("range") is not None:
         nums = np.asarray(axis["range"], dtype=float)
+    else:  # `_values` keeps finite numbers only
+        nums = np.asarray([v for v in values if isinstance(v, int | float)], dtype=float)
     if not nums.size or axis.get("type") == "log":
         return 5 * CHAR * size / 12
     chars = numeric_chars(float(nums.min()), float(nums.max())) + ("%" in str(axis.get("tickformat", "")))
