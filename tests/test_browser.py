@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 
 import pytest
 
@@ -98,6 +99,28 @@ def _no_traceback(page) -> None:
 def _settled(page) -> None:
     """Wait until the script is idle: a rerun still drawing redraws an input and drops what was typed."""
     page.locator("[data-testid='stApp'][data-test-script-state='notRunning']").wait_for()
+
+
+RUNS = """() => {
+  if (window.__runs === undefined) {
+    window.__runs = 0;
+    new MutationObserver(records => {
+      for (const r of records) if (r.target.getAttribute('data-test-script-state') === 'running') window.__runs++;
+    }).observe(document.body, {subtree: true, attributes: true, attributeFilter: ['data-test-script-state']});
+  }
+  return window.__runs;
+}"""
+
+
+@contextmanager
+def _rerun(page):
+    """Wait for the rerun the block's action starts to finish. `_settled` alone can look before the
+    rerun begins (a widget's rerun request leaves the state at notRunning until the server answers),
+    and mid-rerun the old elements and the new ones are both on the page."""
+    before = page.evaluate(RUNS)
+    yield
+    page.wait_for_function("n => window.__runs > n", arg=before)
+    _settled(page)
 
 
 def _busy_feature(data, sae: str) -> int:
@@ -237,12 +260,12 @@ def test_user_text_never_renders(server, browser):
         page.get_by_role("heading", name=re.compile(f"Feature {f}")).wait_for()
         name = page.get_by_label("Your name (for labels)")
         name.fill(who)
-        name.press("Enter")
-        _settled(page)
+        with _rerun(page):
+            name.press("Enter")
         desc = page.get_by_label("Description (optional)")
         desc.fill(EVIL)
-        desc.press("Enter")
-        _settled(page)  # mid-rerun the old form and the new one are both on the page: two buttons of that name
+        with _rerun(page):  # mid-rerun the old form and the new one are both on the page: two buttons of that name
+            desc.press("Enter")
         page.get_by_role("button", name="not interpretable" if who == "ann" else "interpretable", exact=True).click()
         page.get_by_text("Saved:").wait_for()
         _nothing_rendered(page)
