@@ -61,7 +61,8 @@ class DemoConfig:
 
     @classmethod
     def quick(cls, db: str) -> DemoConfig:
-        """A few thousand tokens and narrow SAEs: the same path in seconds, for tests."""
+        """A few thousand tokens and narrow SAEs: the same path in seconds, for tests. The steering sweep reads
+        32-token texts, as the full demo's does (at the whole 96-token context it was half this build's time)."""
         folder = str(Path(db).with_suffix("")) + "-saes"
         return cls(
             db=db,
@@ -83,6 +84,7 @@ class DemoConfig:
                 context_len=96,
                 batch_size=16,
                 splice_seqs=4,
+                steer_len=32,
                 run_name="demo-quick",
             ),
         )
